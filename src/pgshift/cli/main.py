@@ -1,0 +1,93 @@
+"""``pgshift``: the entry point. Every command is one library call plus output."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Annotated
+
+import typer
+
+from pgshift import __version__
+from pgshift.cli.output import print_error
+from pgshift.dsn import redact
+from pgshift.errors import ExitCode, PgshiftError
+
+app = typer.Typer(
+    name="pgshift",
+    help=(
+        "Move a live application from SQLite to PostgreSQL with a blue-green deployment.\n\n"
+        "Start with `pgshift demo` for a full rehearsal on this machine, or "
+        "`pgshift migrate app.db postgresql://user@host/db` to copy schema and data."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"pgshift {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.",
+                                        envvar="PGSHIFT_DEBUG")] = False,
+) -> None:
+    """Move a live application from SQLite to PostgreSQL with a blue-green deployment."""
+    if debug:
+        os.environ["PGSHIFT_DEBUG"] = "1"
+
+
+def _register() -> None:
+    from pgshift.cli import demo, migrate
+
+    app.command(name="migrate", no_args_is_help=True)(migrate.migrate_command)
+    app.add_typer(demo.demo_app, name="demo")
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry: map pgshift errors to exit codes and one-line messages.
+
+    Typer itself reports usage errors (exit 2, with a ``Try 'pgshift ... --help'``).
+    """
+    try:
+        app(args=argv, prog_name="pgshift")
+        return 0
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else int(ExitCode.USAGE)
+    except PgshiftError as exc:
+        if os.environ.get("PGSHIFT_DEBUG"):
+            traceback.print_exc()
+        print_error(exc)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return int(ExitCode.ABORTED)
+    except Exception as exc:  # the last line of defence: a bug, not a user error
+        if os.environ.get("PGSHIFT_DEBUG"):
+            traceback.print_exc()
+        print(f"Error: internal error: {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
+        print("Try: rerun with --debug and report the traceback", file=sys.stderr)
+        return int(ExitCode.INTERNAL)
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
+
+__all__ = ["app", "main", "run"]

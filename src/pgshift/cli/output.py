@@ -1,0 +1,32 @@
+"""How the CLI speaks: one ``Error:`` line with a ``Try:`` hint, JSON for machines."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+
+from pgshift.dsn import redact
+from pgshift.errors import PgshiftError
+
+
+def err_console() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def out_console() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def print_error(exc: PgshiftError) -> None:
+    """``Error: <fact>`` then ``Try: <exact command>``; never a traceback, never a password."""
+    print(f"Error: {redact(exc.message)}", file=sys.stderr)
+    if exc.hint:
+        print(f"Try: {redact(exc.hint)}", file=sys.stderr)
+
+
+def print_json(payload: Any) -> None:
+    sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,1 @@
+"""The data path: value conversion, chunking, COPY workers, checkpoints, rejects."""

@@ -1,0 +1,312 @@
+"""The COPY pipeline: workers that move chunks from the snapshot into PostgreSQL.
+
+Each worker owns one SQLite connection to the (immutable) snapshot and one
+PostgreSQL connection. A chunk is rendered to CSV inside SQLite (fast form,
+pgshift.copy.convert) and streamed with COPY; suspect values go through the
+Python converters. The chunk's COPY, its rejects and its checkpoint commit in
+one transaction. If PostgreSQL refuses the chunk, it is redone row by row in
+Python and, failing that, bisected to the rows PostgreSQL refuses, each of
+which becomes a reject with PostgreSQL's own reason.
+
+Threads suffice: sqlite3 releases the GIL while it steps and psycopg while
+it sends, so two workers keep both cores busy (SQLite rendering in one,
+the PostgreSQL backend parsing in the other).
+"""
+
+from __future__ import annotations
+
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from pgshift.copy import checkpoint
+from pgshift.copy.checkpoint import RejectRecord
+from pgshift.copy.chunks import Chunk, q
+from pgshift.copy.convert import Reject, convert, fast_sql, raw_for_report
+from pgshift.dsn import Dsn, connect
+from pgshift.errors import PgshiftError, SourceError, TargetError
+from pgshift.schema.ddl import qualified
+from pgshift.schema.model import Table
+
+
+class InvalidText(bytes):
+    """A TEXT value that is not valid UTF-8 (kept as its raw bytes)."""
+
+
+def _text_factory(raw: bytes) -> str | InvalidText:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return InvalidText(raw)
+
+
+@dataclass
+class ChunkResult:
+    table: str
+    no: int
+    rows: int
+    nbytes: int
+    rejects: int
+    seconds: float
+    slow_rows: int = 0
+
+
+@dataclass
+class TableSql:
+    """Per-table SQL, computed once and shared by the workers."""
+
+    table: Table
+    copy_sql: str
+    fast_select: str  # returns (csv bytes, suspect count) for a chunk
+    slow_select: str  # returns key columns + values of rows needing the slow form
+    all_select: str  # every row of a chunk, for the full slow form
+    conversions: list[str]
+    key_names: list[str]
+
+    @classmethod
+    def build(cls, schema: str, table: Table) -> TableSql:
+        cols = table.copy_columns
+        fields, suspects = [], []
+        for c in cols:
+            expr, suspect = fast_sql(c.decision.conversion, c.name)
+            fields.append(expr)
+            suspects.append(suspect)
+            if c.name in table.primary_key:
+                suspects.append(f"{q(c.name)} IS NULL")
+        any_suspect = " OR ".join(f"({s})" for s in suspects) or "0"
+        line = " || ',' || ".join(fields) if fields else "''"
+        src = q(table.name)
+        keys = list(table.source.primary_key) or ["rowid"]
+        key_sql = ", ".join("rowid" if k == "rowid" else q(k) for k in keys)
+        values = ", ".join(q(c.name) for c in cols)
+        return cls(
+            table=table,
+            copy_sql=f"COPY {qualified(schema, table.name)} "
+                     f"({', '.join(_pgq(c.name) for c in cols)}) FROM STDIN (FORMAT csv)",
+            fast_select=(f"SELECT group_concat(line, char(10)), sum(sus), count(*) FROM "
+                         f"(SELECT CASE WHEN {any_suspect} THEN NULL ELSE {line} END AS line, "
+                         f"({any_suspect}) AS sus FROM {src} WHERE {{where}})"),
+            slow_select=f"SELECT {key_sql}, {values} FROM {src} WHERE ({{where}}) AND "
+                        f"({any_suspect})",
+            all_select=f"SELECT {key_sql}, {values} FROM {src} WHERE {{where}}",
+            conversions=[c.decision.conversion for c in cols],
+            key_names=keys,
+        )
+
+
+def _pgq(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass
+class CopyJob:
+    schema: str
+    run_id: str
+    dsn: Dsn
+    open_source: Callable[[], sqlite3.Connection]
+    tables: dict[str, TableSql]
+    session_sql: Sequence[str] = ()
+    on_chunk: Callable[[ChunkResult], None] | None = None
+    results: list[ChunkResult] = field(default_factory=list)
+
+
+def run_copy(job: CopyJob, chunks: list[Chunk], jobs: int) -> list[ChunkResult]:
+    """Copy ``chunks`` with ``jobs`` workers; re-raise the first worker error."""
+    work: queue.Queue[Chunk | None] = queue.Queue()
+    for c in chunks:
+        work.put(c)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def worker() -> None:
+        try:
+            with _Worker(job) as w:
+                while not stop.is_set():
+                    try:
+                        chunk = work.get_nowait()
+                    except queue.Empty:
+                        return
+                    result = w.copy_chunk(chunk)
+                    with lock:
+                        job.results.append(result)
+                    if job.on_chunk:
+                        job.on_chunk(result)
+        except BaseException as exc:  # re-raised in the caller's thread below
+            errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=worker, name=f"pgshift-copy-{i}", daemon=True)
+               for i in range(max(1, min(jobs, len(chunks))))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return job.results
+
+
+class _Worker:
+    def __init__(self, job: CopyJob) -> None:
+        self.job = job
+        self.fast_con = job.open_source()
+        self.fast_con.text_factory = bytes  # CSV bytes go to COPY without a decode/encode
+        self.slow_con = job.open_source()
+        self.slow_con.text_factory = _text_factory
+        self.pg = connect(job.dsn, application_name="pgshift")
+        for stmt in job.session_sql:
+            self.pg.execute(stmt)
+        self.pg.commit()
+
+    def __enter__(self) -> _Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.fast_con.close()
+        self.slow_con.close()
+        self.pg.close()
+
+    def copy_chunk(self, chunk: Chunk) -> ChunkResult:
+        started = time.perf_counter()
+        ts = self.job.tables[chunk.table]
+        where, params = chunk.where()
+        try:
+            data, suspects, total = self.fast_con.execute(
+                ts.fast_select.replace("{where}", where), params).fetchone()
+            slow_rows = (self.slow_con.execute(ts.slow_select.replace("{where}", where), params)
+                         .fetchall() if suspects else [])
+        except sqlite3.DatabaseError as exc:
+            raise SourceError(f"reading {chunk.table} chunk {chunk.no} failed: {exc}",
+                              table=chunk.table, operation="copy") from exc
+        rejects: list[RejectRecord] = []
+        extra = self._render(ts, slow_rows, rejects)
+        payload = (data or b"") + (b"\n" if data and extra else b"") + "\n".join(
+            line for line, _ in extra).encode()
+        loaded = (total or 0) - len(slow_rows) + len(extra)
+        try:
+            with self.pg.transaction():
+                if payload:
+                    self._copy(ts, payload)
+                checkpoint.record_chunk(self.pg, self.job.run_id, chunk.table, chunk.no, loaded,
+                                        len(payload), rejects, time.perf_counter() - started)
+            return ChunkResult(chunk.table, chunk.no, loaded, len(payload), len(rejects),
+                               time.perf_counter() - started, len(slow_rows))
+        except psycopg.errors.DataError:
+            pass  # PostgreSQL refused a value the fast form let through: redo slowly
+        except psycopg.errors.IntegrityError:
+            pass
+        except psycopg.OperationalError as exc:
+            raise TargetError(f"PostgreSQL failed while loading {chunk.table}: {exc}",
+                              table=chunk.table, operation="copy") from exc
+        return self._copy_slow(chunk, ts, started)
+
+    def _render(self, ts: TableSql, rows: list[tuple[Any, ...]],
+                rejects: list[RejectRecord]) -> list[tuple[str, tuple[Any, ...]]]:
+        """CSV lines of rows converted in Python; failing rows go to ``rejects``."""
+        nkey = len(ts.key_names)
+        out = []
+        for row in rows:
+            key, values = row[:nkey], row[nkey:]
+            fields = []
+            try:
+                for col, conv, value in zip(ts.table.copy_columns, ts.conversions, values,
+                                            strict=True):
+                    if value is None and col.name in ts.table.primary_key:
+                        raise _ColumnReject(col.name, value, "NULL in a primary-key column")
+                    try:
+                        fields.append(convert(conv, bytes(value) if isinstance(value, InvalidText)
+                                              else value))
+                    except Reject as exc:
+                        raise _ColumnReject(col.name, value, str(exc)) from None
+            except _ColumnReject as cr:
+                raw, cls = raw_for_report(cr.value)
+                if isinstance(cr.value, InvalidText):
+                    cls = "text-invalid-utf8"
+                rejects.append(RejectRecord(ts.table.name, _key_dict(ts.key_names, key),
+                                            cr.column, raw, cls, cr.reason))
+                continue
+            out.append((",".join(fields), row))
+        return out
+
+    def _copy(self, ts: TableSql, payload: bytes) -> None:
+        with self.pg.cursor() as cur, cur.copy(ts.copy_sql) as cp:
+            cp.write(payload)
+
+    def _copy_slow(self, chunk: Chunk, ts: TableSql, started: float) -> ChunkResult:
+        where, params = chunk.where()
+        rows = self.slow_con.execute(ts.all_select.replace("{where}", where), params).fetchall()
+        rejects: list[RejectRecord] = []
+        lines = self._render(ts, rows, rejects)
+        with self.pg.transaction():
+            loaded, nbytes = self._load_bisect(ts, lines, rejects)
+            checkpoint.record_chunk(self.pg, self.job.run_id, chunk.table, chunk.no, loaded,
+                                    nbytes, rejects, time.perf_counter() - started)
+        return ChunkResult(chunk.table, chunk.no, loaded, nbytes, len(rejects),
+                           time.perf_counter() - started, len(rows))
+
+    def _load_bisect(self, ts: TableSql, lines: list[tuple[str, tuple[Any, ...]]],
+                     rejects: list[RejectRecord]) -> tuple[int, int]:
+        """Load lines in savepoints, halving on failure down to single refused rows."""
+        if not lines:
+            return 0, 0
+        payload = "\n".join(line for line, _ in lines).encode()
+        try:
+            with self.pg.transaction():
+                self._copy(ts, payload)
+            return len(lines), len(payload)
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+            if len(lines) == 1:
+                row = lines[0][1]
+                nkey = len(ts.key_names)
+                column = _column_of(exc)
+                value = None
+                if column is not None:
+                    names = [c.name for c in ts.table.copy_columns]
+                    if column in names:
+                        value = row[nkey + names.index(column)]
+                raw, cls = raw_for_report(bytes(value) if isinstance(value, InvalidText)
+                                          else value)
+                reason = (exc.diag.message_primary or str(exc)).strip()
+                rejects.append(RejectRecord(ts.table.name, _key_dict(ts.key_names, row[:nkey]),
+                                            column, raw, cls, f"PostgreSQL: {reason}"))
+                return 0, 0
+        mid = len(lines) // 2
+        a = self._load_bisect(ts, lines[:mid], rejects)
+        b = self._load_bisect(ts, lines[mid:], rejects)
+        return a[0] + b[0], a[1] + b[1]
+
+
+class _ColumnReject(Exception):
+    def __init__(self, column: str, value: object, reason: str) -> None:
+        super().__init__(reason)
+        self.column, self.value, self.reason = column, value, reason
+
+
+def _column_of(exc: psycopg.Error) -> str | None:
+    """The column PostgreSQL names in a COPY error's context, if any."""
+    if exc.diag.column_name:
+        return exc.diag.column_name
+    context = exc.diag.context or ""
+    marker = ", column "
+    if marker in context:
+        return context.split(marker, 1)[1].split(":", 1)[0].strip()
+    return None
+
+
+def _key_dict(names: list[str], key: tuple[Any, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for n, v in zip(names, key, strict=True):
+        if isinstance(v, bytes):
+            v = {"$hex": bytes(v).hex()}
+        out[n] = v
+    return out
+
+
+__all__ = ["ChunkResult", "CopyJob", "PgshiftError", "TableSql", "run_copy"]

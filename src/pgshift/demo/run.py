@@ -1,0 +1,77 @@
+"""``pgshift demo`` (first form): seed, start PostgreSQL, migrate, verify counts.
+
+The rollout engine will grow this into the full blue-green rehearsal; today it
+proves the data path end to end on this machine with nothing installed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pgshift.demo.seed import SeedResult, seed
+from pgshift.dsn import connect
+from pgshift.embedded_pg import EmbeddedPostgres
+from pgshift.migrate import MigrateOptions, MigrateResult, migrate
+from pgshift.progress import NullProgress, Progress
+from pgshift.source.snapshot import open_source
+from pgshift.verify.counts import CountRow, compare_counts
+
+
+@dataclass
+class DemoResult:
+    seed: SeedResult
+    migrate: MigrateResult
+    counts: list[CountRow]
+    postgres_version: str
+    seconds: float
+    steps: list[tuple[str, float]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.equal for c in self.counts) and self.migrate.rejects == 0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "seconds": round(self.seconds, 3),
+            "postgres_version": self.postgres_version,
+            "seed": {"path": str(self.seed.path), "scale": self.seed.scale,
+                     "rows": self.seed.rows, "bytes": self.seed.bytes,
+                     "seconds": round(self.seed.seconds, 3)},
+            "migrate": self.migrate.to_dict(),
+            "counts": [{"table": c.table, "sqlite": c.sqlite, "postgres": c.postgres,
+                        "equal": c.equal} for c in self.counts],
+        }
+
+
+def run_demo(workdir: Path, scale: int, *, jobs: int = 2, keep: bool = False,
+             progress: Progress | None = None) -> DemoResult:
+    """Rehearse the data path in ``workdir`` (recreated) on an embedded PostgreSQL."""
+    progress = progress or NullProgress()
+    started = time.perf_counter()
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    db = workdir / "hyperpage.db"
+    progress.step(f"seed {db} at scale {scale:,}")
+    seeded = seed(db, scale)
+    progress.step("start the embedded PostgreSQL")
+    server = EmbeddedPostgres(workdir / "pg")
+    server.start()
+    try:
+        dsn = server.create_database("hyperpage")
+        result = migrate(MigrateOptions(sqlite_path=db, dsn=dsn, jobs=jobs,
+                                        state_dir=workdir / "state"), progress)
+        progress.step("verify row counts")
+        src = open_source(db)
+        with connect(dsn, autocommit=True) as pg:
+            counts = compare_counts(src, pg, [t.name for t in result.plan.tables])
+        src.close()
+        version = server.version
+    finally:
+        if not keep:
+            server.stop()
+    return DemoResult(seeded, result, counts, version, time.perf_counter() - started)

@@ -1,0 +1,78 @@
+"""Human-readable renderings of plans and results (Rich renderables)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from pgshift.schema import ddl
+
+if TYPE_CHECKING:
+    from pgshift.migrate import MigrateResult
+    from pgshift.schema.plan import Plan
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f}"
+
+
+def migrate_summary(result: MigrateResult) -> Group:
+    """Per-table rows, bytes, time and rejects, then the steps and notes."""
+    t = Table(title="pgshift migrate", title_justify="left")
+    for col, just in (("table", "left"), ("source rows", "right"), ("loaded", "right"),
+                      ("rejects", "right"), ("MB", "right"), ("seconds", "right")):
+        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    for s in result.tables:
+        t.add_row(s.name, f"{s.source_rows:,}", f"{s.rows:,}",
+                  Text(f"{s.rejects:,}", style="red" if s.rejects else ""),
+                  _mb(s.bytes), f"{s.seconds:.1f}")
+    t.add_row("total", f"{sum(s.source_rows for s in result.tables):,}",
+              f"{sum(s.rows for s in result.tables):,}", f"{result.rejects:,}",
+              _mb(sum(s.bytes for s in result.tables)), f"{result.seconds:.1f}", style="bold")
+    steps = Table(title="steps", title_justify="left")
+    steps.add_column("step")
+    steps.add_column("seconds", justify="right")
+    for name, secs in result.steps:
+        steps.add_row(name, f"{secs:.2f}")
+    parts: list[Table | Text] = [t, steps]
+    notes = [n for n in result.plan.notes if n.level != "info"] + result.violations
+    if notes:
+        parts.append(notes_table(notes))
+    return Group(*parts)
+
+
+def notes_table(notes: list) -> Table:  # type: ignore[type-arg]
+    nt = Table(title="notes", title_justify="left")
+    nt.add_column("level")
+    nt.add_column("object")
+    nt.add_column("message", overflow="fold")
+    for n in notes:
+        style = {"violation": "red", "anomaly": "yellow", "untranslated": "yellow"}.get(n.level, "")
+        nt.add_row(Text(n.level, style=style), n.obj, n.message)
+    return nt
+
+
+def plan_text(plan: Plan) -> Group:
+    """``--dry-run``: type decisions per table, the DDL, anomalies and untranslated parts."""
+    parts: list[Table | Text] = []
+    for tbl in plan.tables:
+        t = Table(title=f"{tbl.name} ({tbl.rows:,} rows)", title_justify="left")
+        for col in ("column", "SQLite", "PostgreSQL", "conversion", "why"):
+            t.add_column(col, overflow="fold")
+        for c in tbl.columns:
+            t.add_row(c.name, tbl.source.column(c.name).declared_type or "(none)", c.pg_type,
+                      c.decision.conversion, c.decision.reason)
+        parts.append(t)
+    sql = []
+    for tbl in plan.tables:
+        sql.append(ddl.create_table(plan.schema, tbl) + ";")
+        sql.extend(s + ";" for s in ddl.post_load_statements(plan.schema, tbl))
+    sql.extend(ddl.create_view(plan.schema, v) + ";" for v in plan.views)
+    parts.append(Text("\n-- DDL\n" + "\n".join(sql) + "\n"))
+    if plan.notes:
+        parts.append(notes_table(plan.notes))
+    parts.append(Text(f"{len(plan.tables)} tables, {plan.total_rows:,} rows"))
+    return Group(*parts)

@@ -1,0 +1,1 @@
+"""The neutral schema model, the type map and DDL rendering."""

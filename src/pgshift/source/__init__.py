@@ -1,0 +1,1 @@
+"""The SQLite side: catalog, storage-class profile, snapshot."""

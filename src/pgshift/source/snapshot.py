@@ -1,0 +1,165 @@
+"""Consistent snapshots of a live SQLite database.
+
+Migrate, rollout and archive never read the live file: they read an online
+backup taken with SQLite's backup API in one step (one read transaction, so
+the copy is a single point in time while the app keeps writing in WAL mode).
+The change-log high-water mark is read from the snapshot file itself, so the
+copy and the sync that follows it meet exactly: every change with
+``seq <= hwm`` is in the snapshot, every later one is for sync to apply.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pgshift.errors import SourceError, UsageError
+from pgshift.state import atomic_write
+
+# Sync's change log on the source (created by `pgshift sync install`).
+CHANGELOG_TABLE = "_pgshift_changes"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def check_sqlite_file(path: Path) -> None:
+    """Raise UsageError unless ``path`` is a readable SQLite database file."""
+    if not path.exists():
+        raise UsageError(f"SQLite file not found: {path}", hint="check the path (ls -l PATH)")
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory, not a SQLite file")
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(16)
+    except PermissionError as exc:
+        raise UsageError(f"cannot read {path}: permission denied",
+                         hint="run as a user that can read the file") from exc
+    if head != SQLITE_MAGIC:
+        what = "an empty file" if not head else "not a SQLite 3 database (bad header)"
+        raise UsageError(f"{path} is {what}", hint="point pgshift at the application's .db file")
+
+
+def open_source(path: Path, *, immutable: bool = False) -> sqlite3.Connection:
+    """Open a SQLite file read-only; ``immutable`` skips locking (only for snapshots)."""
+    check_sqlite_file(path)
+    flag = "&immutable=1" if immutable else ""
+    try:
+        con = sqlite3.connect(f"file:{path.resolve()}?mode=ro{flag}", uri=True,
+                              check_same_thread=False)
+        con.execute("select count(*) from sqlite_schema").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise UsageError(f"{path} cannot be read as SQLite: {exc}",
+                         hint=f"check the file with: sqlite3 {path} 'pragma integrity_check'") from exc
+    return con
+
+
+def journal_mode(path: Path) -> str:
+    """The source's journal mode ('wal', 'delete', ...), read without changing it."""
+    con = open_source(path)
+    try:
+        return str(con.execute("pragma journal_mode").fetchone()[0]).lower()
+    finally:
+        con.close()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A point-in-time copy of the source and where sync must start after it."""
+
+    path: Path
+    source: Path
+    taken_at: str
+    seconds: float
+    bytes: int
+    hwm: int | None  # max(seq) of the change log in the snapshot; None when capture is absent
+    source_journal_mode: str
+    sqlite_version: str
+
+    @property
+    def meta_path(self) -> Path:
+        return self.path.with_suffix(".json")
+
+    def connect(self) -> sqlite3.Connection:
+        """A read-only connection; the snapshot never changes, so no locks are taken."""
+        return open_source(self.path, immutable=True)
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["path"], d["source"] = str(self.path), str(self.source)
+        return d
+
+    @classmethod
+    def load(cls, meta_path: Path) -> Snapshot:
+        """Read the metadata written next to a snapshot file."""
+        try:
+            d = json.loads(meta_path.read_text())
+            d["path"], d["source"] = Path(d["path"]), Path(d["source"])
+            snap = cls(**d)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise UsageError(f"unreadable snapshot metadata {meta_path}: {exc}") from exc
+        if not snap.path.exists():
+            raise UsageError(f"snapshot file {snap.path} is gone",
+                             hint="start over with --restart")
+        return snap
+
+
+def read_hwm(con: sqlite3.Connection) -> int | None:
+    """The change-log high-water mark inside an open database, or None without capture."""
+    found = con.execute(
+        "select 1 from sqlite_schema where type = 'table' and name = ?", (CHANGELOG_TABLE,)
+    ).fetchone()
+    if not found:
+        return None
+    value = con.execute(f'select max(seq) from "{CHANGELOG_TABLE}"').fetchone()[0]
+    return int(value) if value is not None else 0
+
+
+def take_snapshot(source: Path, dest_dir: Path, *, require_wal: bool = True) -> Snapshot:
+    """Back up ``source`` into ``dest_dir`` in one step and record its high-water mark.
+
+    WAL mode lets the backup's read transaction run beside the app's writers;
+    in rollback-journal mode the same read blocks writers for its duration, so
+    it is refused unless ``require_wal`` is False (offline files, tests).
+    """
+    check_sqlite_file(source)
+    mode = journal_mode(source)
+    if require_wal and mode != "wal":
+        raise UsageError(
+            f"{source} is in journal_mode={mode}; a live snapshot needs WAL",
+            hint=f"sqlite3 {source} 'PRAGMA journal_mode=WAL' (once, while the app is stopped)",
+        )
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest = dest_dir / f"{source.stem}-{stamp}-{os.getpid()}.sqlite"
+    tmp = dest.with_suffix(".partial")
+    tmp.unlink(missing_ok=True)
+    started = time.perf_counter()
+    src = open_source(source)
+    dst = sqlite3.connect(tmp)
+    try:
+        # pages=-1: the whole database in one step, i.e. inside one read transaction.
+        src.backup(dst, pages=-1)
+        # The copy inherits WAL mode from page 1; switch it to a self-contained file.
+        dst.execute("pragma journal_mode=delete")
+        hwm = read_hwm(dst)
+        version = dst.execute("select sqlite_version()").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        raise SourceError(f"snapshot of {source} failed: {exc}", operation="snapshot",
+                          hint=f"sqlite3 {source} 'pragma integrity_check'") from exc
+    finally:
+        dst.close()
+        src.close()
+    with tmp.open("rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, dest)
+    snap = Snapshot(
+        path=dest, source=source.resolve(),
+        taken_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        seconds=round(time.perf_counter() - started, 3), bytes=dest.stat().st_size,
+        hwm=hwm, source_journal_mode=mode, sqlite_version=version,
+    )
+    atomic_write(snap.meta_path, json.dumps(snap.to_dict(), indent=2))
+    return snap

@@ -1,0 +1,1 @@
+"""Prove SQLite and PostgreSQL hold the same data."""
