@@ -20,6 +20,7 @@ import math
 import re
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 # SQLite's printf('%!.17g') is exact (round-trips) for |x| below ~1e100; above
 # that its long-double arithmetic loses the last digit (measured: 0 misses in
@@ -39,62 +40,108 @@ def q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _quoted(c: str) -> str:
-    return f"""'"' || replace({c}, '"', '""') || '"'"""
-
-
 def _typeof_in(c: str, *classes: str) -> str:
     return f"typeof({c}) IN ({', '.join(repr(x) for x in classes)})"
+
+
+@dataclass(frozen=True)
+class FastField:
+    """One CSV field rendered by SQLite's printf: a format piece and its argument.
+
+    ``suspect`` selects the values this rendering may not handle (they take
+    the slow form); None when the profile proves the column holds none.
+    printf measured 2x faster than ``||`` chains (one output buffer instead of
+    a copy per concatenation), and ``%w`` doubles double quotes: exactly
+    CSV's escaping.
+    """
+
+    fmt: str
+    arg: str
+    suspect: str | None
+
+
+# Conversions whose fast form is right for every value of these storage
+# classes: when the profile shows nothing else, the per-row check is skipped
+# (measured: the checks cost as much as rendering the row).
+CLASS_SAFE = {
+    "int": {"integer"}, "numeric": {"integer"}, "text": {"text", "integer"},
+    "json": {"text", "integer"}, "bytea": {"blob", "text"},
+}
+
+
+def is_clean(conversion: str, classes: set[str], *, int_min: int | None = None,
+             int_max: int | None = None, bool_ints: int = 0, integers: int = 0) -> bool:
+    """True when the profile proves no value of the column needs the slow form."""
+    classes = classes - {"null"}
+    if conversion in CLASS_SAFE:
+        return classes <= CLASS_SAFE[conversion]
+    if conversion == "bool":
+        return classes <= {"integer"} and bool_ints == integers
+    if conversion in _EPOCH_SCALE and classes <= {"integer"}:
+        if not classes:
+            return True
+        scale = _EPOCH_SCALE[conversion]
+        return (int_min is not None and int_max is not None and int_min >= 0
+                and int_max <= EPOCH_MAX_S * scale + scale - 1)
+    return not classes
+
+
+def fast_field(conversion: str, column: str, *, clean: bool = False,
+               not_null: bool = False) -> FastField:
+    """The fast rendering of one column; see FastField."""
+    expr, suspect = fast_sql(conversion, column)
+    c = q(column)
+    check = None if clean else suspect
+    if conversion in ("text", "json"):
+        if not_null:
+            return FastField('"%w"', c, check)
+        return FastField("%s", f"""iif({c} IS NULL, NULL, printf('"%w"', {c}))""", check)
+    return FastField("%s", expr, check)
 
 
 def fast_sql(conversion: str, column: str) -> tuple[str, str]:
     """(field expression, suspect predicate) for one column in the fast form.
 
-    The field expression may assume the predicate is false; NULL renders as
-    the empty unquoted field (CSV NULL), any string is rendered quoted.
+    The expression may assume the predicate is false; NULL renders as NULL,
+    which printf's ``%s`` turns into the empty unquoted field (CSV's NULL).
     """
     c = q(column)
-    if conversion == "int":
-        return f"coalesce({c}, '')", f"NOT {_typeof_in(c, 'integer', 'null')}"
+    if conversion in ("int", "numeric"):
+        return c, f"NOT {_typeof_in(c, 'integer', 'null')}"
     if conversion == "float":
-        expr = f"CASE typeof({c}) WHEN 'real' THEN printf('%!.17g', {c}) ELSE coalesce({c}, '') END"
-        ok = (f"(typeof({c}) = 'null' OR (typeof({c}) = 'integer' AND abs({c}) <= 9007199254740992)"
-              f" OR (typeof({c}) = 'real' AND (abs({c}) < {FAST_FLOAT_MAX} AND "
-              f"(abs({c}) > {FAST_FLOAT_MIN} OR {c} = 0))))")
+        expr = f"CASE typeof({c}) WHEN 'real' THEN printf('%!.17g', {c}) ELSE {c} END"
+        ok = (f"(typeof({c}) = 'null' OR (typeof({c}) = 'integer' AND "
+              f"abs({c}) <= 9007199254740992) OR (typeof({c}) = 'real' AND "
+              f"(abs({c}) < {FAST_FLOAT_MAX} AND (abs({c}) > {FAST_FLOAT_MIN} OR {c} = 0))))")
         return expr, f"NOT {ok}"
-    if conversion in ("numeric",):
-        return f"coalesce({c}, '')", f"NOT {_typeof_in(c, 'integer', 'null')}"
-    if conversion == "text":
-        expr = f"CASE typeof({c}) WHEN 'text' THEN {_quoted(c)} ELSE coalesce({c}, '') END"
-        return expr, f"NOT {_typeof_in(c, 'text', 'integer', 'null')}"
-    if conversion == "json":
-        expr = f"CASE typeof({c}) WHEN 'text' THEN {_quoted(c)} ELSE coalesce({c}, '') END"
-        return expr, f"NOT {_typeof_in(c, 'text', 'integer', 'null')}"
+    if conversion in ("text", "json"):
+        return (f"""'"' || replace({c}, '"', '""') || '"'""",
+                f"NOT {_typeof_in(c, 'text', 'integer', 'null')}")
     if conversion == "bytea":
-        return (f"CASE WHEN {c} IS NULL THEN '' ELSE '\\x' || hex({c}) END",
+        # hex(NULL) is '', so NULL must be caught before the prefix is added.
+        return (f"CASE WHEN {c} IS NULL THEN NULL ELSE '\\x' || hex({c}) END",
                 f"NOT {_typeof_in(c, 'blob', 'text', 'null')}")
     if conversion == "bool":
-        return (f"CASE {c} WHEN 1 THEN 't' WHEN 0 THEN 'f' ELSE '' END",
+        return (f"CASE {c} WHEN 1 THEN 't' WHEN 0 THEN 'f' END",
                 f"NOT ({c} IS NULL OR (typeof({c}) = 'integer' AND {c} IN (0, 1)))")
     if conversion == "uuid":
         shape = "-".join("[0-9a-f]" * n for n in (8, 4, 4, 4, 12))
-        return (f"coalesce({c}, '')",
-                f"NOT ({c} IS NULL OR (typeof({c}) = 'text' AND {c} GLOB '{shape}'))")
+        return c, f"NOT ({c} IS NULL OR (typeof({c}) = 'text' AND {c} GLOB '{shape}'))"
     if conversion in _EPOCH_SCALE:
         scale = _EPOCH_SCALE[conversion]
-        base = f"strftime('%Y-%m-%d %H:%M:%S', {c} / {scale}, 'unixepoch')" if scale > 1 else \
-            f"strftime('%Y-%m-%d %H:%M:%S', {c}, 'unixepoch')"
+        base = (f"strftime('%Y-%m-%d %H:%M:%S', {c} / {scale}, 'unixepoch')" if scale > 1
+                else f"strftime('%Y-%m-%d %H:%M:%S', {c}, 'unixepoch')")
         width = len(str(scale)) - 1
-        frac = f" || '.' || substr('{'0' * width}' || ({c} % {scale}), -{width}, {width})" \
-            if scale > 1 else ""
-        expr = f"CASE WHEN {c} IS NULL THEN '' ELSE {base}{frac} || '+00' END"
+        frac = (f" || '.' || substr('{'0' * width}' || ({c} % {scale}), -{width}, {width})"
+                if scale > 1 else "")
         ok = (f"({c} IS NULL OR (typeof({c}) = 'integer' AND {c} >= 0 AND "
               f"{c} <= {EPOCH_MAX_S * scale + scale - 1}))")
-        return expr, f"NOT {ok}"
+        return f"{base}{frac} || '+00'", f"NOT {ok}"
     if conversion in _TEXT_TEMPORAL_GLOBS:
         globs = " OR ".join(f"{c} GLOB '{g}'" for g in _TEXT_TEMPORAL_GLOBS[conversion])
-        ok = f"({c} IS NULL OR (typeof({c}) = 'text' AND ({globs}) AND NOT {c} GLOB '{_SAFE_CHARS_GLOB}'))"
-        return f"coalesce({c}, '')", f"NOT {ok}"
+        ok = (f"({c} IS NULL OR (typeof({c}) = 'text' AND ({globs}) AND NOT {c} GLOB "
+              f"'{_SAFE_CHARS_GLOB}'))")
+        return c, f"NOT {ok}"
     raise ValueError(f"unknown conversion {conversion!r}")
 
 

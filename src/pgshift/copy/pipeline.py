@@ -28,7 +28,7 @@ import psycopg
 from pgshift.copy import checkpoint
 from pgshift.copy.checkpoint import RejectRecord
 from pgshift.copy.chunks import Chunk, q
-from pgshift.copy.convert import Reject, convert, fast_sql, raw_for_report
+from pgshift.copy.convert import FastField, Reject, convert, fast_field, raw_for_report
 from pgshift.dsn import Dsn, connect
 from pgshift.errors import PgshiftError, SourceError, TargetError
 from pgshift.schema.ddl import qualified
@@ -72,32 +72,54 @@ class TableSql:
     @classmethod
     def build(cls, schema: str, table: Table) -> TableSql:
         cols = table.copy_columns
-        fields, suspects = [], []
-        for c in cols:
-            expr, suspect = fast_sql(c.decision.conversion, c.name)
-            fields.append(expr)
-            suspects.append(suspect)
-            if c.name in table.primary_key:
-                suspects.append(f"{q(c.name)} IS NULL")
-        any_suspect = " OR ".join(f"({s})" for s in suspects) or "0"
-        line = " || ',' || ".join(fields) if fields else "''"
+        fields = [fast_field(c.decision.conversion, c.name, clean=c.clean, not_null=c.nulls == 0)
+                  for c in cols]
+        suspects = [f.suspect for f in fields if f.suspect]
+        suspects += [f"{q(c.name)} IS NULL" for c in cols
+                     if c.name in table.primary_key and c.nulls]
+        line = _printf_line(fields)
         src = q(table.name)
         keys = list(table.source.primary_key) or ["rowid"]
         key_sql = ", ".join("rowid" if k == "rowid" else q(k) for k in keys)
         values = ", ".join(q(c.name) for c in cols)
+        if suspects:
+            any_suspect = " OR ".join(f"({s})" for s in suspects)
+            # LIMIT -1 keeps SQLite from flattening the subquery, which would
+            # evaluate the suspect predicate twice per row.
+            fast = (f"SELECT group_concat(iif(sus, NULL, line), char(10)), sum(sus), count(*) "
+                    f"FROM (SELECT ({any_suspect}) AS sus, {line} AS line FROM {src} "
+                    f"WHERE {{where}} LIMIT -1)")
+            slow = f"SELECT {key_sql}, {values} FROM {src} WHERE ({{where}}) AND ({any_suspect})"
+        else:
+            fast = (f"SELECT group_concat(line, char(10)), 0, count(*) FROM "
+                    f"(SELECT {line} AS line FROM {src} WHERE {{where}})")
+            slow = f"SELECT {key_sql}, {values} FROM {src} WHERE 0"
         return cls(
             table=table,
             copy_sql=f"COPY {qualified(schema, table.name)} "
                      f"({', '.join(_pgq(c.name) for c in cols)}) FROM STDIN (FORMAT csv)",
-            fast_select=(f"SELECT group_concat(line, char(10)), sum(sus), count(*) FROM "
-                         f"(SELECT CASE WHEN {any_suspect} THEN NULL ELSE {line} END AS line, "
-                         f"({any_suspect}) AS sus FROM {src} WHERE {{where}})"),
-            slow_select=f"SELECT {key_sql}, {values} FROM {src} WHERE ({{where}}) AND "
-                        f"({any_suspect})",
+            fast_select=fast,
+            slow_select=slow,
             all_select=f"SELECT {key_sql}, {values} FROM {src} WHERE {{where}}",
             conversions=[c.decision.conversion for c in cols],
             key_names=keys,
         )
+
+
+# SQLite's default SQLITE_MAX_FUNCTION_ARG is 127 (1000 in newer builds).
+_PRINTF_MAX_ARGS = 100
+
+
+def _printf_line(fields: list[FastField]) -> str:
+    """One CSV line per row: printf over groups of fields, groups joined by commas."""
+    if not fields:
+        return "''"
+    groups = [fields[i : i + _PRINTF_MAX_ARGS] for i in range(0, len(fields), _PRINTF_MAX_ARGS)]
+    parts = []
+    for g in groups:
+        fmt = ",".join(f.fmt for f in g).replace("'", "''")
+        parts.append(f"printf('{fmt}', {', '.join(f.arg for f in g)})")
+    return " || ',' || ".join(parts)
 
 
 def _pgq(name: str) -> str:

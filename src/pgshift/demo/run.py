@@ -38,17 +38,29 @@ class DemoResult:
             "ok": self.ok,
             "seconds": round(self.seconds, 3),
             "postgres_version": self.postgres_version,
-            "seed": {"path": str(self.seed.path), "scale": self.seed.scale,
-                     "rows": self.seed.rows, "bytes": self.seed.bytes,
-                     "seconds": round(self.seed.seconds, 3)},
+            "seed": {
+                "path": str(self.seed.path),
+                "scale": self.seed.scale,
+                "rows": self.seed.rows,
+                "bytes": self.seed.bytes,
+                "seconds": round(self.seed.seconds, 3),
+            },
             "migrate": self.migrate.to_dict(),
-            "counts": [{"table": c.table, "sqlite": c.sqlite, "postgres": c.postgres,
-                        "equal": c.equal} for c in self.counts],
+            "counts": [
+                {"table": c.table, "sqlite": c.sqlite, "postgres": c.postgres, "equal": c.equal}
+                for c in self.counts
+            ],
         }
 
 
-def run_demo(workdir: Path, scale: int, *, jobs: int = 2, keep: bool = False,
-             progress: Progress | None = None) -> DemoResult:
+def run_demo(
+    workdir: Path,
+    scale: int,
+    *,
+    jobs: int = 2,
+    keep: bool = False,
+    progress: Progress | None = None,
+) -> DemoResult:
     """Rehearse the data path in ``workdir`` (recreated) on an embedded PostgreSQL."""
     progress = progress or NullProgress()
     started = time.perf_counter()
@@ -63,8 +75,10 @@ def run_demo(workdir: Path, scale: int, *, jobs: int = 2, keep: bool = False,
     server.start()
     try:
         dsn = server.create_database("hyperpage")
-        result = migrate(MigrateOptions(sqlite_path=db, dsn=dsn, jobs=jobs,
-                                        state_dir=workdir / "state"), progress)
+        result = migrate(
+            MigrateOptions(sqlite_path=db, dsn=dsn, jobs=jobs, state_dir=workdir / "state"),
+            progress,
+        )
         progress.step("verify row counts")
         src = open_source(db)
         with connect(dsn, autocommit=True) as pg:

@@ -23,11 +23,13 @@ import gc
 import json
 import os
 import pickle
+import queue
 import random
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, contextmanager
@@ -201,20 +203,21 @@ _OAUTH_SCOPES: dict[str, str] = {
     "sentry": "project:read event:read org:read",
 }
 
-# (job type, tool, payload key naming the target, weight)
-_JOB_TYPES: tuple[tuple[str, str, str, int], ...] = (
-    ("sync_github", "github", "repo", 20),
-    ("sync_gitlab", "gitlab", "project", 8),
-    ("refresh_jira", "jira", "project", 15),
-    ("refresh_confluence", "confluence", "space", 6),
-    ("send_digest", "slack", "channel", 10),
-    ("sync_linear", "linear", "team", 7),
-    ("import_notion", "notion", "database", 5),
-    ("poll_sentry", "sentry", "project", 9),
-    ("collect_datadog_metrics", "datadog", "monitor", 8),
-    ("page_oncall", "pagerduty", "service", 3),
-    ("rebuild_search_index", "internal", "index", 4),
-    ("cleanup_sessions", "internal", "scope", 5),
+# (job type, payload key naming what it works on, weight). The type already names the tool, so
+# payloads stay lean: at 1M jobs every payload byte is a megabyte of file.
+_JOB_TYPES: tuple[tuple[str, str, int], ...] = (
+    ("sync_github", "repo", 20),
+    ("sync_gitlab", "project", 8),
+    ("refresh_jira", "project", 15),
+    ("refresh_confluence", "space", 6),
+    ("send_digest", "channel", 10),
+    ("sync_linear", "team", 7),
+    ("import_notion", "database", 5),
+    ("poll_sentry", "project", 9),
+    ("collect_datadog_metrics", "monitor", 8),
+    ("page_oncall", "service", 3),
+    ("rebuild_search_index", "index", 4),
+    ("cleanup_sessions", "scope", 5),
 )
 
 _STATUSES: tuple[str, ...] = ("completed", "failed", "pending", "processing", "cancelled")
@@ -521,7 +524,7 @@ def _load(
 ) -> None:
     """Insert every packed batch of ``stream``; check the totals against ``counts``."""
     done = dict.fromkeys(counts, 0)
-    next_report = dict.fromkeys(counts, 0)
+    next_report = dict.fromkeys(counts, _PROGRESS_EVERY)
     statements: dict[str, tuple[str, str]] = {}
     for table, n_rows, groups, rest in stream:
         if table not in statements:
@@ -648,15 +651,32 @@ _EOF = object()
 
 
 def _produce(seed_value: int, scale: int) -> None:
-    """Child entry point: pickle every packed batch to stdout, then ``None``."""
+    """Child entry point: pickle every packed batch to stdout, then ``None``.
+
+    A writer thread drains a small queue of pickles, so generating batch k+1 overlaps with the
+    parent reading and inserting batch k instead of waiting for the pipe to empty.
+    """
     gc.disable()
     out = sys.stdout.buffer
     sys.stdout = sys.stderr  # a stray print must not corrupt the pickle stream
+    blobs: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+
+    def write() -> None:
+        try:
+            while (blob := blobs.get()) is not None:
+                out.write(blob)  # one blocking write(2) per blob: the GIL is free meanwhile
+                out.flush()
+        except BaseException:
+            # The parent is gone (broken pipe): stop at once rather than block on a full queue.
+            os._exit(1)
+
+    writer = threading.Thread(target=write, name="pgshift-seed-writer", daemon=True)
+    writer.start()
     for item in _packed(_batches(seed_value, scale)):
-        pickle.dump(item, out, protocol=pickle.HIGHEST_PROTOCOL)
-        out.flush()
-    pickle.dump(None, out)
-    out.flush()
+        blobs.put(pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL))
+    blobs.put(pickle.dumps(None))
+    blobs.put(None)
+    writer.join()
 
 
 def _batches(seed_value: int, scale: int) -> Iterator[tuple[str, list[Row]]]:
@@ -761,10 +781,10 @@ _ERRORS_JSON: tuple[str, ...] = tuple(
 )
 # (job type, payload opening up to the target value, whether the payload carries a locale)
 _JOB_SHAPES: tuple[tuple[str, str, bool], ...] = tuple(
-    (job_type, f'{{"tool":{_dumps(tool)},{_dumps(key)}:', job_type == "send_digest")
-    for job_type, tool, key, _weight in _JOB_TYPES
+    (job_type, f"{{{_dumps(key)}:", job_type == "send_digest")
+    for job_type, key, _weight in _JOB_TYPES
 )
-_SHAPE_TABLE = _weighted(_JOB_SHAPES, tuple(t[3] for t in _JOB_TYPES))
+_SHAPE_TABLE = _weighted(_JOB_SHAPES, tuple(t[2] for t in _JOB_TYPES))
 
 # The last k entries of each lifecycle become a job's k history rows (k = 0..3). Each entry is
 # (status, message, point in the job's timeline: 0 created, 1 started, 2 finished/updated).

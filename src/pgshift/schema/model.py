@@ -21,6 +21,9 @@ class Column:
     decision: TypeDecision
     default: str | None = None  # translated DEFAULT expression
     generated: str | None = None  # translated STORED generation expression
+    # From the profile of the snapshot being copied (exact, it never changes):
+    clean: bool = False  # no value needs the slow form, so the copy skips per-row checks
+    nulls: int = 0
 
     @property
     def copied(self) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 
+from pgshift.copy.convert import is_clean
 from pgshift.errors import UsageError
 from pgshift.schema import ddl
 from pgshift.schema.expr import ExprContext, Untranslatable, translate, translate_default
@@ -128,7 +129,10 @@ def _plan_table(src: SourceTable, prof: TableProfile, notes: list[Note],
             notes.append(Note("anomaly", f"{src.name}.{sc.name}", a))
         # A primary-key column is NOT NULL in PostgreSQL whatever SQLite declared.
         not_null = sc.notnull or sc.pk_position > 0
-        columns.append(Column(sc.name, decision.pg_type, not_null, decision))
+        clean = is_clean(decision.conversion, set(cp.classes), int_min=cp.int_min,
+                         int_max=cp.int_max, bool_ints=cp.bool_ints, integers=cp.integers)
+        columns.append(Column(sc.name, decision.pg_type, not_null, decision, clean=clean,
+                              nulls=cp.nulls))
     table = Table(src.name, columns, src, primary_key=list(src.primary_key), pk_name=src.pk_name,
                   rows=prof.rows)
     ctx = ExprContext(column_types={c.name.lower(): c.pg_type for c in columns},
