@@ -236,23 +236,25 @@ class _Worker:
         out = []
         for row in rows:
             key, values = row[:nkey], row[nkey:]
-            fields = []
-            try:
-                for col, conv, value in zip(ts.table.copy_columns, ts.conversions, values,
-                                            strict=True):
+            fields: list[str] = []
+            failed: list[RejectRecord] = []
+            for col, conv, value in zip(ts.table.copy_columns, ts.conversions, values,
+                                        strict=True):
+                try:
                     if value is None and col.name in ts.table.primary_key:
-                        raise _ColumnReject(col.name, value, "NULL in a primary-key column")
-                    try:
-                        fields.append(convert(conv, bytes(value) if isinstance(value, InvalidText)
-                                              else value))
-                    except Reject as exc:
-                        raise _ColumnReject(col.name, value, str(exc)) from None
-            except _ColumnReject as cr:
-                raw, cls = raw_for_report(cr.value)
-                if isinstance(cr.value, InvalidText):
-                    cls = "text-invalid-utf8"
-                rejects.append(RejectRecord(ts.table.name, _key_dict(ts.key_names, key),
-                                            cr.column, raw, cls, cr.reason))
+                        raise Reject("NULL in a primary-key column")
+                    fields.append(convert(conv, bytes(value) if isinstance(value, InvalidText)
+                                          else value))
+                except Reject as exc:
+                    # Every bad column of the row is reported, not just the first.
+                    raw, cls = raw_for_report(bytes(value) if isinstance(value, InvalidText)
+                                              else value)
+                    if isinstance(value, InvalidText):
+                        cls = "text-invalid-utf8"
+                    failed.append(RejectRecord(ts.table.name, _key_dict(ts.key_names, key),
+                                               col.name, raw, cls, str(exc)))
+            if failed:
+                rejects.extend(failed)
                 continue
             out.append((",".join(fields), row))
         return out
@@ -303,12 +305,6 @@ class _Worker:
         a = self._load_bisect(ts, lines[:mid], rejects)
         b = self._load_bisect(ts, lines[mid:], rejects)
         return a[0] + b[0], a[1] + b[1]
-
-
-class _ColumnReject(Exception):
-    def __init__(self, column: str, value: object, reason: str) -> None:
-        super().__init__(reason)
-        self.column, self.value, self.reason = column, value, reason
 
 
 def _column_of(exc: psycopg.Error) -> str | None:

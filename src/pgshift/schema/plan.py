@@ -104,12 +104,20 @@ def build_plan(
     all_names = {t.name.lower(): t.name for t in catalog.tables}
     for src in chosen:
         plan.tables.append(_plan_table(src, profiles[src.name], plan.notes, chosen_names))
+    names = dict(all_names)
+    types: dict[str, str] = {}
+    clashing: set[str] = set()
+    for t in plan.tables:
+        for c in t.columns:
+            names[c.name.lower()] = c.name
+            # A view sees several tables: a column name's type is known only if unambiguous.
+            if types.setdefault(c.name.lower(), c.pg_type) != c.pg_type:
+                clashing.add(c.name.lower())
+    view_ctx = ExprContext(column_types={k: v for k, v in types.items() if k not in clashing},
+                           names=names)
     for view in catalog.views:
-        names = dict(all_names)
-        for t in plan.tables:
-            names.update({c.name.lower(): c.name for c in t.columns})
         try:
-            plan.views.append(View(view.name, translate(view.select_sql, ExprContext(names=names))))
+            plan.views.append(View(view.name, translate(view.select_sql, view_ctx)))
         except Untranslatable as exc:
             plan.notes.append(Note("untranslated", view.name, f"view not created: {exc}"))
     for trig in catalog.triggers:
