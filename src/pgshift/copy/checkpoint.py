@@ -168,7 +168,8 @@ def record_chunk(conn: psycopg.Connection, run_id: str, table: str, chunk_no: in
     conn.execute(
         "INSERT INTO pgshift.migrate_chunks (run_id, table_name, chunk_no, rows, bytes, rejects, "
         "seconds) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-        (run_id, table, chunk_no, rows, nbytes, len(rejects), seconds))
+        (run_id, table, chunk_no, rows, nbytes, len({repr(sorted(r.key.items())) for r in rejects}),
+         seconds))
 
 
 def _pg_safe(text: str | None) -> str | None:

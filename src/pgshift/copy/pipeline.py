@@ -218,7 +218,7 @@ class _Worker:
                     self._copy(ts, payload)
                 checkpoint.record_chunk(self.pg, self.job.run_id, chunk.table, chunk.no, loaded,
                                         len(payload), rejects, time.perf_counter() - started)
-            return ChunkResult(chunk.table, chunk.no, loaded, len(payload), len(rejects),
+            return ChunkResult(chunk.table, chunk.no, loaded, len(payload), rejected_rows(rejects),
                                time.perf_counter() - started, len(slow_rows))
         except psycopg.errors.DataError:
             pass  # PostgreSQL refused a value the fast form let through: redo slowly
@@ -272,7 +272,7 @@ class _Worker:
             loaded, nbytes = self._load_bisect(ts, lines, rejects)
             checkpoint.record_chunk(self.pg, self.job.run_id, chunk.table, chunk.no, loaded,
                                     nbytes, rejects, time.perf_counter() - started)
-        return ChunkResult(chunk.table, chunk.no, loaded, nbytes, len(rejects),
+        return ChunkResult(chunk.table, chunk.no, loaded, nbytes, rejected_rows(rejects),
                            time.perf_counter() - started, len(rows))
 
     def _load_bisect(self, ts: TableSql, lines: list[tuple[str, tuple[Any, ...]]],
@@ -316,6 +316,11 @@ def _column_of(exc: psycopg.Error) -> str | None:
     if marker in context:
         return context.split(marker, 1)[1].split(":", 1)[0].strip()
     return None
+
+
+def rejected_rows(rejects: list[RejectRecord]) -> int:
+    """Rows behind the reject records (a row with two bad columns has two records)."""
+    return len({repr(sorted(r.key.items())) for r in rejects})
 
 
 def _key_dict(names: list[str], key: tuple[Any, ...]) -> dict[str, Any]:
