@@ -486,7 +486,8 @@ def _violating_keys(conn: psycopg.Connection, rel: str, conname: str, contype: s
         match = " AND ".join(f"p.{qident(pc)} = t.{qident(c)}" for c, pc in zip(cols, pcols,
                                                                                strict=True))
         notnull = " AND ".join(f"t.{qident(c)} IS NOT NULL" for c in cols)
-        query = (f"SELECT {', '.join('t.' + k if k != 'ctid::text' else 't.ctid::text' for k in key_sql.split(', '))}, "
+        keys = ", ".join("t." + k for k in key_sql.split(", "))
+        query = (f"SELECT {keys}, "
                  f"{', '.join('t.' + qident(c) for c in cols)} FROM {rel} t WHERE {notnull} AND "
                  f"NOT EXISTS (SELECT 1 FROM {parent} p WHERE {match}) LIMIT 10")
     else:

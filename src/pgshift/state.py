@@ -102,7 +102,7 @@ class StateDir:
         """Append one audit event; the message is redacted so no DSN password lands on disk."""
         self.root.mkdir(parents=True, exist_ok=True)
         event = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z",
+            "ts": _now_iso(),
             "step": step,
             "kind": kind,
             "message": redact(message),
@@ -148,6 +148,11 @@ CREATE TABLE IF NOT EXISTS decisions (
     reason TEXT NOT NULL
 );
 """
+
+
+def _now_iso() -> str:
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
 
 
 def _actor() -> str:

@@ -27,9 +27,11 @@ def migrate_command(
     exclude: Annotated[list[str] | None, typer.Option(
         "--exclude", "-x", help="Skip these tables (repeatable; shell patterns).")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Parallel workers.")] = 2,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per chunk "
-                                            "(the unit of parallelism and resume).")] = DEFAULT_BATCH,
-    drop: Annotated[bool, typer.Option("--drop", help="Drop existing target tables first.")] = False,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", help="Rows per chunk (the unit of parallelism and resume).")
+    ] = DEFAULT_BATCH,
+    drop: Annotated[bool, typer.Option("--drop", help="Drop existing target tables first.")
+                    ] = False,
     data_only: Annotated[bool, typer.Option("--data-only", help="Load into existing tables; "
                                             "no DDL.")] = False,
     schema_only: Annotated[bool, typer.Option("--schema-only", help="Create the schema; "

@@ -375,7 +375,8 @@ def convert(conversion: str, value: object) -> str:
 
 
 def _kind(v: object) -> str:
-    return {int: "integer", float: "real", str: "text", bytes: "blob"}.get(type(v), type(v).__name__)
+    names = {int: "integer", float: "real", str: "text", bytes: "blob"}
+    return names.get(type(v), type(v).__name__)
 
 
 def _short(v: object, limit: int = 60) -> str:

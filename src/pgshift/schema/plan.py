@@ -163,7 +163,8 @@ def _plan_table(src: SourceTable, prof: TableProfile, notes: list[Note],
             notes.append(Note("warning", f"{src.name}.{sc.name}", _NOCASE_HINT))
         if sc.collation and sc.collation.upper() == "RTRIM":
             notes.append(Note("warning", f"{src.name}.{sc.name}",
-                              "COLLATE RTRIM ignored: trailing spaces are significant in PostgreSQL"))
+                              "COLLATE RTRIM ignored: trailing spaces are significant in "
+                              "PostgreSQL"))
         if col.decision.identity:
             table.identity_column = col.name
     if src.rowid_alias and src.autoincrement:

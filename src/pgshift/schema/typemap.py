@@ -62,8 +62,8 @@ def decide(col: SourceColumn, p: ColumnProfile, *, rowid_alias: bool = False) ->
         if p.reals:
             return TypeDecision("numeric", "numeric", f"declared {decl} but holds {p.reals} "
                                 "non-integral real(s): numeric keeps both exactly",
-                                [f"{p.reals} real value(s) in an integer column"]
-                                + _reject_note(_others(p, "integer", "real"), "numeric"))
+                                [f"{p.reals} real value(s) in an integer column",
+                                 *_reject_note(_others(p, "integer", "real"), "numeric")])
         return TypeDecision("bigint", "int", f"declared {decl}: SQLite integers are 64-bit",
                             _reject_note(_others(p, "integer"), "bigint"))
     if fam == "boolean":

@@ -9,6 +9,7 @@ expressions and partial-index predicates.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from dataclasses import dataclass, field
 
@@ -149,14 +150,16 @@ def read_catalog(con: sqlite3.Connection) -> Catalog:
         "select type, name, tbl_name, sql from sqlite_schema order by rowid"
     ).fetchall()
     table_meta = {
-        r[1]: r for r in con.execute("select schema, name, type, ncol, wr, strict from pragma_table_list "
-                                     "where schema = 'main'")
+        r[1]: r for r in con.execute(
+            "select schema, name, type, ncol, wr, strict from pragma_table_list "
+            "where schema = 'main'")
     }
     sequences: dict[str, int] = {}
     if any(r[1] == "sqlite_sequence" for r in rows):
         sequences = dict(con.execute("select name, seq from sqlite_sequence").fetchall())
 
-    virtual = {r[1] for r in rows if r[0] == "table" and (r[3] or "").upper().startswith("CREATE VIRTUAL")}
+    virtual = {r[1] for r in rows
+               if r[0] == "table" and (r[3] or "").upper().startswith("CREATE VIRTUAL")}
     skipped: list[tuple[str, str]] = []
     tables: list[SourceTable] = []
     views: list[SourceView] = []
@@ -260,7 +263,8 @@ def _constraint_name(part: list[tk.Token], i: int) -> str | None:
     return None
 
 
-def _parse_column_def(table: SourceTable, col: SourceColumn, sql: str, part: list[tk.Token]) -> None:
+def _parse_column_def(table: SourceTable, col: SourceColumn, sql: str,
+                      part: list[tk.Token]) -> None:
     i = 1
     while i < len(part):
         t = part[i]
@@ -290,7 +294,7 @@ def _parse_column_def(table: SourceTable, col: SourceColumn, sql: str, part: lis
 
 def _deferred(tokens: list[tk.Token]) -> bool:
     words = [t.upper for t in tokens]
-    return any(a == "INITIALLY" and b == "DEFERRED" for a, b in zip(words, words[1:], strict=False))
+    return any(a == "INITIALLY" and b == "DEFERRED" for a, b in itertools.pairwise(words))
 
 
 def _pending_fks(table: SourceTable) -> list[tuple[list[str], str | None, bool]]:
@@ -396,6 +400,7 @@ def _parent_pk(con: sqlite3.Connection, parent: str) -> list[str] | None:
 def _view_select(sql: str) -> str:
     tokens = tk.tokenize(sql)
     for i, t in enumerate(tokens):
-        if t.upper == "AS" and i + 1 < len(tokens) and tokens[i + 1].upper in ("SELECT", "WITH", "VALUES"):
+        nxt = tokens[i + 1].upper if i + 1 < len(tokens) else ""
+        if t.upper == "AS" and nxt in ("SELECT", "WITH", "VALUES"):
             return sql[tokens[i + 1].start :].rstrip().rstrip(";")
     return sql

@@ -52,7 +52,7 @@ def open_source(path: Path, *, immutable: bool = False) -> sqlite3.Connection:
         con.execute("select count(*) from sqlite_schema").fetchone()
     except sqlite3.DatabaseError as exc:
         raise UsageError(f"{path} cannot be read as SQLite: {exc}",
-                         hint=f"check the file with: sqlite3 {path} 'pragma integrity_check'") from exc
+                         hint=f"sqlite3 {path} 'pragma integrity_check'") from exc
     return con
 
 

@@ -26,7 +26,8 @@ def compare_counts(source: sqlite3.Connection, target: psycopg.Connection, table
     """Count every table on both sides."""
     out = []
     for t in tables:
-        s = source.execute(f'SELECT count(*) FROM "{t.replace(chr(34), chr(34) * 2)}"').fetchone()[0]
+        quoted = '"' + t.replace('"', '""') + '"'
+        s = source.execute(f"SELECT count(*) FROM {quoted}").fetchone()[0]
         p = target.execute(f"SELECT count(*) FROM {qualified(schema, t)}").fetchone()[0]
         out.append(CountRow(t, int(s), int(p)))
     return out
