@@ -24,6 +24,7 @@ class Column:
     # From the profile of the snapshot being copied (exact, it never changes):
     clean: bool = False  # no value needs the slow form, so the copy skips per-row checks
     nulls: int = 0
+    nul_texts: int = 0  # texts with a NUL byte: always routed to the slow form (a reject)
 
     @property
     def copied(self) -> bool:

@@ -39,6 +39,7 @@ class ColumnProfile:
     offset_texts: int = 0  # of those, with a UTC offset or Z
     bool_texts: int = 0  # text spelled like a boolean
     bool_ints: int = 0  # integers 0 or 1
+    nul_texts: int = 0  # text values holding a NUL byte (SQLite's printf would cut them short)
 
     @property
     def non_null(self) -> int:
@@ -103,7 +104,7 @@ _MERGE_MIN = ("int_min", "class_min")
 _MERGE_MAX = ("int_max", "class_max")
 Figures = dict[str, dict[str, object]]
 _PROFILE_FIELDS = ("int_min", "int_max", "date_texts", "datetime_texts", "offset_texts",
-                   "bool_texts", "bool_ints")
+                   "bool_texts", "bool_ints", "nul_texts")
 
 
 def _column_aggregates(col: str, family: str) -> dict[str, str]:
@@ -123,6 +124,8 @@ def _column_aggregates(col: str, family: str) -> dict[str, str]:
         "class_min": f"min(nullif({t}, 'null'))",
         "class_max": f"max(nullif({t}, 'null'))",
     }
+    if family not in ("integer", "real", "numeric"):
+        aggs["nul_texts"] = f"sum({t} = 'text' AND instr(CAST({c} AS BLOB), x'00') > 0)"
     if family in _NEEDS_RANGE:
         aggs["int_min"] = f"min(CASE WHEN {t} = 'integer' THEN {c} END)"
         aggs["int_max"] = f"max(CASE WHEN {t} = 'integer' THEN {c} END)"
