@@ -156,9 +156,8 @@ def migrate(opts: MigrateOptions, progress: Progress | None = None) -> MigrateRe
     progress = progress or NullProgress()
     _validate(opts)
     t_start = time.perf_counter()
-    state = StateDir.for_name(opts.state_dir or Path.cwd(), _state_name(opts)).ensure() \
-        if opts.state_dir is None or opts.state_dir.name != opts.sqlite_path.stem \
-        else StateDir(opts.state_dir).ensure()
+    state = (StateDir(opts.state_dir) if opts.state_dir is not None
+             else StateDir.for_name(Path.cwd(), opts.sqlite_path.stem)).ensure()
     steps = _Steps(progress, state)
 
     if opts.dry_run:
@@ -183,7 +182,14 @@ def migrate(opts: MigrateOptions, progress: Progress | None = None) -> MigrateRe
         if opts.owner:
             coord.execute(pgsql.SQL("SET ROLE {}").format(pgsql.Identifier(opts.owner)))
         done_steps = checkpoint.step_done(coord, run.run_id)
-        if not opts.data_only:
+        if opts.data_only:
+            missing = [t.name for t in plan.tables
+                       if t.name not in _existing_tables(coord, opts.schema)]
+            if missing:
+                raise UsageError(f"--data-only: table(s) missing in schema {opts.schema!r}: "
+                                 f"{', '.join(missing[:5])}",
+                                 hint="create them first, or run without --data-only")
+        else:
             steps.run("schema", lambda: _create_tables(coord, opts, plan, run, done_steps))
         if run.status == "new":
             run.chunks = _chunk_plan(snap, plan, opts)
@@ -221,10 +227,6 @@ def migrate(opts: MigrateOptions, progress: Progress | None = None) -> MigrateRe
     finally:
         progress.close()
         coord.close()
-
-
-def _state_name(opts: MigrateOptions) -> str:
-    return opts.sqlite_path.stem
 
 
 def _validate(opts: MigrateOptions) -> None:
