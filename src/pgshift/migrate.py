@@ -16,13 +16,14 @@ Steps (each logged as ``STEP n`` with its timing, each idempotent):
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql as pgsql
@@ -42,6 +43,8 @@ from pgshift.source.profile import profile_tables
 from pgshift.source.snapshot import Snapshot, take_snapshot
 from pgshift.state import StateDir, atomic_write
 
+T = TypeVar("T")
+R = TypeVar("R")
 DEFAULT_BATCH = 50_000  # rows per chunk: ~6 MB of CSV for hyperpage rows; see docs/benchmarks.md
 
 
@@ -200,7 +203,7 @@ def migrate(opts: MigrateOptions, progress: Progress | None = None) -> MigrateRe
             steps.run("copy", lambda: _copy(opts, plan, snap, run, summaries, progress, coord))
         violations: list[Note] = []
         if not opts.data_only:
-            steps.run("keys and indexes", lambda: _post_load(opts, plan, run, "keys"))
+            steps.run("keys and indexes", lambda: _post_load(opts, plan, run))
             violations = steps.run("constraints",
                                    lambda: _constraints(coord, opts, plan, run, done_steps))
         steps.run("finish", lambda: _finish(coord, opts, plan, run, done_steps))
@@ -390,39 +393,66 @@ def _copy(opts: MigrateOptions, plan: Plan, snap: Snapshot, run: RunRecord,
     run_copy(job, todo, opts.jobs)
 
 
-def _post_load(opts: MigrateOptions, plan: Plan, run: RunRecord, phase: str) -> None:
-    """PKs, UNIQUEs and indexes, tables in parallel (each table's statements in order)."""
+def _in_sessions(opts: MigrateOptions, items: list[T], fn: Callable[[psycopg.Connection, T], R],
+                 *, role: bool = True) -> list[R]:
+    """Run ``fn(conn, item)`` for each item on ``opts.jobs`` threads, one session each.
 
-    def work(t: Table) -> list[Note]:
-        notes: list[Note] = []
-        conn = connect(opts.dsn, autocommit=True)
-        try:
+    Post-load work is one statement per object, each run by its own backend:
+    parallel sessions are how the index builds and validations use every core.
+    """
+    local = threading.local()
+    opened: list[psycopg.Connection] = []
+    lock = threading.Lock()
+
+    def session() -> psycopg.Connection:
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            conn = connect(opts.dsn, autocommit=True)
             for stmt in session_sql(opts.schema):
                 conn.execute(stmt)
-            if opts.owner:
+            if role and opts.owner:
                 conn.execute(pgsql.SQL("SET ROLE {}").format(pgsql.Identifier(opts.owner)))
-            done = checkpoint.step_done(conn, run.run_id)
-            stmts = [s for s in ddl.post_load_statements(opts.schema, t)
-                     if " CHECK (" not in s and " FOREIGN KEY " not in s]
-            for stmt in stmts:
-                try:
-                    _exec_step(conn, run.run_id, done, stmt)
-                except psycopg.errors.UniqueViolation as exc:
-                    notes.append(Note("violation", t.name, f"{_short_stmt(stmt)} failed: "
-                                      f"{exc.diag.message_primary}; {exc.diag.message_detail}"))
-                except (psycopg.errors.SyntaxError, psycopg.errors.UndefinedFunction,
-                        psycopg.errors.DatatypeMismatch, psycopg.errors.UndefinedColumn,
-                        psycopg.errors.InvalidObjectDefinition) as exc:
-                    notes.append(Note("untranslated", t.name, f"{_short_stmt(stmt)} refused by "
-                                      f"PostgreSQL: {exc.diag.message_primary}"))
-        finally:
+            local.conn = conn
+            with lock:
+                opened.append(conn)
+        return conn
+
+    try:
+        with ThreadPoolExecutor(max_workers=opts.jobs) as pool:
+            return list(pool.map(lambda item: fn(session(), item), items))
+    finally:
+        for conn in opened:
             conn.close()
+
+
+_REFUSED = (psycopg.errors.SyntaxError, psycopg.errors.UndefinedFunction,
+            psycopg.errors.DatatypeMismatch, psycopg.errors.UndefinedColumn,
+            psycopg.errors.InvalidObjectDefinition, psycopg.errors.InvalidForeignKey,
+            psycopg.errors.InvalidTextRepresentation, psycopg.errors.UndefinedTable)
+
+
+def _post_load(opts: MigrateOptions, plan: Plan, run: RunRecord) -> None:
+    """PKs, UNIQUEs and indexes, tables in parallel (each table's statements in order)."""
+
+    def work(conn: psycopg.Connection, t: Table) -> list[Note]:
+        notes: list[Note] = []
+        done = checkpoint.step_done(conn, run.run_id)
+        stmts = [s for s in ddl.post_load_statements(opts.schema, t)
+                 if " CHECK (" not in s and " FOREIGN KEY " not in s]
+        for stmt in stmts:
+            try:
+                _exec_step(conn, run.run_id, done, stmt)
+            except psycopg.errors.UniqueViolation as exc:
+                notes.append(Note("violation", t.name, f"{_short_stmt(stmt)} failed: "
+                                  f"{exc.diag.message_primary}; {exc.diag.message_detail}"))
+            except _REFUSED as exc:
+                notes.append(Note("untranslated", t.name, f"{_short_stmt(stmt)} refused by "
+                                  f"PostgreSQL: {exc.diag.message_primary}"))
         return notes
 
     order = sorted(plan.tables, key=lambda t: -t.rows)
-    with ThreadPoolExecutor(max_workers=opts.jobs) as pool:
-        for notes in pool.map(work, order):
-            plan.notes.extend(notes)
+    for notes in _in_sessions(opts, order, work):
+        plan.notes.extend(notes)
 
 
 def _short_stmt(stmt: str) -> str:
@@ -431,38 +461,35 @@ def _short_stmt(stmt: str) -> str:
 
 def _constraints(conn: psycopg.Connection, opts: MigrateOptions, plan: Plan, run: RunRecord,
                  done: set[str]) -> list[Note]:
-    """CHECKs and FKs NOT VALID, then VALIDATE; violations are reported with keys."""
-    violations: list[Note] = []
+    """CHECKs and FKs NOT VALID, then VALIDATE in parallel; violations reported with keys."""
     for t in plan.tables:
         for stmt in ddl.post_load_statements(opts.schema, t):
             if " CHECK (" not in stmt and " FOREIGN KEY " not in stmt:
                 continue
             try:
                 _exec_step(conn, run.run_id, done, stmt)
-            except (psycopg.errors.SyntaxError, psycopg.errors.UndefinedFunction,
-                    psycopg.errors.DatatypeMismatch, psycopg.errors.UndefinedColumn,
-                    psycopg.errors.InvalidForeignKey, psycopg.errors.InvalidTextRepresentation,
-                    psycopg.errors.UndefinedTable) as exc:
+            except _REFUSED as exc:
                 plan.notes.append(Note("untranslated", t.name, f"{_short_stmt(stmt)} refused "
                                        f"by PostgreSQL: {exc.diag.message_primary}"))
+    rels = [ddl.qualified(opts.schema, t.name) for t in plan.tables]
     rows = conn.execute(
         "SELECT c.conrelid::regclass::text, c.conname, c.contype FROM pg_constraint c "
-        "JOIN pg_namespace n ON n.oid = c.connamespace "
-        "WHERE n.nspname = %s AND NOT c.convalidated AND c.contype IN ('c', 'f')",
-        (opts.schema,)).fetchall()
-    for rel, conname, contype in rows:
-        stmt = f"ALTER TABLE {rel} VALIDATE CONSTRAINT {qident(conname)}"
+        "WHERE c.conrelid = ANY(%s::regclass[]) AND NOT c.convalidated "
+        "AND c.contype IN ('c', 'f') ORDER BY c.contype DESC",
+        (rels,)).fetchall()
+
+    def validate(session: psycopg.Connection, item: tuple[str, str, str]) -> Note | None:
+        rel, conname, contype = item
         try:
-            with conn.transaction():
-                conn.execute(stmt)
+            session.execute(f"ALTER TABLE {rel} VALIDATE CONSTRAINT {qident(conname)}")
         except (psycopg.errors.ForeignKeyViolation, psycopg.errors.CheckViolation) as exc:
-            keys = _violating_keys(conn, rel, conname, contype)
+            keys = _violating_keys(session, rel, conname, contype)
             kind = "foreign key" if contype == "f" else "check"
-            violations.append(Note(
-                "violation", rel,
-                f"{kind} {conname} left NOT VALID (enforced for new rows): "
-                f"{exc.diag.message_primary}; rows: {keys}"))
-    return violations
+            return Note("violation", rel, f"{kind} {conname} left NOT VALID (enforced for new "
+                        f"rows): {exc.diag.message_primary}; rows: {keys}")
+        return None
+
+    return [n for n in _in_sessions(opts, [tuple(r) for r in rows], validate) if n is not None]
 
 
 def _violating_keys(conn: psycopg.Connection, rel: str, conname: str, contype: str) -> str:
@@ -525,8 +552,8 @@ def _finish(conn: psycopg.Connection, opts: MigrateOptions, plan: Plan, run: Run
                 plan.notes.append(Note("untranslated", v.name, f"view refused by PostgreSQL: "
                                        f"{exc.diag.message_primary}"))
     if opts.analyze and not opts.schema_only:
-        for t in plan.tables:
-            conn.execute(f"ANALYZE {ddl.qualified(opts.schema, t.name)}")
+        _in_sessions(opts, plan.tables, lambda session, t: session.execute(
+            f"ANALYZE {ddl.qualified(opts.schema, t.name)}"), role=False)
 
 
 def _write_rejects(conn: psycopg.Connection, run_id: str, state: StateDir) -> Path | None:
