@@ -180,6 +180,11 @@ def migrate(opts: MigrateOptions, progress: Progress | None = None) -> MigrateRe
         checkpoint.acquire_lock(coord, opts.schema)
         run, snap = _start_or_resume(coord, opts, state, steps)
         plan = _make_plan(opts, snap, steps)
+        if run.status != "new" and set(run.chunks) != {t.name for t in plan.tables}:
+            raise UsageError(
+                "--resume must copy the same tables as the run it continues "
+                f"({', '.join(sorted(run.chunks))})",
+                hint="repeat the first run's --tables/--exclude, or use --restart")
         for stmt in session_sql(opts.schema):
             coord.execute(stmt)
         if opts.owner:
@@ -203,9 +208,9 @@ def migrate(opts: MigrateOptions, progress: Progress | None = None) -> MigrateRe
             steps.run("copy", lambda: _copy(opts, plan, snap, run, summaries, progress, coord))
         violations: list[Note] = []
         if not opts.data_only:
-            steps.run("keys and indexes", lambda: _post_load(opts, plan, run))
-            violations = steps.run("constraints",
-                                   lambda: _constraints(coord, opts, plan, run, done_steps))
+            violations = steps.run("keys and indexes", lambda: _post_load(opts, plan, run))
+            violations += steps.run("constraints",
+                                    lambda: _constraints(coord, opts, plan, run, done_steps))
         steps.run("finish", lambda: _finish(coord, opts, plan, run, done_steps))
         rejects_file = _write_rejects(coord, run.run_id, state)
         checkpoint.set_status(coord, run.run_id, "done")
@@ -256,7 +261,9 @@ def _prepare_target(conn: psycopg.Connection, opts: MigrateOptions) -> None:
                              hint=f"CREATE ROLE {opts.owner} (or pass an existing role)")
         ident = pgsql.Identifier(opts.owner)
         conn.execute(pgsql.SQL("GRANT USAGE ON SCHEMA pgshift TO {}").format(ident))
-        conn.execute(pgsql.SQL("GRANT SELECT, INSERT ON pgshift.migrate_steps TO {}").format(ident))
+        # The run's own bookkeeping happens under SET ROLE too.
+        conn.execute(pgsql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "
+                               "pgshift TO {}").format(ident))
         conn.execute(pgsql.SQL("GRANT CREATE, USAGE ON SCHEMA {} TO {}").format(
             pgsql.Identifier(opts.schema), ident))
 
@@ -339,6 +346,12 @@ def _create_tables(conn: psycopg.Connection, opts: MigrateOptions, plan: Plan, r
                 conn.execute(f"DROP TABLE IF EXISTS {ddl.qualified(opts.schema, name)} CASCADE")
     for t in plan.tables:
         _exec_step(conn, run.run_id, done, ddl.create_table(opts.schema, t))
+        for stmt in ddl.defaults(opts.schema, t):
+            try:
+                _exec_step(conn, run.run_id, done, stmt)
+            except _REFUSED as exc:
+                plan.notes.append(Note("untranslated", t.name, f"{_short_stmt(stmt)} refused by "
+                                       f"PostgreSQL: {exc.diag.message_primary}"))
 
 
 def _chunk_plan(snap: Snapshot, plan: Plan, opts: MigrateOptions) -> dict[str, list[list[Any]]]:
@@ -428,11 +441,17 @@ def _in_sessions(opts: MigrateOptions, items: list[T], fn: Callable[[psycopg.Con
 _REFUSED = (psycopg.errors.SyntaxError, psycopg.errors.UndefinedFunction,
             psycopg.errors.DatatypeMismatch, psycopg.errors.UndefinedColumn,
             psycopg.errors.InvalidObjectDefinition, psycopg.errors.InvalidForeignKey,
-            psycopg.errors.InvalidTextRepresentation, psycopg.errors.UndefinedTable)
+            psycopg.errors.InvalidTextRepresentation, psycopg.errors.UndefinedTable,
+            psycopg.errors.UndefinedObject, psycopg.errors.InvalidDatetimeFormat,
+            psycopg.errors.InvalidParameterValue)
 
 
-def _post_load(opts: MigrateOptions, plan: Plan, run: RunRecord) -> None:
-    """PKs, UNIQUEs and indexes, tables in parallel (each table's statements in order)."""
+def _post_load(opts: MigrateOptions, plan: Plan, run: RunRecord) -> list[Note]:
+    """PKs, UNIQUEs and indexes, tables in parallel (each table's statements in order).
+
+    A key PostgreSQL cannot build (values that were distinct in SQLite became
+    equal, e.g. 1 and '1' in an untyped column) is a violation: exit code 3.
+    """
 
     def work(conn: psycopg.Connection, t: Table) -> list[Note]:
         notes: list[Note] = []
@@ -451,8 +470,11 @@ def _post_load(opts: MigrateOptions, plan: Plan, run: RunRecord) -> None:
         return notes
 
     order = sorted(plan.tables, key=lambda t: -t.rows)
+    violations: list[Note] = []
     for notes in _in_sessions(opts, order, work):
-        plan.notes.extend(notes)
+        plan.notes.extend(n for n in notes if n.level != "violation")
+        violations.extend(n for n in notes if n.level == "violation")
+    return violations
 
 
 def _short_stmt(stmt: str) -> str:

@@ -69,6 +69,7 @@ def plan_text(plan: Plan) -> Group:
     sql = []
     for tbl in plan.tables:
         sql.append(ddl.create_table(plan.schema, tbl) + ";")
+        sql.extend(s + ";" for s in ddl.defaults(plan.schema, tbl))
         sql.extend(s + ";" for s in ddl.post_load_statements(plan.schema, tbl))
     sql.extend(ddl.create_view(plan.schema, v) + ";" for v in plan.views)
     parts.append(Text("\n-- DDL\n" + "\n".join(sql) + "\n"))

@@ -110,7 +110,7 @@ def acquire_lock(conn: psycopg.Connection, target_schema: str) -> None:
     got = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_key(target_schema),)).fetchone()
     if not got or not got[0]:
         raise LockedError(
-            f"another pgshift migrate is running into schema {target_schema!r} on this server",
+            f"another pgshift migrate is running into schema {target_schema!r} of this database",
             hint="wait for it to finish, or find it with: SELECT pid, query FROM pg_stat_activity "
                  "WHERE application_name = 'pgshift'",
         )

@@ -166,15 +166,19 @@ def csv_quote(text: str) -> str:
     return '"' + text.replace('"', '""') + '"'
 
 
+class InvalidText(bytes):
+    """A TEXT value that is not valid UTF-8, kept as its raw bytes (not a blob)."""
+
+
 def _text_of(value: object, target: str) -> str:
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise Reject(f"invalid UTF-8 in text ({exc.reason} at byte {exc.start})") from exc
     if isinstance(value, str):
         return value
-    raise Reject(f"{type(value).__name__} value cannot become {target}")
+    if isinstance(value, InvalidText):
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise Reject(f"invalid UTF-8 in text ({exc.reason} at byte {exc.start})") from exc
+    raise Reject(f"{_kind(value)} value cannot become {target}")
 
 
 def _check_text(text: str) -> str:
@@ -388,11 +392,10 @@ def raw_for_report(value: object) -> tuple[str | None, str]:
     """(printable raw value, SQLite storage class) for rejects files and tables."""
     if value is None:
         return None, "null"
+    if isinstance(value, InvalidText):
+        return "\\x" + value.hex(), "text-invalid-utf8"
     if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8"), "text"
-        except UnicodeDecodeError:
-            return "\\x" + value.hex(), "blob-or-invalid-utf8"
+        return "\\x" + value.hex(), "blob"
     if isinstance(value, float):
         return float_text(value), "real"
     return str(value), _kind(value)

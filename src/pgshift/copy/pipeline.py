@@ -28,15 +28,18 @@ import psycopg
 from pgshift.copy import checkpoint
 from pgshift.copy.checkpoint import RejectRecord
 from pgshift.copy.chunks import Chunk, q
-from pgshift.copy.convert import FastField, Reject, convert, fast_field, raw_for_report
+from pgshift.copy.convert import (
+    FastField,
+    InvalidText,
+    Reject,
+    convert,
+    fast_field,
+    raw_for_report,
+)
 from pgshift.dsn import Dsn, connect
 from pgshift.errors import PgshiftError, SourceError, TargetError
 from pgshift.schema.ddl import qualified
 from pgshift.schema.model import Table
-
-
-class InvalidText(bytes):
-    """A TEXT value that is not valid UTF-8 (kept as its raw bytes)."""
 
 
 def _text_factory(raw: bytes) -> str | InvalidText:
@@ -247,14 +250,10 @@ class _Worker:
                 try:
                     if value is None and col.name in ts.table.primary_key:
                         raise Reject("NULL in a primary-key column")
-                    fields.append(convert(conv, bytes(value) if isinstance(value, InvalidText)
-                                          else value))
+                    fields.append(convert(conv, value))
                 except Reject as exc:
                     # Every bad column of the row is reported, not just the first.
-                    raw, cls = raw_for_report(bytes(value) if isinstance(value, InvalidText)
-                                              else value)
-                    if isinstance(value, InvalidText):
-                        cls = "text-invalid-utf8"
+                    raw, cls = raw_for_report(value)
                     failed.append(RejectRecord(ts.table.name, _key_dict(ts.key_names, key),
                                                col.name, raw, cls, str(exc)))
             if failed:
@@ -299,8 +298,7 @@ class _Worker:
                     names = [c.name for c in ts.table.copy_columns]
                     if column in names:
                         value = row[nkey + names.index(column)]
-                raw, cls = raw_for_report(bytes(value) if isinstance(value, InvalidText)
-                                          else value)
+                raw, cls = raw_for_report(value)
                 reason = (exc.diag.message_primary or str(exc)).strip()
                 rejects.append(RejectRecord(ts.table.name, _key_dict(ts.key_names, row[:nkey]),
                                             column, raw, cls, f"PostgreSQL: {reason}"))

@@ -39,7 +39,6 @@ _NOW_TYPED = {
     "time": "((now() AT TIME ZONE 'UTC')::time(0))",
 }
 _EPOCH_S = "(floor(extract(epoch FROM now()))::bigint)"
-_EPOCH_MS = "(floor(extract(epoch FROM now()) * 1000)::bigint)"
 _STRFTIME_NOW = {
     "%s": _EPOCH_S,
     "%Y-%m-%d %H:%M:%S": _NOW_TEXT["datetime"],
@@ -123,6 +122,15 @@ def _rewrite(node: exp.Expression, ctx: ExprContext, *, top: bool) -> exp.Expres
         key = {exp.CurrentTimestamp: "current_timestamp", exp.CurrentDate: "current_date",
                exp.CurrentTime: "current_time"}[type(node)]
         return _pg(_NOW_TEXT[key])
+    if isinstance(node, exp.Date) and isinstance(node.this, exp.Literal) \
+            and str(node.this.this).lower() == "now" and not node.expressions:
+        return _pg(typed_now or _NOW_TEXT["date"])
+    if isinstance(node, exp.Collate):
+        coll = node.expression.name.upper() if isinstance(node.expression, exp.Expression) else ""
+        if coll == "BINARY":
+            return _rewrite(node.this, ctx, top=False)  # PostgreSQL's default for our columns
+        raise Untranslatable(f"COLLATE {coll or node.expression} has no PostgreSQL equivalent "
+                             "(for NOCASE: compare lower() values or use citext)")
     if isinstance(node, exp.Anonymous):
         name = str(node.this).lower()
         if name in ("datetime", "date", "time") and _now_arg(node):

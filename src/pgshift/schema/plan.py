@@ -60,6 +60,7 @@ class Plan:
                         for c in t.columns
                     ],
                     "ddl": ddl.create_table(self.schema, t),
+                    "defaults": ddl.defaults(self.schema, t),
                     "post_load": ddl.post_load_statements(self.schema, t),
                 }
                 for t in self.tables

@@ -103,9 +103,13 @@ def decide(col: SourceColumn, p: ColumnProfile, *, rowid_alias: bool = False) ->
                             f"declared {decl}: SQLite REAL is an 8-byte float",
                             notes + _reject_note(_others(p, "real", "integer"), "double precision"))
     if fam == "numeric":
+        notes = _reject_note(_others(p, "integer", "real", "text"), "numeric")
+        if p.texts:
+            notes.append(f"{p.texts} text value(s) in a numeric column: carried when they spell "
+                         "a number, rejects otherwise")
         return TypeDecision("numeric", "numeric",
                             f"declared {decl}: unconstrained numeric keeps every value exactly",
-                            _reject_note(_others(p, "integer", "real"), "numeric"))
+                            notes)
     return _decide_from_profile(decl, p)
 
 
