@@ -48,9 +48,10 @@ def root(
 
 
 def _register() -> None:
-    from pgshift.cli import demo, migrate
+    from pgshift.cli import demo, migrate, verify
 
     app.command(name="migrate", no_args_is_help=True)(migrate.migrate_command)
+    app.command(name="verify", no_args_is_help=True)(verify.verify_command)
     app.add_typer(demo.demo_app, name="demo")
 
 

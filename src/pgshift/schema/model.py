@@ -25,6 +25,7 @@ class Column:
     clean: bool = False  # no value needs the slow form, so the copy skips per-row checks
     nulls: int = 0
     nul_texts: int = 0  # texts with a NUL byte: always routed to the slow form (a reject)
+    classes: frozenset[str] = frozenset()  # storage classes present (verify orders keys by them)
 
     @property
     def copied(self) -> bool:

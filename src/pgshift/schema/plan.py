@@ -141,7 +141,8 @@ def _plan_table(src: SourceTable, prof: TableProfile, notes: list[Note],
         clean = is_clean(decision.conversion, set(cp.classes), int_min=cp.int_min,
                          int_max=cp.int_max, bool_ints=cp.bool_ints, integers=cp.integers)
         columns.append(Column(sc.name, decision.pg_type, not_null, decision, clean=clean,
-                              nulls=cp.nulls, nul_texts=cp.nul_texts))
+                              nulls=cp.nulls, nul_texts=cp.nul_texts,
+                              classes=frozenset(cp.classes) - {"null"}))
     table = Table(src.name, columns, src, primary_key=list(src.primary_key), pk_name=src.pk_name,
                   rows=prof.rows)
     ctx = ExprContext(column_types={c.name.lower(): c.pg_type for c in columns},

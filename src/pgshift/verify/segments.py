@@ -1,0 +1,263 @@
+"""Segment checksums on both engines, and bisection of differing segments to rows.
+
+A table with a primary key is cut into key ranges that mean the same on both
+sides: integer keys compare numerically everywhere, text keys bytewise
+(SQLite's BINARY collation, PostgreSQL's ``COLLATE "C"``). Each side returns
+(count, sum of 64-bit row hashes mod 2^64) per range: order-independent, so
+neither side sorts. A range whose figures differ is split and re-checked
+until it is small enough to compare row by row. Keyless tables are compared
+as multisets of row hashes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from pgshift.schema.ddl import qualified
+from pgshift.schema.model import Table, qident
+from pgshift.verify import canonical as cn
+
+MASK = (1 << 64) - 1
+ROWS_TO_COMPARE = 256  # below this a range is compared row by row
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class Range:
+    """Keys with lo < key <= hi (None: unbounded)."""
+
+    lo: tuple[Any, ...] | None
+    hi: tuple[Any, ...] | None
+
+
+@dataclass
+class RowDiff:
+    """One differing row: present on one side only, or with differing columns."""
+
+    table: str
+    key: dict[str, Any]
+    kind: str  # "changed", "missing_in_postgres", "extra_in_postgres", "count_differs"
+    columns: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"table": self.table, "key": self.key, "kind": self.kind,
+                "columns": {c: {"sqlite": a, "postgres": b} for c, (a, b) in self.columns.items()}}
+
+
+class TableComparer:
+    """Computes and compares segment figures of one table on both engines."""
+
+    def __init__(self, table: Table, schema: str, sqlite: sqlite3.Connection,
+                 pg: psycopg.Connection) -> None:
+        self.table, self.schema, self.sqlite, self.pg = table, schema, sqlite, pg
+        self.columns = table.copy_columns
+        self.conversions = [c.decision.conversion for c in self.columns]
+        self.keys = list(table.primary_key)
+        self.key_index = [[c.name for c in self.columns].index(k) for k in self.keys] \
+            if all(k in [c.name for c in self.columns] for k in self.keys) else []
+        self.fn = f"pgshift_hsum_{id(self)}"
+        conversions = self.conversions
+
+        class HashSum:
+            def __init__(self) -> None:
+                self.total = 0
+                self.n = 0
+
+            def step(self, *values: object) -> None:
+                self.total += cn.row_hash(cn.row_text(conversions, values))
+                self.n += 1
+
+            def finalize(self) -> str:
+                return f"{self.n}:{self.total & MASK}"
+
+        sqlite.create_aggregate(self.fn, len(self.columns), HashSum)  # type: ignore[arg-type]
+        self.pg_parts = [cn.pg_expr(c.decision.conversion, c.name) for c in self.columns]
+        self.pg_row = cn.pg_row_text(self.pg_parts)
+
+    @property
+    def segmentable(self) -> bool:
+        """Key ranges agree on both engines only for plain integer or text keys."""
+        if not self.keys or len(self.key_index) != len(self.keys):
+            return False
+        for k in self.keys:
+            col = self.table.column(k)
+            conv = col.decision.conversion
+            if not ((conv == "int" and col.classes <= {"integer"})
+                    or (conv == "text" and col.classes <= {"text"})):
+                return False
+        return True
+
+    # ----------------------------------------------------------- key ranges
+
+    def _sqlite_key(self) -> str:
+        return ", ".join(_q(k) + (" COLLATE BINARY" if self._is_text(k) else "")
+                         for k in self.keys)
+
+    def _pg_key(self, alias: str = "") -> str:
+        return ", ".join(alias + qident(k) + (' COLLATE "C"' if self._is_text(k) else "")
+                         for k in self.keys)
+
+    def _is_text(self, k: str) -> bool:
+        return self.table.column(k).decision.conversion == "text"
+
+    def _where(self, r: Range, *, pg: bool) -> tuple[str, list[Any]]:
+        key = self._pg_key() if pg else self._sqlite_key()
+        row = f"({key})" if len(self.keys) > 1 else key
+        ph = "%s" if pg else "?"
+        params_ph = "(" + ", ".join(ph for _ in self.keys) + ")" if len(self.keys) > 1 else ph
+        parts, params = [], []
+        if r.lo is not None:
+            parts.append(f"{row} > {params_ph}")
+            params.extend(r.lo)
+        if r.hi is not None:
+            parts.append(f"{row} <= {params_ph}")
+            params.extend(r.hi)
+        if not parts:
+            return ("true" if pg else "1"), params
+        return " AND ".join(parts), params
+
+    def split(self, r: Range, parts: int, rows: int) -> list[Range]:
+        """Cut a range into about ``parts`` ranges of equal row counts (SQLite decides)."""
+        step = max(1, rows // parts)
+        where, params = self._where(r, pg=False)
+        key = self._sqlite_key()
+        bounds: list[tuple[Any, ...]] = []
+        prev = r.lo
+        while True:
+            w = where
+            p = list(params)
+            if prev is not None and prev != r.lo:
+                row = f"({key})" if len(self.keys) > 1 else key
+                ph = "(" + ", ".join("?" for _ in self.keys) + ")" if len(self.keys) > 1 else "?"
+                w = f"{w} AND {row} > {ph}"
+                p += list(prev)
+            got = self.sqlite.execute(
+                f"SELECT {', '.join(_q(k) for k in self.keys)} FROM {_q(self.table.name)} "
+                f"WHERE {w} ORDER BY {key} LIMIT 1 OFFSET ?", [*p, step - 1]).fetchone()
+            if got is None or (r.hi is not None and tuple(got) >= r.hi):
+                break
+            prev = tuple(got)
+            bounds.append(prev)
+        out, lo = [], r.lo
+        for b in bounds:
+            out.append(Range(lo, b))
+            lo = b
+        out.append(Range(lo, r.hi))
+        return out
+
+    # ------------------------------------------------------------- figures
+
+    def sqlite_figures(self, r: Range) -> tuple[int, int]:
+        where, params = self._where(r, pg=False)
+        cols = ", ".join(_q(c.name) for c in self.columns)
+        got = self.sqlite.execute(f"SELECT {self.fn}({cols}) FROM {_q(self.table.name)} "
+                                  f"WHERE {where}", params).fetchone()[0]
+        n, total = (got or "0:0").split(":")
+        return int(n), int(total)
+
+    def pg_figures(self, r: Range) -> tuple[int, int]:
+        where, params = self._where(r, pg=True)
+        row = self.pg.execute(
+            f"SELECT count(*), coalesce(sum(('x' || substr(md5({self.pg_row}), 1, 16))"
+            f"::bit(64)::bigint), 0) FROM {qualified(self.schema, self.table.name)} "
+            f"WHERE {where}", params).fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1]) & MASK
+
+    # ---------------------------------------------------------- row compare
+
+    def sqlite_rows(self, r: Range | None) -> dict[str, tuple[str, list[str | None]]]:
+        where, params = self._where(r, pg=False) if r else ("1", [])
+        cols = ", ".join(_q(c.name) for c in self.columns)
+        out = {}
+        for values in self.sqlite.execute(f"SELECT {cols} FROM {_q(self.table.name)} "
+                                          f"WHERE {where}", params):
+            canon = [None if v is None else cn.CANON[conv](v)
+                     for conv, v in zip(self.conversions, values, strict=True)]
+            out[self._key_text(canon)] = (cn.row_text(self.conversions, values), canon)
+        return out
+
+    def pg_rows(self, r: Range | None) -> dict[str, tuple[str, list[str | None]]]:
+        where, params = self._where(r, pg=True) if r else ("true", [])
+        out = {}
+        cur = self.pg.execute(f"SELECT {', '.join(self.pg_parts)} FROM "
+                              f"{qualified(self.schema, self.table.name)} WHERE {where}", params)
+        for canon in cur:
+            text = "".join("N" if v is None else f"V{len(v)}:{v}" for v in canon)
+            out[self._key_text(list(canon))] = (text, list(canon))
+        return out
+
+    def _key_text(self, canon: list[str | None]) -> str:
+        if not self.key_index:
+            return "".join("N" if v is None else f"V{len(v)}:{v}" for v in canon)
+        return "\x1f".join(str(canon[i]) for i in self.key_index)
+
+    def diff_rows(self, r: Range | None) -> list[RowDiff]:
+        """Row-level differences inside a range (keyed tables)."""
+        left, right = self.sqlite_rows(r), self.pg_rows(r)
+        diffs = []
+        for key in sorted(set(left) | set(right)):
+            a, b = left.get(key), right.get(key)
+            kdict = self._key_dict((a or b)[1])  # type: ignore[index]
+            if b is None:
+                diffs.append(RowDiff(self.table.name, kdict, "missing_in_postgres"))
+            elif a is None:
+                diffs.append(RowDiff(self.table.name, kdict, "extra_in_postgres"))
+            elif a[0] != b[0]:
+                cols = {c.name: _pair(x, y) for c, x, y in
+                        zip(self.columns, a[1], b[1], strict=True) if x != y}
+                diffs.append(RowDiff(self.table.name, kdict, "changed", cols))
+        return diffs
+
+    def _key_dict(self, canon: list[str | None]) -> dict[str, Any]:
+        if not self.key_index:
+            return {"row": _short("|".join(str(v) for v in canon), 200)}
+        return {k: canon[i] for k, i in zip(self.keys, self.key_index, strict=True)}
+
+    # ------------------------------------------------------------ multiset
+
+    def multiset_diff(self) -> list[RowDiff]:
+        """Keyless tables: compare the count of every distinct row."""
+        left = Counter(self.sqlite_rows_multi())
+        right = Counter(self.pg_rows_multi())
+        return [RowDiff(self.table.name, {"row": _short(text, 200)}, "count_differs",
+                        {"*": (str(left[text]), str(right[text]))})
+                for text in sorted(set(left) | set(right)) if left[text] != right[text]]
+
+    def sqlite_rows_multi(self) -> Iterator[str]:
+        cols = ", ".join(_q(c.name) for c in self.columns)
+        for values in self.sqlite.execute(f"SELECT {cols} FROM {_q(self.table.name)}"):
+            yield cn.row_text(self.conversions, values)
+
+    def pg_rows_multi(self) -> Iterator[str]:
+        cur = self.pg.execute(f"SELECT {', '.join(self.pg_parts)} FROM "
+                              f"{qualified(self.schema, self.table.name)}")
+        for canon in cur:
+            yield "".join("N" if v is None else f"V{len(v)}:{v}" for v in canon)
+
+
+def _pair(a: str | None, b: str | None, limit: int = 80) -> tuple[str | None, str | None]:
+    """Both sides of a differing value, cut around the first difference."""
+    if a is None or b is None or (len(a) <= limit and len(b) <= limit):
+        return _short(a, limit), _short(b, limit)
+    first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+                 min(len(a), len(b)))
+    start = max(0, first - limit // 4)
+    prefix = "..." if start else ""
+    return prefix + str(_short(a[start:], limit - 3)), prefix + str(_short(b[start:], limit - 3))
+
+
+def _short(v: object, limit: int = 80) -> str | None:
+    if v is None:
+        return None
+    s = str(v)
+    return s if len(s) <= limit else s[: limit - 3] + "..."
