@@ -23,7 +23,7 @@ from pgshift.schema.ddl import qualified
 from pgshift.schema.model import Table, qident
 from pgshift.verify import canonical as cn
 
-MASK = (1 << 64) - 1
+MASK = cn.MASK
 ROWS_TO_COMPARE = 256  # below this a range is compared row by row
 
 
@@ -60,26 +60,21 @@ class TableComparer:
                  pg: psycopg.Connection) -> None:
         self.table, self.schema, self.sqlite, self.pg = table, schema, sqlite, pg
         self.columns = table.copy_columns
-        self.conversions = [c.decision.conversion for c in self.columns]
+        names = [c.name for c in self.columns]
         self.keys = list(table.primary_key)
-        self.key_index = [[c.name for c in self.columns].index(k) for k in self.keys] \
-            if all(k in [c.name for c in self.columns] for k in self.keys) else []
-        self.fn = f"pgshift_hsum_{id(self)}"
-        conversions = self.conversions
-
-        class HashSum:
-            def __init__(self) -> None:
-                self.total = 0
-                self.n = 0
-
-            def step(self, *values: object) -> None:
-                self.total += cn.row_hash(cn.row_text(conversions, values))
-                self.n += 1
-
-            def finalize(self) -> str:
-                return f"{self.n}:{self.total & MASK}"
-
-        sqlite.create_aggregate(self.fn, len(self.columns), HashSum)  # type: ignore[arg-type]
+        self.key_index = [names.index(k) for k in self.keys] \
+            if all(k in names for k in self.keys) else []
+        cn.register(sqlite)
+        # Invalid UTF-8 in a SQLite text must not crash the comparison: it is a difference.
+        sqlite.text_factory = lambda b: b.decode("utf-8", "surrogateescape")
+        self.sqlite_parts = [cn.sqlite_canon(c.decision.conversion, c.name, c.classes)
+                             for c in self.columns]
+        fmts, args = [], []
+        for c in self.columns:
+            f, a = cn.sqlite_piece(c.decision.conversion, c.name, c.classes)
+            fmts.append(f)
+            args.append(a)
+        self.sqlite_row = _printf_groups(fmts, args)
         self.pg_parts = [cn.pg_expr(c.decision.conversion, c.name) for c in self.columns]
         self.pg_row = cn.pg_row_text(self.pg_parts)
 
@@ -158,9 +153,9 @@ class TableComparer:
 
     def sqlite_figures(self, r: Range) -> tuple[int, int]:
         where, params = self._where(r, pg=False)
-        cols = ", ".join(_q(c.name) for c in self.columns)
-        got = self.sqlite.execute(f"SELECT {self.fn}({cols}) FROM {_q(self.table.name)} "
-                                  f"WHERE {where}", params).fetchone()[0]
+        got = self.sqlite.execute(
+            f"SELECT {cn.HASH_SUM_FN}(CAST({self.sqlite_row} AS BLOB)) FROM "
+            f"{_q(self.table.name)} WHERE {where}", params).fetchone()[0]
         n, total = (got or "0:0").split(":")
         return int(n), int(total)
 
@@ -177,13 +172,11 @@ class TableComparer:
 
     def sqlite_rows(self, r: Range | None) -> dict[str, tuple[str, list[str | None]]]:
         where, params = self._where(r, pg=False) if r else ("1", [])
-        cols = ", ".join(_q(c.name) for c in self.columns)
         out = {}
-        for values in self.sqlite.execute(f"SELECT {cols} FROM {_q(self.table.name)} "
-                                          f"WHERE {where}", params):
-            canon = [None if v is None else cn.CANON[conv](v)
-                     for conv, v in zip(self.conversions, values, strict=True)]
-            out[self._key_text(canon)] = (cn.row_text(self.conversions, values), canon)
+        for canon in self.sqlite.execute(f"SELECT {', '.join(self.sqlite_parts)} FROM "
+                                         f"{_q(self.table.name)} WHERE {where}", params):
+            texts = [None if v is None else str(v) for v in canon]
+            out[self._key_text(texts)] = (cn.row_text(texts), texts)
         return out
 
     def pg_rows(self, r: Range | None) -> dict[str, tuple[str, list[str | None]]]:
@@ -192,13 +185,12 @@ class TableComparer:
         cur = self.pg.execute(f"SELECT {', '.join(self.pg_parts)} FROM "
                               f"{qualified(self.schema, self.table.name)} WHERE {where}", params)
         for canon in cur:
-            text = "".join("N" if v is None else f"V{len(v)}:{v}" for v in canon)
-            out[self._key_text(list(canon))] = (text, list(canon))
+            out[self._key_text(list(canon))] = (cn.row_text(canon), list(canon))
         return out
 
     def _key_text(self, canon: list[str | None]) -> str:
         if not self.key_index:
-            return "".join("N" if v is None else f"V{len(v)}:{v}" for v in canon)
+            return cn.row_text(canon)
         return "\x1f".join(str(canon[i]) for i in self.key_index)
 
     def diff_rows(self, r: Range | None) -> list[RowDiff]:
@@ -234,15 +226,15 @@ class TableComparer:
                 for text in sorted(set(left) | set(right)) if left[text] != right[text]]
 
     def sqlite_rows_multi(self) -> Iterator[str]:
-        cols = ", ".join(_q(c.name) for c in self.columns)
-        for values in self.sqlite.execute(f"SELECT {cols} FROM {_q(self.table.name)}"):
-            yield cn.row_text(self.conversions, values)
+        for canon in self.sqlite.execute(f"SELECT {', '.join(self.sqlite_parts)} FROM "
+                                         f"{_q(self.table.name)}"):
+            yield cn.row_text([None if v is None else str(v) for v in canon])
 
     def pg_rows_multi(self) -> Iterator[str]:
         cur = self.pg.execute(f"SELECT {', '.join(self.pg_parts)} FROM "
                               f"{qualified(self.schema, self.table.name)}")
         for canon in cur:
-            yield "".join("N" if v is None else f"V{len(v)}:{v}" for v in canon)
+            yield cn.row_text(canon)
 
 
 def _pair(a: str | None, b: str | None, limit: int = 80) -> tuple[str | None, str | None]:
@@ -261,3 +253,19 @@ def _short(v: object, limit: int = 80) -> str | None:
         return None
     s = str(v)
     return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+# SQLite's default SQLITE_MAX_FUNCTION_ARG is 127.
+_PRINTF_MAX_ARGS = 99
+
+
+def _printf_groups(fmts: list[str], args: list[list[str]]) -> str:
+    """printf calls (each under the argument limit) concatenated into one row text."""
+    groups: list[tuple[list[str], list[str]]] = [([], [])]
+    for f, a in zip(fmts, args, strict=True):
+        if len(groups[-1][1]) + len(a) > _PRINTF_MAX_ARGS:
+            groups.append(([], []))
+        groups[-1][0].append(f)
+        groups[-1][1].extend(a)
+    calls = [f"printf('{''.join(f)}', {', '.join(a)})" for f, a in groups if a]
+    return " || ".join(calls) if calls else "''"
