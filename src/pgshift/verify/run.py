@@ -126,6 +126,8 @@ def verify(opts: VerifyOptions, progress: Progress | None = None) -> VerifyResul
                 # One consistent view of the target for the whole comparison.
                 pg.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             pg.execute("SET search_path = pg_catalog")
+            # Ordered checksums sort each segment in memory rather than on disk.
+            pg.execute("SET work_mem = '256MB'")
             schema_diffs = check_schema(pg, plan) if opts.check_schema else []
             missing = {d.obj for d in schema_diffs if d.what == "table"}
             verdicts = []
