@@ -39,7 +39,7 @@ from pgshift.schema import ddl
 from pgshift.schema.model import Note, Table, qident
 from pgshift.schema.plan import Plan, build_plan, select_tables
 from pgshift.source.catalog import read_catalog
-from pgshift.source.profile import profile_tables
+from pgshift.source.profile import profile_tables, profiles_to_json
 from pgshift.source.snapshot import Snapshot, take_snapshot
 from pgshift.state import StateDir, atomic_write
 
@@ -202,6 +202,7 @@ def migrate(opts: MigrateOptions, progress: Progress | None = None) -> MigrateRe
         if run.status == "new":
             run.chunks = _chunk_plan(snap, plan, opts)
             checkpoint.start_run(coord, RunRecord(**{**run.__dict__, "status": "copying"}))
+            checkpoint.save_profile(coord, run.run_id, profiles_to_json(plan.profiles))
             run.status = "copying"
         summaries = {t.name: TableSummary(t.name, t.rows) for t in plan.tables}
         if not opts.schema_only:

@@ -42,8 +42,6 @@ def verify_command(
                                        "the sync lag drains before reporting it.")] = False,
     no_schema: Annotated[bool, typer.Option("--no-schema", help="Skip the schema check.")]
     = False,
-    state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Where the snapshot "
-                                                   "goes while verifying.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="JSON result on stdout.")] = False,
 ) -> None:
     """Prove SQLite and PostgreSQL hold the same data; point at every differing row.
@@ -61,8 +59,7 @@ def verify_command(
     """
     opts = VerifyOptions(sqlite_path=sqlite_path, dsn=resolve(postgres_dsn), schema=schema,
                          tables=list(tables or []), exclude=list(exclude or []),
-                         sample=_fraction(sample), live=live, check_schema=not no_schema,
-                         state_dir=state_dir)
+                         sample=_fraction(sample), live=live, check_schema=not no_schema)
     from pgshift.source.snapshot import check_sqlite_file
 
     check_sqlite_file(sqlite_path)

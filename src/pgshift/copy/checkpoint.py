@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS pgshift.migrate_runs (
     finished_at timestamptz,
     chunks jsonb NOT NULL
 );
+ALTER TABLE pgshift.migrate_runs ADD COLUMN IF NOT EXISTS profile jsonb;
 CREATE TABLE IF NOT EXISTS pgshift.migrate_chunks (
     run_id text NOT NULL,
     table_name text NOT NULL,
@@ -132,6 +133,24 @@ def start_run(conn: psycopg.Connection, run: RunRecord) -> None:
             "snapshot_hwm, status, chunks) VALUES (%s, %s, %s, %s, %s, %s, %s)",
             (run.target_schema, run.run_id, run.source, run.snapshot, run.snapshot_hwm,
              run.status, Jsonb(run.chunks)))
+
+
+def save_profile(conn: psycopg.Connection, run_id: str, profile: dict[str, Any]) -> None:
+    """Keep the source profile the type decisions came from (verify reuses it)."""
+    with conn.transaction():
+        conn.execute("UPDATE pgshift.migrate_runs SET profile = %s WHERE run_id = %s",
+                     (Jsonb(profile), run_id))
+
+
+def load_profile(conn: psycopg.Connection, target_schema: str) -> dict[str, Any] | None:
+    """The profile of the last migrate into ``target_schema``, if it is known."""
+    try:
+        row = conn.execute("SELECT profile FROM pgshift.migrate_runs WHERE target_schema = %s",
+                           (target_schema,)).fetchone()
+    except psycopg.errors.UndefinedTable:
+        conn.rollback()
+        return None
+    return row[0] if row and row[0] else None
 
 
 def forget_run(conn: psycopg.Connection, run_id: str) -> None:

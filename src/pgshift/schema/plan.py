@@ -32,6 +32,7 @@ class Plan:
     views: list[View] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    profiles: dict[str, TableProfile] = field(default_factory=dict)
 
     def table(self, name: str) -> Table:
         for t in self.tables:
@@ -98,7 +99,7 @@ def build_plan(
 ) -> Plan:
     """Translate the chosen source tables (all by default) into a target plan."""
     chosen = tables if tables is not None else catalog.tables
-    plan = Plan(schema=schema, tables=[], skipped=list(catalog.skipped))
+    plan = Plan(schema=schema, tables=[], skipped=list(catalog.skipped), profiles=profiles)
     for name, reason in catalog.skipped:
         plan.notes.append(Note("info", name, f"skipped: {reason}"))
     chosen_names = {t.name for t in chosen}

@@ -11,7 +11,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from pgshift.source.catalog import SourceTable
 
@@ -58,6 +59,19 @@ class TableProfile:
     table: str
     rows: int
     columns: dict[str, ColumnProfile] = field(default_factory=dict)
+
+
+def profiles_to_json(profiles: dict[str, TableProfile]) -> dict[str, Any]:
+    """A JSON-ready copy of the profiles (kept in the target so verify can reuse them)."""
+    return {name: {"rows": p.rows, "columns": {c: asdict(cp) for c, cp in p.columns.items()}}
+            for name, p in profiles.items()}
+
+
+def profiles_from_json(data: dict[str, Any]) -> dict[str, TableProfile]:
+    """The inverse of profiles_to_json."""
+    return {name: TableProfile(name, int(d["rows"]),
+                               {c: ColumnProfile(**cp) for c, cp in d["columns"].items()})
+            for name, d in data.items()}
 
 
 def _q(name: str) -> str:

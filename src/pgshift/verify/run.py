@@ -20,14 +20,14 @@ from typing import Any
 
 import psycopg
 
+from pgshift.copy.checkpoint import load_profile
 from pgshift.dsn import Dsn, connect
-from pgshift.errors import ExitCode, TargetError, UsageError
+from pgshift.errors import ExitCode, SourceError, TargetError, UsageError
 from pgshift.progress import NullProgress, Progress
 from pgshift.schema.plan import Plan, build_plan, select_tables
 from pgshift.source.catalog import read_catalog
-from pgshift.source.profile import profile_tables
-from pgshift.source.snapshot import Snapshot, open_source, take_snapshot
-from pgshift.state import StateDir
+from pgshift.source.profile import profile_table, profiles_from_json
+from pgshift.source.snapshot import open_source
 from pgshift.verify.schema_check import SchemaDiff, check_schema
 from pgshift.verify.segments import ROWS_TO_COMPARE, Range, RowDiff, TableComparer
 
@@ -47,8 +47,6 @@ class VerifyOptions:
     live: bool = False
     live_wait: float = 1.0
     live_retries: int = 5
-    state_dir: Path | None = None
-    jobs: int = 2
     check_schema: bool = True
     seed: int = 0
     # Called before re-checking a differing segment in live mode (sync plugs in its
@@ -108,61 +106,59 @@ class VerifyResult:
 
 
 def verify(opts: VerifyOptions, progress: Progress | None = None) -> VerifyResult:
-    """Compare every chosen table of the SQLite file with its PostgreSQL copy."""
+    """Compare every chosen table of the SQLite file with its PostgreSQL copy.
+
+    The SQLite side is read in one read transaction of one connection (a
+    consistent view without copying the file); the PostgreSQL side in one
+    REPEATABLE READ transaction. Type decisions come from the profile migrate
+    stored in the target, so verify does not rescan the source to plan.
+    """
     progress = progress or NullProgress()
     if opts.sample is not None and not 0 < opts.sample <= 1:
         raise UsageError(f"--sample must be between 0% and 100%, not {opts.sample:.0%}")
     started = time.perf_counter()
-    state = (StateDir(opts.state_dir) if opts.state_dir is not None
-             else StateDir.for_name(Path.cwd(), opts.sqlite_path.stem)).ensure()
-    progress.step("snapshot")
-    snap = take_snapshot(opts.sqlite_path, state.snapshots, require_wal=False)
+    src = open_source(opts.sqlite_path)
+    pg = connect(opts.dsn)
     try:
+        src.execute("BEGIN")
+        if not opts.live:
+            pg.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        pg.execute("SET search_path = pg_catalog")
+        # Ordered checksums sort each segment in memory rather than on disk.
+        pg.execute("SET work_mem = '256MB'")
         progress.step("catalog and profile")
-        plan = _plan(opts, snap)
-        pg = connect(opts.dsn)
-        try:
-            if not opts.live:
-                # One consistent view of the target for the whole comparison.
-                pg.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            pg.execute("SET search_path = pg_catalog")
-            # Ordered checksums sort each segment in memory rather than on disk.
-            pg.execute("SET work_mem = '256MB'")
-            schema_diffs = check_schema(pg, plan) if opts.check_schema else []
-            missing = {d.obj for d in schema_diffs if d.what == "table"}
-            verdicts = []
-            for t in plan.tables:
-                if t.name in missing:
-                    verdicts.append(TableVerdict(t.name, t.rows, 0, mode="missing"))
-                    continue
-                progress.step(f"compare {t.name}")
-                progress.task(t.name, t.rows)
-                src = open_source(opts.sqlite_path) if opts.live else snap.connect()
-                try:
-                    verdicts.append(_compare_table(opts, plan, t.name, src, pg, progress))
-                finally:
-                    src.close()
-            pg.rollback()
-        except psycopg.OperationalError as exc:
-            raise TargetError(f"PostgreSQL failed during verify: {exc}") from exc
-        finally:
-            pg.close()
+        plan = _plan(opts, src, pg)
+        schema_diffs = check_schema(pg, plan) if opts.check_schema else []
+        missing = {d.obj for d in schema_diffs if d.what == "table"}
+        verdicts = []
+        for t in plan.tables:
+            if t.name in missing:
+                verdicts.append(TableVerdict(t.name, t.rows, 0, mode="missing"))
+                continue
+            progress.step(f"compare {t.name}")
+            progress.task(t.name, t.rows)
+            verdicts.append(_compare_table(opts, plan, t.name, src, pg, progress))
+        pg.rollback()
+    except psycopg.OperationalError as exc:
+        raise TargetError(f"PostgreSQL failed during verify: {exc}") from exc
+    except sqlite3.DatabaseError as exc:
+        raise SourceError(f"reading {opts.sqlite_path} failed during verify: {exc}") from exc
     finally:
-        snap.path.unlink(missing_ok=True)
-        snap.meta_path.unlink(missing_ok=True)
+        src.close()
+        pg.close()
         progress.close()
     return VerifyResult(verdicts, schema_diffs, time.perf_counter() - started, opts.sample)
 
 
-def _plan(opts: VerifyOptions, snap: Snapshot) -> Plan:
-    con = snap.connect()
-    try:
-        catalog = read_catalog(con)
-        chosen = select_tables(catalog, opts.tables, opts.exclude)
-        profiles = profile_tables(snap.connect, chosen, opts.jobs)
-        return build_plan(catalog, profiles, schema=opts.schema, tables=chosen)
-    finally:
-        con.close()
+def _plan(opts: VerifyOptions, src: sqlite3.Connection, pg: psycopg.Connection) -> Plan:
+    catalog = read_catalog(src)
+    chosen = select_tables(catalog, opts.tables, opts.exclude)
+    stored = load_profile(pg, opts.schema)
+    profiles = profiles_from_json(stored) if stored else {}
+    for t in chosen:
+        if t.name not in profiles:  # not migrated by pgshift: profile it now
+            profiles[t.name] = profile_table(src, t)
+    return build_plan(catalog, profiles, schema=opts.schema, tables=chosen)
 
 
 def _compare_table(opts: VerifyOptions, plan: Plan, name: str, src: sqlite3.Connection,
