@@ -49,19 +49,16 @@ def _assert_usage_error(code: int, err: str, *, fact: str) -> None:
     assert any(line.startswith("Try: ") and len(line) > len("Try: ") for line in lines), err
 
 
-NO_TRY_HINT = pytest.mark.xfail(strict=True, reason="BUG: this UsageError has no hint, so the "
-                                "CLI prints no 'Try:' line")
-
 
 @pytest.mark.parametrize("case", [
     "missing_file",
-    pytest.param("directory", marks=NO_TRY_HINT),
+    "directory",
     "not_sqlite",
     "empty_file",
     "bad_dsn_syntax",
     "env_var_unset",
-    pytest.param("data_only_and_schema_only", marks=NO_TRY_HINT),
-    pytest.param("jobs_zero", marks=NO_TRY_HINT),
+    "data_only_and_schema_only",
+    "jobs_zero",
     "closed_port",
 ])
 def test_input_errors_exit_2_with_error_and_try(case: str, tmp_path: Path, good_db: Path,

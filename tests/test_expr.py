@@ -174,22 +174,11 @@ def test_translation_means_the_same_in_postgres(pg: psycopg.Connection, expr: st
 
 
 @pytest.mark.parametrize("expr", [
-    pytest.param("substr(name, -3, 2)", marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG: substr() with a negative start counts from the end in SQLite ('hello' -> 'll'); "
-        "it is translated to SUBSTRING(... FROM -3 FOR 2), which returns ''"))),
-    pytest.param("substr(name, -3)", marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG: substr(x, -3) is the last 3 characters in SQLite; SUBSTRING(x FROM -3) returns "
-        "all of x"))),
-    pytest.param("max(n, m)", marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG: SQLite's multi-argument max() is NULL if any argument is NULL; GREATEST() "
-        "ignores NULLs (max(-7, NULL): NULL vs -7)"))),
-    pytest.param("min(n, m)", marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG: SQLite's multi-argument min() is NULL if any argument is NULL; LEAST() ignores "
-        "NULLs"))),
-    pytest.param("replace(name, 'l', 'L')", marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG: sqlglot cannot parse replace() and falls back to a raw Command; translate() "
-        "passes the SQLite text through unchecked, so the column is not quoted with its "
-        "stored spelling (\"Name\") and PostgreSQL does not find `name`"))),
+    "substr(name, -3, 2)",
+    "substr(name, -3)",
+    "max(n, m)",
+    "min(n, m)",
+    "replace(name, 'l', 'L')",
 ])
 def test_translation_changes_meaning(pg: psycopg.Connection, expr: str) -> None:
     expected = _sqlite_eval(expr)
@@ -201,9 +190,6 @@ def test_translation_changes_meaning(pg: psycopg.Connection, expr: str) -> None:
 
 
 @pytest.mark.parametrize("stmt", ["DROP TABLE x", "n = 1; DROP TABLE users"])
-@pytest.mark.xfail(strict=True, reason="BUG: translate() accepts whole statements (sqlglot parses "
-                   "them as Drop/Command/Block) instead of refusing anything that is not one "
-                   "expression")
 def test_statements_are_not_expressions(stmt: str) -> None:
     with pytest.raises(Untranslatable):
         translate(stmt, CTX)

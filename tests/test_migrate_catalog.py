@@ -390,10 +390,6 @@ def test_collate_nocase_reported_as_warning(rich: Migrated) -> None:
     assert len(warnings) == 1 and "COLLATE NOCASE" in warnings[0]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: views are translated with one name map for all "
-                   "tables (lower name -> stored spelling, last table wins), so a view on "
-                   "a(id) is rewritten to use \"ID\" when another table has a column \"ID\"; "
-                   "PostgreSQL refuses it and the view is not created")
 def test_view_keeps_its_own_tables_column_spelling(tmp_path: Path, pg_dsn: Dsn,
                                                    pg_conn: psycopg.Connection) -> None:
     db = make_db(tmp_path / "views.db", """

@@ -334,9 +334,6 @@ def _migrate_small(tmp_path: Path, dsn: Dsn, schema: str, script: str,
     return result, connect(dsn, autocommit=True, application_name="pgshift-tests")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a date-only text ('2024-01-02', day <= 29) in a "
-                   "DATETIME column matches the profile's offset glob '*[+-][0-2][0-9]' (its "
-                   "'-02' tail), so the whole column becomes timestamptz instead of timestamp")
 def test_date_only_text_in_datetime_column_keeps_timestamp(tmp_path: Path, scratch: Dsn) -> None:
     result, conn = _migrate_small(
         tmp_path, scratch, "date_only", "CREATE TABLE t (id INTEGER PRIMARY KEY, d DATETIME);",
@@ -348,10 +345,6 @@ def test_date_only_text_in_datetime_column_keeps_timestamp(tmp_path: Path, scrat
             (3, dt.datetime(2024, 1, 2))]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: '2024-01-02 24:00:00' passes the fast form's glob "
-                   "and PostgreSQL loads it as 2024-01-03 00:00:00, but the slow form rejects it "
-                   "('time out of range'): the outcome depends on whether another row of the "
-                   "same chunk sends the chunk down the slow path")
 def test_hour_24_gets_the_same_verdict_whatever_its_neighbours(tmp_path: Path,
                                                                scratch: Dsn) -> None:
     script = ("CREATE TABLE clean (id INTEGER PRIMARY KEY, d DATETIME);"
@@ -365,10 +358,6 @@ def test_hour_24_gets_the_same_verdict_whatever_its_neighbours(tmp_path: Path,
         assert clean == mixed
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the ts_text fast glob '... [0-5][0-9].[0-9]*' "
-                   "lets a trailing one-digit offset through ('2024-01-02 03:04:05.5-5'); the "
-                   "profile does not count it as an offset, the column stays timestamp and "
-                   "PostgreSQL silently drops the offset (the slow form rejects the value)")
 def test_one_digit_offset_is_not_silently_dropped(tmp_path: Path, scratch: Dsn) -> None:
     result, conn = _migrate_small(
         tmp_path, scratch, "offset1", "CREATE TABLE t (id INTEGER PRIMARY KEY, d DATETIME);",
@@ -379,9 +368,6 @@ def test_one_digit_offset_is_not_silently_dropped(tmp_path: Path, scratch: Dsn) 
         assert result.rejects == 1
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: -0.0 in a column without declared type (SQLite "
-                   "keeps the sign there) loads as +0.0: the fast form printf('%!.17g') drops "
-                   "the sign while the slow form float_text() keeps '-0.0'")
 def test_negative_zero_in_untyped_column_keeps_its_sign(tmp_path: Path, scratch: Dsn) -> None:
     _, conn = _migrate_small(
         tmp_path, scratch, "negzero", "CREATE TABLE t (id INTEGER PRIMARY KEY, x);",

@@ -17,9 +17,14 @@ from psycopg import conninfo
 
 from pgshift.errors import ConnectError, UsageError
 
-_URI_PASSWORD = re.compile(r"(?P<head>postgres(?:ql)?://[^:/@?#]*:)(?P<pw>[^@/?#]*)(?P<tail>@)")
-_KW_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)")
-_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<pw>[^&#\s]*)")
+_URI_PASSWORD = re.compile(r"(?P<head>postgres(?:ql)?://[^:/@?#]*:)(?P<pw>[^@/?#]*)(?P<tail>@)",
+                           re.IGNORECASE)
+# Keyword form: a quoted value may be unterminated (a malformed DSN is still redacted
+# to its end); the query-parameter form is handled first so '&' ends the value there.
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<pw>[^&#\s]*)", re.IGNORECASE)
+_KW_PASSWORD = re.compile(
+    r"(?P<head>(?<![?&\w])password\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*(?:'|$)|[^\s&]+)",
+    re.IGNORECASE)
 
 
 def redact(text: str) -> str:
@@ -28,8 +33,8 @@ def redact(text: str) -> str:
     Used on DSNs and on any message that might quote one (driver errors do).
     """
     text = _URI_PASSWORD.sub(r"\g<head>***\g<tail>", text)
-    text = _KW_PASSWORD.sub(r"\g<head>***", text)
-    return _QUERY_PASSWORD.sub(r"\g<head>***", text)
+    text = _QUERY_PASSWORD.sub(r"\g<head>***", text)
+    return _KW_PASSWORD.sub(r"\g<head>***", text)
 
 
 @dataclass(frozen=True)

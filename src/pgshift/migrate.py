@@ -240,13 +240,16 @@ def migrate(opts: MigrateOptions, progress: Progress | None = None) -> MigrateRe
 
 def _validate(opts: MigrateOptions) -> None:
     if opts.data_only and opts.schema_only:
-        raise UsageError("--data-only and --schema-only exclude each other")
+        raise UsageError("--data-only and --schema-only exclude each other",
+                         hint="pick one; without either, migrate copies schema and data")
     if opts.resume and opts.restart:
         raise UsageError("--resume and --restart exclude each other")
     if opts.jobs < 1 or opts.jobs > 64:
-        raise UsageError(f"--jobs must be between 1 and 64, not {opts.jobs}")
+        raise UsageError(f"--jobs must be between 1 and 64, not {opts.jobs}",
+                         hint="--jobs 2 (one per core is a good start)")
     if opts.batch_size < 100:
-        raise UsageError(f"--batch-size must be at least 100 rows, not {opts.batch_size}")
+        raise UsageError(f"--batch-size must be at least 100 rows, not {opts.batch_size}",
+                         hint=f"--batch-size {DEFAULT_BATCH}")
     from pgshift.source.snapshot import check_sqlite_file
 
     check_sqlite_file(opts.sqlite_path)

@@ -4,8 +4,10 @@ Fast form: a SQLite expression per column that renders the CSV field inside
 SQLite (C speed, no Python object per value), plus a *suspect* predicate that
 routes every value the expression cannot render faithfully to the slow form.
 Slow form: a Python function per conversion that renders the same field or
-raises Reject with a reason. The two must agree byte for byte on every value
-the fast form accepts (tests/test_convert.py checks it with Hypothesis).
+raises Reject with a reason. The two must give PostgreSQL the same value for
+every value the fast form accepts, though not always the same spelling
+(``0.10000000000000001`` and ``0.1`` are one double; ``"5"`` and ``5`` one
+text): tests/test_convert.py checks it with Hypothesis, bit-exact for floats.
 
 PostgreSQL re-validates everything (UTF-8, NUL bytes, JSON, dates); a chunk
 it refuses is re-run through the slow form and, failing that, bisected to
@@ -29,7 +31,6 @@ FAST_FLOAT_MAX = 1e100
 FAST_FLOAT_MIN = 1e-300
 EPOCH_MAX_S = 253402300799  # 9999-12-31T23:59:59Z
 _EPOCH_SCALE = {"epoch_s": 1, "epoch_ms": 1000, "epoch_us": 1000000}
-_SAFE_CHARS_GLOB = "*[^0-9:. T-]*"  # any character outside a plain date/time
 
 
 class Reject(Exception):
@@ -110,9 +111,12 @@ def fast_sql(conversion: str, column: str) -> tuple[str, str]:
         return c, f"NOT {_typeof_in(c, 'integer', 'null')}"
     if conversion == "float":
         expr = f"CASE typeof({c}) WHEN 'real' THEN printf('%!.17g', {c}) ELSE {c} END"
+        # No abs(): SQLite's abs(-2**63) raises "integer overflow" and would fail the
+        # chunk. Zero takes the slow form too: printf drops the sign of -0.0.
         ok = (f"(typeof({c}) = 'null' OR (typeof({c}) = 'integer' AND "
-              f"abs({c}) <= 9007199254740992) OR (typeof({c}) = 'real' AND "
-              f"(abs({c}) < {FAST_FLOAT_MAX} AND (abs({c}) > {FAST_FLOAT_MIN} OR {c} = 0))))")
+              f"{c} BETWEEN -9007199254740992 AND 9007199254740992) OR (typeof({c}) = 'real' AND "
+              f"{c} > -{FAST_FLOAT_MAX} AND {c} < {FAST_FLOAT_MAX} AND "
+              f"({c} > {FAST_FLOAT_MIN} OR {c} < -{FAST_FLOAT_MIN})))")
         return expr, f"NOT {ok}"
     if conversion in ("text", "json"):
         return (f"""'"' || replace({c}, '"', '""') || '"'""",
@@ -138,25 +142,32 @@ def fast_sql(conversion: str, column: str) -> tuple[str, str]:
               f"{c} <= {EPOCH_MAX_S * scale + scale - 1}))")
         return f"{base}{frac} || '+00'", f"NOT {ok}"
     if conversion in _TEXT_TEMPORAL_GLOBS:
-        globs = " OR ".join(f"{c} GLOB '{g}'" for g in _TEXT_TEMPORAL_GLOBS[conversion])
-        ok = (f"({c} IS NULL OR (typeof({c}) = 'text' AND ({globs}) AND NOT {c} GLOB "
-              f"'{_SAFE_CHARS_GLOB}'))")
+        shapes = []
+        for glob, frac_at, hour_at in _TEXT_TEMPORAL_GLOBS[conversion]:
+            parts = [f"{c} GLOB '{glob}'"]
+            if frac_at:  # the fraction must be all digits: no offset, no words
+                parts.append(f"substr({c}, {frac_at}) NOT GLOB '*[^0-9]*'")
+            if hour_at:  # hour 24 is next day's midnight to PostgreSQL, an error to us
+                parts.append(f"substr({c}, {hour_at}, 2) < '24'")
+            shapes.append("(" + " AND ".join(parts) + ")")
+        ok = f"({c} IS NULL OR (typeof({c}) = 'text' AND ({' OR '.join(shapes)})))"
         return c, f"NOT {ok}"
     raise ValueError(f"unknown conversion {conversion!r}")
 
 
 _D = "[0-9][0-9][0-9][0-9]-[0-1][0-9]-[0-3][0-9]"
 _T = "[0-2][0-9]:[0-5][0-9]"
-# Only offset-free shapes go the fast way: for `timestamp` PostgreSQL would
-# silently drop an offset, and for `timestamptz` the slow form parses offsets
-# itself. The character check (_SAFE_CHARS_GLOB) keeps out words such as
-# 'now' or 'PST' that PostgreSQL would otherwise interpret.
-_TEXT_TEMPORAL_GLOBS = {
-    "ts_text": (_D, f"{_D} {_T}", f"{_D} {_T}:[0-5][0-9]", f"{_D} {_T}:[0-5][0-9].[0-9]*"),
-    "tstz_text": (_D, f"{_D} {_T}", f"{_D} {_T}:[0-5][0-9]", f"{_D} {_T}:[0-5][0-9].[0-9]*"),
-    "date_text": (_D,),
-    "time_text": (_T, f"{_T}:[0-5][0-9]", f"{_T}:[0-5][0-9].[0-9]*"),
+# Only exact, offset-free shapes go the fast way: for `timestamp` PostgreSQL
+# would silently drop an offset, and words such as 'now' or 'PST' would be
+# interpreted. Each entry: (GLOB, 1-based start of the fraction that must be
+# all digits or 0, 1-based position of the hour or 0).
+_TEXT_TEMPORAL_GLOBS: dict[str, tuple[tuple[str, int, int], ...]] = {
+    "ts_text": ((_D, 0, 0), (f"{_D} {_T}", 0, 12), (f"{_D} {_T}:[0-5][0-9]", 0, 12),
+                (f"{_D} {_T}:[0-5][0-9].[0-9]*", 21, 12)),
+    "date_text": ((_D, 0, 0),),
+    "time_text": ((_T, 0, 1), (f"{_T}:[0-5][0-9]", 0, 1), (f"{_T}:[0-5][0-9].[0-9]*", 10, 1)),
 }
+_TEXT_TEMPORAL_GLOBS["tstz_text"] = _TEXT_TEMPORAL_GLOBS["ts_text"]
 
 
 # ---------------------------------------------------------------- slow form

@@ -20,8 +20,7 @@ from sqlglot.errors import SqlglotError
 # Functions whose SQLite and PostgreSQL meanings agree on the values we carry.
 _SAME_MEANING: tuple[type[exp.Expression], ...] = (
     exp.Lower, exp.Upper, exp.Length, exp.Abs, exp.Coalesce, exp.Nullif, exp.Substring,
-    exp.Trim, exp.Greatest, exp.Least, exp.Case, exp.If, exp.Cast, exp.StrPosition,
-    exp.Chr,
+    exp.Trim, exp.Case, exp.If, exp.Cast, exp.StrPosition, exp.Chr, exp.Replace,
 )
 _NOW_TEXT = {
     # SQLite's 'now' is UTC; these produce SQLite's exact text shapes.
@@ -145,6 +144,24 @@ def _rewrite(node: exp.Expression, ctx: ExprContext, *, top: bool) -> exp.Expres
         if now and isinstance(fmt, exp.Literal) and fmt.this in _STRFTIME_NOW:
             return _pg(_STRFTIME_NOW[fmt.this])
         raise Untranslatable("strftime() is translated only for 'now' with common formats")
+    if isinstance(node, exp.Substring):
+        start, length = node.args.get("start"), node.args.get("length")
+        # SQLite counts a negative start from the end; PostgreSQL does not.
+        for arg in (start, length):
+            if arg is not None and not (isinstance(arg, exp.Literal) and not arg.is_string
+                                        and int(arg.this) >= (1 if arg is start else 0)):
+                raise Untranslatable("substr() is translated only with a positive constant "
+                                     "start and length")
+    if isinstance(node, (exp.Greatest, exp.Least)):
+        # SQLite's multi-argument max()/min() is NULL when any argument is; GREATEST and
+        # LEAST skip NULLs.
+        args = [node.this, *node.expressions]
+        rewritten = [_rewrite(a, ctx, top=False) for a in args]
+        any_null = " OR ".join(f"({a.sql(dialect='postgres', identify=True)}) IS NULL"
+                               for a in rewritten)
+        fn = "GREATEST" if isinstance(node, exp.Greatest) else "LEAST"
+        call = ", ".join(a.sql(dialect="postgres", identify=True) for a in rewritten)
+        return _pg(f"CASE WHEN {any_null} THEN NULL ELSE {fn}({call}) END")
     if isinstance(node, exp.Identifier):
         return exp.Identifier(this=ctx.names.get(node.name.lower(), node.name), quoted=True)
     if isinstance(node, exp.HexString):
@@ -188,14 +205,36 @@ def _rewrite(node: exp.Expression, ctx: ExprContext, *, top: bool) -> exp.Expres
 
 
 def translate(sql: str, ctx: ExprContext | None = None) -> str:
-    """PostgreSQL text of the SQLite expression ``sql``; raise Untranslatable if unfaithful."""
+    """PostgreSQL text of the SQLite expression ``sql``; raise Untranslatable if unfaithful.
+
+    ``sql`` must be one expression: it is parsed as the only item of a SELECT
+    list, so a statement (``DROP TABLE x``) or a second one never gets through.
+    """
     ctx = ctx or ExprContext()
-    try:
-        tree = sqlglot.parse_one(sql, read="sqlite")
-    except SqlglotError as exc:
-        raise Untranslatable(f"cannot parse {sql!r}: {str(exc).splitlines()[0]}") from exc
-    out = _rewrite(tree, ctx, top=True)  # parse_one gave a fresh tree: rewriting in place is safe
+    tree = _parse(f"SELECT {sql}", sql)
+    if not isinstance(tree, exp.Select) or len(tree.expressions) != 1 or tree.args.get("from_") \
+            or tree.args.get("from"):
+        raise Untranslatable(f"{sql!r} is not a single expression")
+    out = _rewrite(tree.expressions[0], ctx, top=True)  # a fresh tree: rewriting in place is safe
     return out.sql(dialect="postgres", identify=True)
+
+
+def translate_query(sql: str, ctx: ExprContext | None = None) -> str:
+    """PostgreSQL text of a SQLite SELECT (a view's body)."""
+    tree = _parse(sql, sql)
+    if not isinstance(tree, exp.Query):
+        raise Untranslatable(f"{sql[:60]!r} is not a query")
+    return _rewrite(tree, ctx or ExprContext(), top=False).sql(dialect="postgres", identify=True)
+
+
+def _parse(text: str, original: str) -> exp.Expression:
+    try:
+        trees = sqlglot.parse(text, read="sqlite")
+    except SqlglotError as exc:
+        raise Untranslatable(f"cannot parse {original!r}: {str(exc).splitlines()[0]}") from exc
+    if len(trees) != 1 or trees[0] is None:
+        raise Untranslatable(f"{original!r} is not one expression")
+    return trees[0]
 
 
 def translate_default(sql: str, pg_type: str, ctx: ExprContext | None = None) -> str:

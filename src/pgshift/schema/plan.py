@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from pgshift.copy.convert import is_clean
 from pgshift.errors import UsageError
 from pgshift.schema import ddl
-from pgshift.schema.expr import ExprContext, Untranslatable, translate, translate_default
+from pgshift.schema.expr import (
+    ExprContext,
+    Untranslatable,
+    translate,
+    translate_default,
+    translate_query,
+)
 from pgshift.schema.model import Check, Column, ForeignKey, Index, Note, Table, View, qident
 from pgshift.schema.typemap import decide
 from pgshift.source.catalog import Catalog, SourceTable
@@ -106,20 +112,22 @@ def build_plan(
     all_names = {t.name.lower(): t.name for t in catalog.tables}
     for src in chosen:
         plan.tables.append(_plan_table(src, profiles[src.name], plan.notes, chosen_names))
-    names = dict(all_names)
-    types: dict[str, str] = {}
-    clashing: set[str] = set()
+    # A view sees several tables: a column's spelling and type are used only when every
+    # table agrees on them; otherwise the view's own spelling stands.
+    spellings: dict[str, set[str]] = {}
+    types: dict[str, set[str]] = {}
+    for name in all_names.values():
+        spellings.setdefault(name.lower(), set()).add(name)
     for t in plan.tables:
         for c in t.columns:
-            names[c.name.lower()] = c.name
-            # A view sees several tables: a column name's type is known only if unambiguous.
-            if types.setdefault(c.name.lower(), c.pg_type) != c.pg_type:
-                clashing.add(c.name.lower())
-    view_ctx = ExprContext(column_types={k: v for k, v in types.items() if k not in clashing},
-                           names=names)
+            spellings.setdefault(c.name.lower(), set()).add(c.name)
+            types.setdefault(c.name.lower(), set()).add(c.pg_type)
+    view_ctx = ExprContext(
+        column_types={k: next(iter(v)) for k, v in types.items() if len(v) == 1},
+        names={k: next(iter(v)) for k, v in spellings.items() if len(v) == 1})
     for view in catalog.views:
         try:
-            plan.views.append(View(view.name, translate(view.select_sql, view_ctx)))
+            plan.views.append(View(view.name, translate_query(view.select_sql, view_ctx)))
         except Untranslatable as exc:
             plan.notes.append(Note("untranslated", view.name, f"view not created: {exc}"))
     for trig in catalog.triggers:

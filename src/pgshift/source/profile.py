@@ -145,7 +145,8 @@ def _column_aggregates(col: str, family: str) -> dict[str, str]:
         aggs["int_max"] = f"max(CASE WHEN {t} = 'integer' THEN {c} END)"
     if family in _TEMPORAL:
         text = f"{t} = 'text'"
-        offsets = " OR ".join(f"{c} GLOB '{g}'" for g in OFFSET_GLOBS)
+        # Offsets are looked for after the date, or '2024-01-02' would read as '-02'.
+        offsets = " OR ".join(f"substr({c}, 11) GLOB '{g}'" for g in OFFSET_GLOBS)
         aggs["date_texts"] = f"sum({text} AND {c} GLOB '{DATE_GLOB}*')"
         aggs["datetime_texts"] = f"sum({text} AND {c} GLOB '{DATETIME_GLOB}')"
         aggs["offset_texts"] = f"sum({text} AND {c} GLOB '{DATE_GLOB}*' AND ({offsets}))"

@@ -30,7 +30,8 @@ def check_sqlite_file(path: Path) -> None:
     if not path.exists():
         raise UsageError(f"SQLite file not found: {path}", hint="check the path (ls -l PATH)")
     if path.is_dir():
-        raise UsageError(f"{path} is a directory, not a SQLite file")
+        raise UsageError(f"{path} is a directory, not a SQLite file",
+                         hint=f"name the database file inside it: ls {path}")
     try:
         with path.open("rb") as fh:
             head = fh.read(16)
