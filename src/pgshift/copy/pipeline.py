@@ -216,8 +216,10 @@ class _Worker:
                               table=chunk.table, operation="copy") from exc
         rejects: list[RejectRecord] = []
         extra = self._render(ts, slow_rows, rejects)
-        payload = (data or b"") + (b"\n" if data and extra else b"") + "\n".join(
-            line for line, _ in extra).encode()
+        # Every line ends with a newline: for a one-column table a NULL row is an empty
+        # line, and an empty last line without its terminator would simply vanish.
+        payload = (b"" if data is None else data + b"\n") + "".join(
+            line + "\n" for line, _ in extra).encode()
         loaded = (total or 0) - len(slow_rows) + len(extra)
         try:
             with self.pg.transaction():
@@ -283,7 +285,7 @@ class _Worker:
         """Load lines in savepoints, halving on failure down to single refused rows."""
         if not lines:
             return 0, 0
-        payload = "\n".join(line for line, _ in lines).encode()
+        payload = "".join(line + "\n" for line, _ in lines).encode()
         try:
             with self.pg.transaction():
                 self._copy(ts, payload)

@@ -26,11 +26,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 import sqlite3
 import struct
 import uuid
 from collections.abc import Callable
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 
 from pgshift.copy import convert as cv
 from pgshift.schema.model import qident
@@ -173,16 +174,15 @@ def _float(v: object) -> str:
 
 
 def _numeric(v: object) -> str:
-    if isinstance(v, float):
-        return format(Decimal(repr(v)), "f") if v == v and abs(v) != float("inf") else \
-            ("Infinity" if v > 0 else "-Infinity")
+    if isinstance(v, float) and (v != v or abs(v) == float("inf")):
+        return "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
     if isinstance(v, int):
         return str(v)
     try:
-        d = Decimal(_text(v).strip())
+        d = Decimal(repr(v)) if isinstance(v, float) else Decimal(_text(v).strip())
     except ArithmeticError:
         return "!" + _text(v)
-    return format(d, "f") if d != 0 else ("0" + (format(d, "f")[1:] if "." in str(d) else ""))
+    return format(d.copy_abs() if d == 0 else d, "f")  # numeric has no negative zero
 
 
 def jsonb_text(text: str) -> str:
@@ -282,10 +282,10 @@ def _temporal(conversion: str) -> Callable[[object], str]:
         if conversion == "date_text":
             return rendered
         if conversion == "time_text":
-            hh_mm_ss, _, frac = (rendered + ":00" if len(rendered) == 5 else rendered) \
-                .partition(".")
-            return f"{hh_mm_ss}.{(frac + '000000')[:6]}"
-        text = rendered.replace("T", " ")
+            full = rendered + ":00" if len(rendered) == 5 else rendered
+            moment = dt.datetime.fromisoformat("2000-01-01 " + _round_fraction(full))
+            return moment.strftime("%H:%M:%S.%f") if moment.day == 1 else "24:00:00.000000"
+        text = _round_fraction(rendered.replace("T", " "))
         moment = dt.datetime.fromisoformat(text.replace("+00", "+00:00")
                                            if text.endswith("+00") else text)
         if moment.tzinfo is not None:
@@ -293,6 +293,25 @@ def _temporal(conversion: str) -> Callable[[object], str]:
         return moment.strftime("%Y-%m-%d %H:%M:%S.%f").rjust(26, "0")
 
     return canon
+
+
+_FRACTION = re.compile(r"(\d{2}:\d{2}:\d{2})\.(\d{7,})")
+
+
+def _round_fraction(text: str) -> str:
+    """Round seconds beyond microseconds the way PostgreSQL stores them (half to even)."""
+    m = _FRACTION.search(text)
+    if not m:
+        return text
+    micros = (Decimal("0." + m.group(2)) * 1_000_000).quantize(Decimal(1), ROUND_HALF_EVEN)
+    hh, mm, ss = (int(x) for x in m.group(1).split(":"))
+    base = dt.datetime(2000, 1, 1, hh, mm, ss) + dt.timedelta(microseconds=int(micros))
+    # Rounding may carry into the next second (or day): rebuild the whole timestamp.
+    head = text[: m.start()]
+    if head.strip():
+        day = dt.datetime.fromisoformat(head.strip()[:10]) + (base - dt.datetime(2000, 1, 1))
+        return day.strftime("%Y-%m-%d %H:%M:%S.%f") + text[m.end():]
+    return base.strftime("%H:%M:%S.%f") + text[m.end():]
 
 
 CANON: dict[str, Callable[[object], str]] = {

@@ -121,15 +121,21 @@ def verify(opts: VerifyOptions, progress: Progress | None = None) -> VerifyResul
     pg = connect(opts.dsn)
     try:
         src.execute("BEGIN")
+        progress.step("catalog and profile")
+        plan = _plan(opts, src, pg)
+        pg.rollback()  # the comparison gets a transaction of its own, set up below
         if not opts.live:
             pg.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         pg.execute("SET search_path = pg_catalog")
         # Ordered checksums sort each segment in memory rather than on disk.
         pg.execute("SET work_mem = '256MB'")
-        progress.step("catalog and profile")
-        plan = _plan(opts, src, pg)
         schema_diffs = check_schema(pg, plan) if opts.check_schema else []
         missing = {d.obj for d in schema_diffs if d.what == "table"}
+        # Columns missing in PostgreSQL are reported by the schema check; the data
+        # comparison covers the columns both sides have.
+        gone = {d.obj for d in schema_diffs if d.what == "column" and d.actual == "missing"}
+        for t in plan.tables:
+            t.columns = [c for c in t.columns if f"{t.name}.{c.name}" not in gone]
         verdicts = []
         for t in plan.tables:
             if t.name in missing:
@@ -167,25 +173,17 @@ def _compare_table(opts: VerifyOptions, plan: Plan, name: str, src: sqlite3.Conn
     table = plan.table(name)
     cmp = TableComparer(table, plan.schema, src, pg)
     verdict = TableVerdict(name)
-    if not cmp.keys:
-        verdict.mode = "multiset"
-        s, p = _both(lambda: cmp.sqlite_figures(Range(None, None)),
-                     lambda: cmp.pg_figures(Range(None, None)))
+    if not cmp.keys or not cmp.segmentable:
+        verdict.mode = "multiset" if not cmp.keys else "whole table"
+        whole = Range(None, None)
+        s, p = _both(lambda: cmp.sqlite_figures(whole), lambda: cmp.pg_figures(whole))
+        if s != p and opts.live:
+            s, p = _settle(opts, cmp, whole, s, p)
         verdict.sqlite_rows, verdict.postgres_rows = s[0], p[0]
         verdict.segments = verdict.segments_checked = 1
         if s != p:
             verdict.differing_segments = 1
-            _add(verdict, cmp.multiset_diff())
-        progress.advance(name, s[0])
-    elif not cmp.segmentable:
-        verdict.mode = "whole table"
-        s, p = _both(lambda: cmp.sqlite_figures(Range(None, None)),
-                     lambda: cmp.pg_figures(Range(None, None)))
-        verdict.sqlite_rows, verdict.postgres_rows = s[0], p[0]
-        verdict.segments = verdict.segments_checked = 1
-        if s != p:
-            verdict.differing_segments = 1
-            _add(verdict, cmp.diff_rows(None))
+            _add(verdict, cmp.multiset_diff() if not cmp.keys else cmp.diff_rows(None))
         progress.advance(name, s[0])
     else:
         _compare_segments(opts, cmp, table.rows, verdict, progress)
@@ -205,28 +203,32 @@ def _compare_segments(opts: VerifyOptions, cmp: TableComparer, rows: int,
     verdict.segments_checked = len(ranges)
     left, right = _both(lambda: [cmp.sqlite_figures(r) for r in ranges],
                         lambda: [cmp.pg_figures(r) for r in ranges])
+    progress.advance(verdict.table, sum(n for n, _ in left))
+    for i, (r, a, b) in enumerate(zip(ranges, left, right, strict=True)):
+        if a != b and opts.live:
+            # An in-flight change that sync carries over is not a difference.
+            left[i], right[i] = a, b = _settle(opts, cmp, r, a, b)
+        if a != b:
+            verdict.differing_segments += 1
+            _bisect(cmp, r, a[0], verdict)
     verdict.sqlite_rows = sum(n for n, _ in left)
     verdict.postgres_rows = sum(n for n, _ in right)
-    progress.advance(verdict.table, verdict.sqlite_rows)
-    for r, a, b in zip(ranges, left, right, strict=True):
-        if a == b:
-            continue
-        if opts.live and _settles(opts, cmp, r):
-            continue  # an in-flight change that sync carried over: not a difference
-        verdict.differing_segments += 1
-        _bisect(cmp, r, a[0], verdict)
 
 
-def _settles(opts: VerifyOptions, cmp: TableComparer, r: Range) -> bool:
+def _settle(opts: VerifyOptions, cmp: TableComparer, r: Range, a: tuple[int, str],
+            b: tuple[int, str]) -> tuple[tuple[int, str], tuple[int, str]]:
+    """Re-check a differing range after the sync lag drains; the last figures seen."""
     for _ in range(opts.live_retries):
         if opts.wait_for_lag:
             opts.wait_for_lag()
         else:
             time.sleep(opts.live_wait)
         cmp.sqlite.commit()  # a fresh read transaction sees the latest writes
-        if cmp.sqlite_figures(r) == cmp.pg_figures(r):
-            return True
-    return False
+        cmp.sqlite.execute("BEGIN")
+        a, b = cmp.sqlite_figures(r), cmp.pg_figures(r)
+        if a == b:
+            break
+    return a, b
 
 
 def _bisect(cmp: TableComparer, r: Range, rows: int, verdict: TableVerdict) -> None:
