@@ -54,6 +54,10 @@ def _register() -> None:
     app.command(name="verify", no_args_is_help=True)(verify.verify_command)
     app.add_typer(demo.demo_app, name="demo")
 
+    from pgshift.cli import load
+
+    app.add_typer(load.load_app, name="load")
+
 
 _register()
 
