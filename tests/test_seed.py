@@ -119,6 +119,13 @@ def test_ends_in_wal_mode_fully_checkpointed(moderate: SeedResult) -> None:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_file_mode_follows_the_umask(tmp_path: Path) -> None:
+    reference = tmp_path / "plain"
+    reference.write_bytes(b"")  # created like any tool would: 0o666 minus the umask
+    result = seed(tmp_path / "hp.db", 5)
+    assert result.path.stat().st_mode & 0o777 == reference.stat().st_mode & 0o777
+
+
 def test_no_temporary_files_left(tmp_path: Path) -> None:
     seed(tmp_path / "hp.db", 50)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hp.db"]
@@ -127,6 +134,13 @@ def test_no_temporary_files_left(tmp_path: Path) -> None:
 def test_integrity_and_foreign_keys(con: sqlite3.Connection) -> None:
     assert con.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     assert con.execute("PRAGMA foreign_key_check").fetchall() == []
+
+
+def test_autoincrement_sequences_continue_after_the_seed(con: sqlite3.Connection) -> None:
+    # The app inserts right after seeding: AUTOINCREMENT must not hand out a used id.
+    sequences = dict(con.execute("SELECT name, seq FROM sqlite_sequence").fetchall())
+    counts = row_counts(MODERATE)
+    assert sequences == {t: counts[t] for t in ("users", "job_history", "oauth_tokens")}
 
 
 # ------------------------------------------------------------------ determinism
@@ -140,11 +154,24 @@ def test_same_seed_same_content(tmp_path: Path) -> None:
     assert _digest(a.path) != _digest(c.path)
 
 
-def test_child_process_generates_the_same_rows() -> None:
-    # The child-process path (used from _PARALLEL_MIN_SCALE up) must not change the content.
-    in_process = list(seed_module._stream(11, 3000, parallel=False))
-    child = list(seed_module._stream(11, 3000, parallel=True))
-    assert child == in_process
+def test_child_process_builds_the_same_database(tmp_path: Path) -> None:
+    # From _PARALLEL_MIN_SCALE up a child process generates the rows and stages job_history in a
+    # side file; that path must not change a single value, nor leave the side file behind.
+    scale = 3000
+    paths = {}
+    for parallel in (False, True):
+        paths[parallel] = tmp_path / f"parallel-{parallel}.db"
+        seed_module._build(paths[parallel], scale, 11, row_counts(scale), None, parallel=parallel)
+    assert _digest(paths[True]) == _digest(paths[False])
+    with _connect(paths[True]) as con:
+        assert con.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        indexes = {n for (n,) in con.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert "idx_job_history_job" in indexes
+        plan = con.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM job_history WHERE job_id = 'x' ORDER BY created_at"
+        ).fetchall()
+        assert "idx_job_history_job" in str(plan)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths.values())
 
 
 def test_uuid_helper_matches_uuid_module() -> None:
@@ -308,3 +335,18 @@ def test_failure_leaves_nothing_behind(tmp_path: Path) -> None:
         seed(path, 100, overwrite=True, progress=explode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hp.db"]
     assert _digest(path) == before  # the old database survives a failed overwrite
+
+
+def test_failure_with_child_process_cleans_up(tmp_path: Path) -> None:
+    # Aborting mid-way must stop the generator child and remove the staging file.
+    path = tmp_path / "hp.db"
+
+    def explode(table: str, done: int, total: int) -> None:
+        if table == "user_sessions" and done:  # early: the child is still generating jobs
+            raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError, match="stop"):
+        seed_module._build(path, 30_000, 1, row_counts(30_000), explode, parallel=True)
+    assert not Path(f"{path}.staging").exists()
+    # _build leaves its own target to seed() to remove; nothing else may remain.
+    assert {p.name for p in tmp_path.iterdir()} <= {"hp.db"}

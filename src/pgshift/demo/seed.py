@@ -13,8 +13,15 @@ Guarantees:
 * the file ends in WAL mode, fully checkpointed, with no ``-wal`` file left behind;
 * an existing file is only replaced (atomically) when ``overwrite=True``.
 
-Measured on 2 cores (Python 3.11, SQLite 3.40): scale 1,000,000 writes 2,210,022 rows in
-about 12.5 s (~175k rows/s) into a ~287 MB file.
+Measured at scale 1,000,000 (2,210,022 rows, ~490 MB) on a 2-vCPU VM, Python 3.11, SQLite 3.40:
+~15-17 s of CPU in each of the two processes, so ~16-18 s wall (~125-140k rows/s) when both
+cores are free; the best run seen was 16.1 s (137k rows/s). With one core (or with
+``_PARALLEL_MIN_SCALE`` not reached) it is ~23-27 s. Half of the parent's time is SQLite
+placing each random v4 UUID in the jobs primary-key index (~6 us/row at 1M rows), which is kept
+on purpose: rowid order follows creation time, as in a real app.
+
+Size: ~247 MB of the file is structure (UUID text in three b-trees, history, indexes) before any
+job payload, so ~490 MB at 1M jobs with ~85-byte payloads; the file grows ~linearly with scale.
 """
 
 from __future__ import annotations
@@ -25,13 +32,14 @@ import os
 import pickle
 import queue
 import random
+import secrets
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from itertools import chain, combinations, islice
@@ -221,7 +229,11 @@ _JOB_TYPES: tuple[tuple[str, str, int], ...] = (
 )
 
 _STATUSES: tuple[str, ...] = ("completed", "failed", "pending", "processing", "cancelled")
-_STATUS_WEIGHTS: tuple[int, ...] = (80, 7, 6, 3, 4)
+# Old jobs are settled (a few stuck ones stay pending/processing); the newest 2% are the live
+# queue the dashboard polls, so idx_jobs_status_scheduled sees a realistic spread.
+_SETTLED_WEIGHTS: tuple[int, ...] = (86, 7, 2, 1, 4)
+_RECENT_WEIGHTS: tuple[int, ...] = (35, 4, 40, 18, 3)
+_RECENT_SHARE = 50  # the newest 1/50 of the jobs
 
 _ORGS = ("acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "piedpiper")
 _NAMES = (
@@ -294,7 +306,8 @@ def _weighted(items: tuple[Any, ...], weights: tuple[int, ...], size: int = 1000
     return tuple(table)
 
 
-_STATUS_TABLE = _weighted(_STATUSES, _STATUS_WEIGHTS)
+_SETTLED_TABLE = _weighted(_STATUSES, _SETTLED_WEIGHTS)
+_RECENT_TABLE = _weighted(_STATUSES, _RECENT_WEIGHTS)
 
 
 # --------------------------------------------------------------------------- public API
@@ -363,8 +376,11 @@ def seed(
 
     started = time.perf_counter()
     counts = row_counts(scale)
+    # Not mkstemp: its 0600 mode would make the database unreadable to the app or another user.
+    # 0o666 filtered by the umask is what any tool creating the file itself would get.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.seeding")
     try:
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".seeding")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as exc:
         raise UsageError(
             f"cannot create a file in {path.parent}: {exc.strerror}",
@@ -372,7 +388,6 @@ def seed(
             operation="seed",
         ) from exc
     os.close(fd)
-    tmp = Path(tmp_name)
     try:
         _build(tmp, scale, seed, counts, progress, parallel=_use_child(scale))
         # A stale -wal/-shm beside the old file would be replayed onto the new one on next open.
@@ -409,6 +424,13 @@ _PROGRESS_EVERY = 50_000
 # jobs' CHECK (status IN (...)) for every row; batching also cuts the per-statement overhead.
 # Kept under 999 parameters, the limit of SQLite builds older than 3.32.
 _MAX_PARAMS = 999
+# Page cache while building. Every job inserts its random UUID at a random spot of the PK index,
+# so that index (~55 MB at 1M jobs) should stay cached while table pages stream past it.
+_CACHE_KIB = 131_072
+# Tables the child process stores itself, into a staging file the parent then copies with
+# INSERT ... SELECT * (SQLite's transfer optimisation copies records and index entries as they
+# are). This moves their inserts and index build off the parent, the busier of the two.
+_STAGED_TABLES: tuple[str, ...] = ("job_history",)
 
 _COLUMNS: dict[str, int] = {
     "users": 6,
@@ -420,14 +442,11 @@ _COLUMNS: dict[str, int] = {
     "app_state": 3,
     "oauth_tokens": 9,
 }
-# Page cache while building. Every job inserts its random UUID at a random spot of the PK index,
-# so the whole index (~55 MB at 1M jobs) must stay cached while table pages stream past it.
-_CACHE_KIB = 131_072
-
 _GROUP_ROWS: dict[str, int] = {table: _MAX_PARAMS // n for table, n in _COLUMNS.items()}
 
 Row = tuple[Any, ...]
-# (table, rows in this batch, flattened multi-row parameter tuples, rows left over)
+# (table, rows in the batch, flattened multi-row parameter tuples, rows left over). A batch with
+# a row count but neither groups nor rows was stored in the staging file by the child.
 Packed = tuple[str, int, list[Row], list[Row]]
 
 
@@ -446,12 +465,24 @@ def _remove_with_sidecars(path: Path, *, keep_main: bool = False) -> None:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
-def _split_schema() -> tuple[list[str], list[str]]:
-    """SCHEMA_SQL as (table statements, index statements); the DDL holds no ';' in literals."""
-    statements = [s.strip() + ";" for s in SCHEMA_SQL.split(";") if s.strip()]
-    indexes = [s for s in statements if s.startswith("CREATE INDEX")]
-    tables = [s for s in statements if not s.startswith("CREATE INDEX")]
+def _split_schema() -> tuple[list[str], dict[str, list[str]]]:
+    """SCHEMA_SQL as (CREATE TABLE statements, {table: its CREATE INDEX statements}).
+
+    The DDL holds no ';' inside literals, so splitting on it is safe.
+    """
+    tables: list[str] = []
+    indexes: dict[str, list[str]] = {}
+    for statement in (s.strip() + ";" for s in SCHEMA_SQL.split(";") if s.strip()):
+        if statement.startswith("CREATE INDEX"):
+            table = statement.split(" ON ", 1)[1].split("(", 1)[0]
+            indexes.setdefault(table, []).append(statement)
+        else:
+            tables.append(statement)
     return tables, indexes
+
+
+def _table_ddl(table: str) -> str:
+    return next(s for s in _split_schema()[0] if s.startswith(f"CREATE TABLE {table} ("))
 
 
 def _usable_cpus() -> int:
@@ -477,6 +508,18 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _open_for_bulk_load(path: Path) -> sqlite3.Connection:
+    con = sqlite3.connect(path, isolation_level=None)
+    # These files are private until renamed into place and deleted on any failure, so there is
+    # nothing to protect: no journal, no fsync. WAL is switched on once the data is in.
+    con.execute("PRAGMA journal_mode=OFF")
+    con.execute("PRAGMA synchronous=OFF")
+    con.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
+    con.execute("PRAGMA temp_store=MEMORY")
+    con.execute(f"PRAGMA threads={min(4, _usable_cpus())}")  # parallel sorts in CREATE INDEX
+    return con
+
+
 def _build(
     path: Path,
     scale: int,
@@ -486,26 +529,36 @@ def _build(
     *,
     parallel: bool,
 ) -> None:
-    con = sqlite3.connect(path, isolation_level=None)
+    staging = Path(f"{path}.staging") if parallel else None
+    con = _open_for_bulk_load(path)
     try:
-        # The file is private until renamed into place and deleted on any failure, so there is
-        # nothing to protect: no journal, no fsync. WAL is switched on once the data is in.
-        con.execute("PRAGMA journal_mode=OFF")
-        con.execute("PRAGMA synchronous=OFF")
-        con.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
-        con.execute("PRAGMA temp_store=MEMORY")
-        con.execute(f"PRAGMA threads={min(4, _usable_cpus())}")  # parallel index sorts
         table_ddl, index_ddl = _split_schema()
         con.execute("BEGIN")
         for statement in table_ddl:
             con.execute(statement)
-        with _gc_paused(), closing(_stream(seed_value, scale, parallel=parallel)) as stream:
-            _load(con, stream, counts, progress)
+        with _gc_paused(), closing(_stream(seed_value, scale, staging)) as stream:
+            staged = _load(con, stream, counts, progress)
+        if staged:
+            assert staging is not None
+            con.execute("COMMIT")  # ATTACH is refused inside a transaction
+            con.execute("ATTACH DATABASE ? AS staging", (str(staging),))
+            con.execute("BEGIN")
+            for table in staged:
+                # Indexes first, on the empty table, so the copy takes the staged entries as is.
+                for statement in index_ddl.pop(table, []):
+                    con.execute(statement)
+                con.execute(f"INSERT INTO main.{table} SELECT * FROM staging.{table}")
+                copied = con.execute(f"SELECT count(*) FROM main.{table}").fetchone()[0]
+                if copied != counts[table]:
+                    raise RuntimeError(f"{table}: staged {copied} rows, planned {counts[table]}")
         # Building secondary indexes once over sorted keys is faster and packs pages fuller than
         # maintaining them row by row; the stored DDL text is the same either way.
-        for statement in index_ddl:
-            con.execute(statement)
+        for statements in index_ddl.values():
+            for statement in statements:
+                con.execute(statement)
         con.execute("COMMIT")
+        if staged:
+            con.execute("DETACH DATABASE staging")
 
         mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode != "wal":
@@ -513,6 +566,8 @@ def _build(
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         con.close()
+        if staging is not None:
+            _remove_with_sidecars(staging)
     # Closing the last connection checkpoints and deletes the WAL; make sure nothing is left.
     wal = Path(f"{path}-wal")
     if wal.exists() and wal.stat().st_size:
@@ -520,37 +575,45 @@ def _build(
     wal.unlink(missing_ok=True)
 
 
+def _insert_sql(table: str) -> tuple[str, str]:
+    """(multi-row INSERT of _GROUP_ROWS[table] rows, single-row INSERT) for ``table``."""
+    row = f"({', '.join('?' * _COLUMNS[table])})"
+    many = ", ".join([row] * _GROUP_ROWS[table])
+    return f"INSERT INTO {table} VALUES {many}", f"INSERT INTO {table} VALUES {row}"
+
+
+def _insert(con: sqlite3.Connection, table: str, groups: list[Row], rest: list[Row]) -> None:
+    group_sql, row_sql = _insert_sql(table)
+    if groups:
+        con.executemany(group_sql, groups)
+    if rest:
+        con.executemany(row_sql, rest)
+
+
 def _load(
     con: sqlite3.Connection,
     stream: Iterable[Packed],
     counts: dict[str, int],
     progress: Callable[[str, int, int], None] | None,
-) -> None:
-    """Insert every packed batch of ``stream``; check the totals against ``counts``."""
+) -> list[str]:
+    """Insert every packed batch of ``stream``; return the tables the child staged instead."""
     done = dict.fromkeys(counts, 0)
     next_report = dict.fromkeys(counts, _PROGRESS_EVERY)
-    statements: dict[str, tuple[str, str]] = {}
+    staged: list[str] = []
     for table, n_rows, groups, rest in stream:
-        if table not in statements:
-            row = f"({', '.join('?' * _COLUMNS[table])})"
-            many = ", ".join([row] * _GROUP_ROWS[table])
-            statements[table] = (
-                f"INSERT INTO {table} VALUES {many}",
-                f"INSERT INTO {table} VALUES {row}",
-            )
-            if progress:
-                progress(table, 0, counts[table])
-        group_sql, row_sql = statements[table]
-        if groups:
-            con.executemany(group_sql, groups)
-        if rest:
-            con.executemany(row_sql, rest)
+        if progress and not done[table]:
+            progress(table, 0, counts[table])
+        if groups or rest:
+            _insert(con, table, groups, rest)
+        elif table not in staged:
+            staged.append(table)
         done[table] += n_rows
         if progress and (done[table] >= next_report[table] or done[table] == counts[table]):
             progress(table, done[table], counts[table])
             next_report[table] = (done[table] // _PROGRESS_EVERY + 1) * _PROGRESS_EVERY
     if done != counts:
         raise RuntimeError(f"generated {done} rows, planned {counts}")
+    return staged
 
 
 # --------------------------------------------------------------------------- row streams
@@ -560,10 +623,14 @@ class _ChildUnavailable(Exception):
     """The child generator could not start; generating in-process gives the same rows."""
 
 
-def _stream(seed_value: int, scale: int, *, parallel: bool) -> Iterator[Packed]:
-    """Every table's rows as packed batches, in insertion order."""
-    if parallel:
-        child = _child_stream(seed_value, scale)
+def _stream(seed_value: int, scale: int, staging: Path | None) -> Generator[Packed, None, None]:
+    """Every table's rows as packed batches, in insertion order.
+
+    With ``staging``, a child process generates them and stores _STAGED_TABLES in that file; if
+    it cannot start, this process generates everything itself.
+    """
+    if staging is not None:
+        child = _child_stream(seed_value, scale, staging)
         try:
             first = next(child)
         except _ChildUnavailable:
@@ -593,28 +660,24 @@ _CHILD_CODE = (
     "import json, sys\n"
     "sys.path[:] = json.loads(sys.argv[1])\n"
     "from pgshift.demo.seed import _produce\n"
-    "_produce(int(sys.argv[2]), int(sys.argv[3]))\n"
+    "_produce(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])\n"
 )
+_EOF = object()
 
 
-def _child_stream(seed_value: int, scale: int) -> Iterator[Packed]:
+def _child_stream(seed_value: int, scale: int, staging: Path) -> Generator[Packed, None, None]:
     """Packed batches generated by a child interpreter and pickled through its stdout.
 
     Generating rows costs about as much CPU as SQLite spends storing them, so a second process
-    nearly halves the wall time on two cores. A plain subprocess rather than multiprocessing:
-    no fork of a possibly threaded parent, and no re-import of the caller's ``__main__``.
+    takes a large share of the wall time on two cores. A plain subprocess rather than
+    multiprocessing: no fork of a possibly threaded parent, no re-import of the caller's
+    ``__main__``.
     """
+    argv = [sys.executable, "-c", _CHILD_CODE, json.dumps(sys.path)]
     with tempfile.TemporaryFile() as stderr:
         try:
             proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    _CHILD_CODE,
-                    json.dumps(sys.path),
-                    str(seed_value),
-                    str(scale),
-                ],
+                [*argv, str(seed_value), str(scale), str(staging)],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
@@ -651,14 +714,12 @@ def _child_stream(seed_value: int, scale: int) -> Iterator[Packed]:
             proc.stdout.close()
 
 
-_EOF = object()
-
-
-def _produce(seed_value: int, scale: int) -> None:
-    """Child entry point: pickle every packed batch to stdout, then ``None``.
+def _produce(seed_value: int, scale: int, staging: str) -> None:
+    """Child entry point: store _STAGED_TABLES in ``staging``, pickle the rest to stdout.
 
     A writer thread drains a small queue of pickles, so generating batch k+1 overlaps with the
-    parent reading and inserting batch k instead of waiting for the pipe to empty.
+    parent reading and inserting batch k instead of waiting for the pipe to empty. ``None``
+    marks the end, sent only once the staging file is complete and closed.
     """
     gc.disable()
     out = sys.stdout.buffer
@@ -676,8 +737,24 @@ def _produce(seed_value: int, scale: int) -> None:
 
     writer = threading.Thread(target=write, name="pgshift-seed-writer", daemon=True)
     writer.start()
-    for item in _packed(_batches(seed_value, scale)):
-        blobs.put(pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL))
+    con = _open_for_bulk_load(Path(staging))
+    try:
+        con.execute("BEGIN")
+        for table in _STAGED_TABLES:
+            con.execute(_table_ddl(table))
+        for item in _packed(_batches(seed_value, scale)):
+            table, n_rows, groups, rest = item
+            if table in _STAGED_TABLES:
+                _insert(con, table, groups, rest)
+                item = (table, n_rows, [], [])
+            blobs.put(pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL))
+        indexes = _split_schema()[1]
+        for table in _STAGED_TABLES:
+            for statement in indexes.get(table, []):
+                con.execute(statement)
+        con.execute("COMMIT")
+    finally:
+        con.close()
     blobs.put(pickle.dumps(None))
     blobs.put(None)
     writer.join()
@@ -848,7 +925,8 @@ def _job_batches(
     """
     r, bits = rng.random, rng.getrandbits
     shapes, n_shapes = _SHAPE_TABLE, len(_SHAPE_TABLE)
-    statuses, n_statuses = _STATUS_TABLE, len(_STATUS_TABLE)
+    settled, recent = _SETTLED_TABLE, _RECENT_TABLE
+    recent_from = n - max(1, n // _RECENT_SHARE)
     targets, n_targets = _TARGETS_JSON, len(_TARGETS_JSON)
     tag_sets, n_tag_sets = _TAG_SETS_JSON, len(_TAG_SETS_JSON)
     errors, n_errors = _ERRORS_JSON, len(_ERRORS)
@@ -862,7 +940,8 @@ def _job_batches(
     for i in range(n):
         job_id = _uuid4(bits(128))
         job_type, opening, has_locale = shapes[int(r() * n_shapes)]
-        status = statuses[int(r() * n_statuses)]
+        statuses = settled if i < recent_from else recent
+        status = statuses[int(r() * len(statuses))]
         # Creation time grows with rowid, like an app inserting over six months.
         created = BASE_EPOCH_MS + int(i * step) + int(r() * 1000)
         uid = None if r() < 0.2 else int(r() * n_users) + 1
