@@ -20,6 +20,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,15 +155,25 @@ def run_copy(job: CopyJob, chunks: list[Chunk], jobs: int) -> list[ChunkResult]:
     stop = threading.Event()
     lock = threading.Lock()
 
-    def worker() -> None:
+    def next_chunk() -> Chunk | None:
         try:
-            with _Worker(job) as w:
-                while not stop.is_set():
-                    try:
-                        chunk = work.get_nowait()
-                    except queue.Empty:
-                        return
-                    result = w.copy_chunk(chunk)
+            return None if stop.is_set() else work.get_nowait()
+        except queue.Empty:
+            return None
+
+    def worker() -> None:
+        # Each worker renders its next chunk in SQLite while PostgreSQL loads the
+        # current one, as a shell pipe would (measured: rendering and loading take
+        # about the same time, so without the overlap each waits for the other).
+        try:
+            with _Worker(job) as w, ThreadPoolExecutor(1) as ahead:
+                chunk = next_chunk()
+                pending = ahead.submit(w.render, chunk) if chunk else None
+                while pending is not None:
+                    rendered = pending.result()
+                    chunk = next_chunk()
+                    pending = ahead.submit(w.render, chunk) if chunk else None
+                    result = w.load(rendered)
                     with lock:
                         job.results.append(result)
                     if job.on_chunk:
@@ -189,6 +200,10 @@ class _Worker:
         self.fast_con.text_factory = bytes  # CSV bytes go to COPY without a decode/encode
         self.slow_con = job.open_source()
         self.slow_con.text_factory = _text_factory
+        # The loader's own connection for redoing a refused chunk: the render
+        # thread is using the other two at the same time.
+        self.redo_con = job.open_source()
+        self.redo_con.text_factory = _text_factory
         self.pg = connect(job.dsn, application_name="pgshift")
         for stmt in job.session_sql:
             self.pg.execute(stmt)
@@ -200,9 +215,15 @@ class _Worker:
     def __exit__(self, *exc: object) -> None:
         self.fast_con.close()
         self.slow_con.close()
+        self.redo_con.close()
         self.pg.close()
 
     def copy_chunk(self, chunk: Chunk) -> ChunkResult:
+        """Render and load one chunk (no read-ahead)."""
+        return self.load(self.render(chunk))
+
+    def render(self, chunk: Chunk) -> _Rendered:
+        """The SQLite half: the chunk's CSV and its slow-form rows."""
         started = time.perf_counter()
         ts = self.job.tables[chunk.table]
         where, params = chunk.where()
@@ -216,11 +237,17 @@ class _Worker:
                               table=chunk.table, operation="copy") from exc
         rejects: list[RejectRecord] = []
         extra = self._render(ts, slow_rows, rejects)
+        return _Rendered(chunk, ts, data, total or 0, len(slow_rows), extra, rejects, started)
+
+    def load(self, r: _Rendered) -> ChunkResult:
+        """The PostgreSQL half: COPY, rejects and checkpoint in one transaction."""
+        chunk, ts, data, extra, rejects, started = (r.chunk, r.ts, r.data, r.extra, r.rejects,
+                                                    r.started)
         # Every line ends with a newline: for a one-column table a NULL row is an empty
         # line, and an empty last line without its terminator would simply vanish.
         payload = (b"" if data is None else data + b"\n") + "".join(
             line + "\n" for line, _ in extra).encode()
-        loaded = (total or 0) - len(slow_rows) + len(extra)
+        loaded = r.total - r.slow_count + len(extra)
         try:
             with self.pg.transaction():
                 if payload:
@@ -228,7 +255,7 @@ class _Worker:
                 checkpoint.record_chunk(self.pg, self.job.run_id, chunk.table, chunk.no, loaded,
                                         len(payload), rejects, time.perf_counter() - started)
             return ChunkResult(chunk.table, chunk.no, loaded, len(payload), rejected_rows(rejects),
-                               time.perf_counter() - started, len(slow_rows))
+                               time.perf_counter() - started, r.slow_count)
         except psycopg.errors.DataError:
             pass  # PostgreSQL refused a value the fast form let through: redo slowly
         except psycopg.errors.IntegrityError:
@@ -270,7 +297,7 @@ class _Worker:
 
     def _copy_slow(self, chunk: Chunk, ts: TableSql, started: float) -> ChunkResult:
         where, params = chunk.where()
-        rows = self.slow_con.execute(ts.all_select.replace("{where}", where), params).fetchall()
+        rows = self.redo_con.execute(ts.all_select.replace("{where}", where), params).fetchall()
         rejects: list[RejectRecord] = []
         lines = self._render(ts, rows, rejects)
         with self.pg.transaction():
@@ -320,6 +347,18 @@ def _column_of(exc: psycopg.Error) -> str | None:
     if marker in context:
         return context.split(marker, 1)[1].split(":", 1)[0].strip()
     return None
+
+
+@dataclass
+class _Rendered:
+    chunk: Chunk
+    ts: TableSql
+    data: bytes | None
+    total: int
+    slow_count: int
+    extra: list[tuple[str, tuple[Any, ...]]]
+    rejects: list[RejectRecord]
+    started: float
 
 
 def rejected_rows(rejects: list[RejectRecord]) -> int:
