@@ -83,8 +83,7 @@ class TableSql:
                      if c.name in table.primary_key and c.nulls]
         # printf's %w stops at a NUL byte: such values must never reach the fast form,
         # or they would load silently truncated.
-        suspects += [f"(typeof({q(c.name)}) = 'text' AND instr(CAST({q(c.name)} AS BLOB), "
-                     f"x'00') > 0)" for c in cols if c.nul_texts]
+        suspects += [f"instr({q(c.name)}, char(0)) > 0" for c in cols if c.nul_texts]
         line = _printf_line(fields)
         src = q(table.name)
         keys = list(table.source.primary_key) or ["rowid"]

@@ -139,7 +139,7 @@ def _column_aggregates(col: str, family: str) -> dict[str, str]:
         "class_max": f"max(nullif({t}, 'null'))",
     }
     if family not in ("integer", "real", "numeric"):
-        aggs["nul_texts"] = f"sum({t} = 'text' AND instr(CAST({c} AS BLOB), x'00') > 0)"
+        aggs["nul_texts"] = f"sum(instr({c}, char(0)) > 0)"
     if family in _NEEDS_RANGE:
         aggs["int_min"] = f"min(CASE WHEN {t} = 'integer' THEN {c} END)"
         aggs["int_max"] = f"max(CASE WHEN {t} = 'integer' THEN {c} END)"
