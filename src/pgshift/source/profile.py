@@ -113,6 +113,9 @@ def declared_family(declared: str) -> str:
 _TEMPORAL = ("date", "time", "timestamp", "timestamptz", "none")
 _NEEDS_RANGE = ("date", "time", "timestamp", "timestamptz", "none", "real", "numeric_affinity",
                 "blob")
+# The storage class a declared type normally holds (SQLite's affinity converts to it).
+_NATURAL_CLASS = {"integer": "integer", "boolean": "integer", "text": "text", "json": "text",
+                  "uuid": "text", "blob": "blob", "real": "real"}
 _CLASS_FIELD = {"integer": "integers", "real": "reals", "text": "texts", "blob": "blobs"}
 _MERGE_MIN = ("int_min", "class_min")
 _MERGE_MAX = ("int_max", "class_max")
@@ -133,11 +136,15 @@ def _column_aggregates(col: str, family: str) -> dict[str, str]:
     """
     c = _q(col)
     t = f"typeof({c})"
-    aggs = {
-        "non_null": f"count({c})",
-        "class_min": f"min(nullif({t}, 'null'))",
-        "class_max": f"max(nullif({t}, 'null'))",
-    }
+    aggs = {"non_null": f"count({c})"}
+    natural = _NATURAL_CLASS.get(family)
+    if natural:
+        # One test per value: anything but the declared family's own class. A column
+        # that has some gets exact per-class counts in a second pass.
+        aggs["others"] = f"sum({c} IS NOT NULL AND {t} != '{natural}')"
+    else:
+        aggs["class_min"] = f"min(nullif({t}, 'null'))"
+        aggs["class_max"] = f"max(nullif({t}, 'null'))"
     if family not in ("integer", "real", "numeric"):
         aggs["nul_texts"] = f"sum(instr({c}, char(0)) > 0)"
     if family in _NEEDS_RANGE:
@@ -254,11 +261,19 @@ def _finish(open_connection: Callable[[], sqlite3.Connection], table: SourceTabl
                 setattr(cp, k, v)
         non_null = int(f.get("non_null") or 0)  # type: ignore[call-overload]
         cp.nulls = rows - non_null
-        lo, hi = f.get("class_min"), f.get("class_max")
-        if lo is not None and lo == hi:
-            setattr(cp, _CLASS_FIELD[str(lo)], non_null)
-        elif lo is not None:
-            mixed.append(col.name)
+        if "others" in f:
+            if not f["others"]:
+                if non_null:
+                    natural = _NATURAL_CLASS[declared_family(col.declared_type)]
+                    setattr(cp, _CLASS_FIELD[natural], non_null)
+            else:
+                mixed.append(col.name)
+        else:
+            lo, hi = f.get("class_min"), f.get("class_max")
+            if lo is not None and lo == hi:
+                setattr(cp, _CLASS_FIELD[str(lo)], non_null)
+            elif lo is not None:
+                mixed.append(col.name)
         prof.columns[col.name] = cp
     if mixed:
         # Rare: a column holding several storage classes gets exact counts per class.
