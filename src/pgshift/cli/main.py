@@ -48,15 +48,15 @@ def root(
 
 
 def _register() -> None:
-    from pgshift.cli import demo, migrate, verify
+    from pgshift.cli import demo, load, migrate, proxy, sync, traffic, verify
 
     app.command(name="migrate", no_args_is_help=True)(migrate.migrate_command)
     app.command(name="verify", no_args_is_help=True)(verify.verify_command)
-    app.add_typer(demo.demo_app, name="demo")
-
-    from pgshift.cli import load
-
+    app.add_typer(sync.sync_app, name="sync")
+    app.command(name="proxy", no_args_is_help=True)(proxy.proxy_command)
+    app.add_typer(traffic.traffic_app, name="traffic")
     app.add_typer(load.load_app, name="load")
+    app.add_typer(demo.demo_app, name="demo")
 
 
 _register()
