@@ -700,10 +700,25 @@ def machine_info(server: EmbeddedPostgres) -> dict[str, Any]:
         "postgres": server.version,
         "postgres_durable": server.durable,
         "python": platform.python_version(),
+        "pgshift_rev": _git_revision(),
         "sqlite3_cli": _tool_version(["sqlite3", "--version"]),
         "psql": _tool_version(["psql", "--version"]),
         "pgloader": _tool_version(["pgloader", "--version"], "pgloader"),
     }
+
+
+def _git_revision() -> str | None:
+    """``git rev-parse --short HEAD`` of this checkout, ``+dirty`` if ``src/`` has changes."""
+    if shutil.which("git") is None:
+        return None
+    head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True, check=False)
+    if head.returncode:
+        return None
+    status = subprocess.run(["git", "--no-optional-locks", "-C", str(REPO_ROOT), "status",
+                             "--porcelain", "--", "src"],
+                            capture_output=True, text=True, check=False)
+    return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
 
 
 def _os_name() -> str:

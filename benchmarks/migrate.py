@@ -120,6 +120,7 @@ class Contestant:
 
     @property
     def ran(self) -> bool:
+        """Whether at least one run completed."""
         return bool(self.runs)
 
     @property
@@ -134,9 +135,11 @@ class Contestant:
 
     @property
     def ok(self) -> bool:
+        """Ran, every run succeeded with the right row counts, and no benchmark error."""
         return self.status == "ok" and self.ran and all(r.ok for r in self.runs)
 
     def to_dict(self) -> dict[str, Any]:
+        """Everything measured, for ``--json``."""
         return {
             "key": self.key,
             "label": self.label,
@@ -180,10 +183,12 @@ class Bench:
 
     @property
     def tables(self) -> list[str]:
+        """The source's tables."""
         return list(self.source_rows)
 
     @property
     def total_rows(self) -> int:
+        """Rows in the source, all tables."""
         return sum(self.source_rows.values())
 
 
@@ -617,7 +622,8 @@ def text_report(meta: dict[str, Any], contestants: Sequence[Contestant]) -> str:
         "",
         f"scale {meta['scale']:,}: {meta['rows']:,} rows, SQLite {mib(meta['sqlite_bytes'])} "
         f"MiB; PostgreSQL {m['postgres']} (fsync on); nproc {m['nproc']}, RAM "
-        f"{m['ram_gib']} GiB; --jobs {meta['jobs']}, runs {meta['runs']}",
+        f"{m['ram_gib']} GiB; pgshift {m['pgshift_rev']}; --jobs {meta['jobs']}, "
+        f"runs {meta['runs']}",
         "",
         text_table(HEADERS, table_rows(contestants)),
     ]
@@ -641,7 +647,7 @@ def markdown_section(meta: dict[str, Any], contestants: Sequence[Contestant]) ->
         f"- SQLite file: {mib(meta['sqlite_bytes'])} MiB, scale {meta['scale']:,}; "
         f"--jobs {meta['jobs']}, runs {meta['runs']} (wall = median, RSS = max)",
         f"- tools: pgloader {m['pgloader'] or 'not installed'}, sqlite3 {m['sqlite3_cli']}, "
-        f"psql {m['psql']}, Python {m['python']}",
+        f"psql {m['psql']}, Python {m['python']}, pgshift {m['pgshift_rev']}",
         "",
         markdown_table(HEADERS, table_rows(contestants)),
         "",
