@@ -16,30 +16,8 @@ from pgshift.embedded_pg import PostgresServer
 from pgshift.migrate import MigrateOptions, MigrateResult, migrate
 from pgshift.verify.run import VerifyOptions, VerifyResult, verify
 from pgshift.verify.segments import RowDiff
-
-
-def qi(name: str) -> str:
-    """Quote an identifier (same rule in SQLite and PostgreSQL)."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def make_db(path: Path, script: str = "",
-            rows: dict[str, Iterable[Sequence[Any]]] | None = None) -> Path:
-    """Create the SQLite file ``path`` from a DDL script plus rows inserted as parameters."""
-    path.unlink(missing_ok=True)
-    con = sqlite3.connect(path)
-    try:
-        con.executescript(script)
-        for table, data in (rows or {}).items():
-            data = list(data)
-            if not data:
-                continue
-            marks = ", ".join("?" for _ in data[0])
-            con.executemany(f"INSERT INTO {qi(table)} VALUES ({marks})", data)
-        con.commit()
-    finally:
-        con.close()
-    return path
+from sqlite_helpers import make_db as make_db  # re-exported for the verify tests
+from sqlite_helpers import qi
 
 
 def sqlite_exec(path: Path, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

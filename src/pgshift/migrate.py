@@ -191,8 +191,8 @@ def migrate(opts: MigrateOptions, progress: Progress | None = None) -> MigrateRe
             coord.execute(pgsql.SQL("SET ROLE {}").format(pgsql.Identifier(opts.owner)))
         done_steps = checkpoint.step_done(coord, run.run_id)
         if opts.data_only:
-            missing = [t.name for t in plan.tables
-                       if t.name not in _existing_tables(coord, opts.schema)]
+            existing = _existing_tables(coord, opts.schema)
+            missing = [t.name for t in plan.tables if t.name not in existing]
             if missing:
                 raise UsageError(f"--data-only: table(s) missing in schema {opts.schema!r}: "
                                  f"{', '.join(missing[:5])}",
