@@ -34,6 +34,7 @@ from pgshift.copy.chunks import Chunk, decode_bound, encode_bound, plan_chunks
 from pgshift.copy.pipeline import ChunkResult, CopyJob, TableSql, run_copy
 from pgshift.dsn import Dsn, connect, redact
 from pgshift.errors import ExitCode, PgshiftError, TargetError, UsageError
+from pgshift.existing.plan import MappedPlan
 from pgshift.progress import NullProgress, Progress
 from pgshift.schema import ddl
 from pgshift.schema.model import Note, Table, qident
@@ -70,6 +71,11 @@ class MigrateOptions:
     state_dir: Path | None = None
     require_wal: bool = False
     analyze: bool = True
+    # --into-existing: load into the tables the application's migrations created
+    into_existing: bool = False
+    mapping: Path | None = None
+    assume_tz: str | None = None
+    truncate: bool = False
 
 
 @dataclass
@@ -86,7 +92,7 @@ class TableSummary:
 class MigrateResult:
     """What happened, for the summary table and ``--json``."""
 
-    plan: Plan
+    plan: Plan | MappedPlan
     snapshot: Snapshot | None
     tables: list[TableSummary]
     steps: list[tuple[str, float]]
@@ -123,7 +129,7 @@ class MigrateResult:
         }
 
 
-class _Steps:
+class Steps:
     def __init__(self, progress: Progress, state: StateDir) -> None:
         self.progress, self.state = progress, state
         self.timings: list[tuple[str, float]] = []
@@ -158,10 +164,14 @@ def migrate(opts: MigrateOptions, progress: Progress | None = None) -> MigrateRe
     """Run the whole migration (or print its plan with ``dry_run``)."""
     progress = progress or NullProgress()
     _validate(opts)
+    if opts.into_existing:
+        from pgshift.existing.run import migrate_into_existing
+
+        return migrate_into_existing(opts, progress)
     t_start = time.perf_counter()
     state = (StateDir(opts.state_dir) if opts.state_dir is not None
              else StateDir.for_name(Path.cwd(), opts.sqlite_path.stem)).ensure()
-    steps = _Steps(progress, state)
+    steps = Steps(progress, state)
 
     if opts.dry_run:
         snap = steps.run("snapshot", lambda: take_snapshot(opts.sqlite_path, state.snapshots,
@@ -178,7 +188,7 @@ def migrate(opts: MigrateOptions, progress: Progress | None = None) -> MigrateRe
     try:
         _prepare_target(coord, opts)
         checkpoint.acquire_lock(coord, opts.schema)
-        run, snap = _start_or_resume(coord, opts, state, steps)
+        run, snap = start_or_resume(coord, opts, state, steps)
         plan = _make_plan(opts, snap, steps)
         if run.status != "new" and set(run.chunks) != {t.name for t in plan.tables}:
             raise UsageError(
@@ -213,7 +223,7 @@ def migrate(opts: MigrateOptions, progress: Progress | None = None) -> MigrateRe
             violations += steps.run("constraints",
                                     lambda: _constraints(coord, opts, plan, run, done_steps))
         steps.run("finish", lambda: _finish(coord, opts, plan, run, done_steps))
-        rejects_file = _write_rejects(coord, run.run_id, state)
+        rejects_file = write_rejects(coord, run.run_id, state)
         checkpoint.set_status(coord, run.run_id, "done")
         total_rejects = sum(s.rejects for s in summaries.values())
         result = MigrateResult(plan, snap, list(summaries.values()), steps.timings,
@@ -244,6 +254,16 @@ def _validate(opts: MigrateOptions) -> None:
                          hint="pick one; without either, migrate copies schema and data")
     if opts.resume and opts.restart:
         raise UsageError("--resume and --restart exclude each other")
+    if not opts.into_existing:
+        given = [n for n, v in (("--map", opts.mapping), ("--assume-tz", opts.assume_tz),
+                                ("--truncate", opts.truncate)) if v]
+        if given:
+            raise UsageError(f"{', '.join(given)} need(s) --into-existing",
+                             hint="pgshift migrate SQLITE PG --into-existing --map mapping.yaml")
+    elif opts.drop or opts.data_only or opts.schema_only or opts.owner:
+        raise UsageError("--into-existing loads into the application's own tables: it takes no "
+                         "--drop, --data-only, --schema-only or --owner",
+                         hint="use --truncate to empty the target tables first")
     if opts.jobs < 1 or opts.jobs > 64:
         raise UsageError(f"--jobs must be between 1 and 64, not {opts.jobs}",
                          hint="--jobs 2 (one per core is a good start)")
@@ -272,8 +292,8 @@ def _prepare_target(conn: psycopg.Connection, opts: MigrateOptions) -> None:
             pgsql.Identifier(opts.schema), ident))
 
 
-def _start_or_resume(conn: psycopg.Connection, opts: MigrateOptions, state: StateDir,
-                     steps: _Steps) -> tuple[RunRecord, Snapshot]:
+def start_or_resume(conn: psycopg.Connection, opts: MigrateOptions, state: StateDir,
+                     steps: Steps) -> tuple[RunRecord, Snapshot]:
     existing = checkpoint.load_run(conn, opts.schema)
     if existing and existing.status != "done" and not (opts.resume or opts.restart):
         raise UsageError(
@@ -303,7 +323,7 @@ def _start_or_resume(conn: psycopg.Connection, opts: MigrateOptions, state: Stat
     return run, snap
 
 
-def _make_plan(opts: MigrateOptions, snap: Snapshot, steps: _Steps) -> Plan:
+def _make_plan(opts: MigrateOptions, snap: Snapshot, steps: Steps) -> Plan:
     con = snap.connect()
     try:
         catalog = steps.run("catalog", lambda: read_catalog(con))
@@ -410,7 +430,7 @@ def _copy(opts: MigrateOptions, plan: Plan, snap: Snapshot, run: RunRecord,
     run_copy(job, todo, opts.jobs)
 
 
-def _in_sessions(opts: MigrateOptions, items: list[T], fn: Callable[[psycopg.Connection, T], R],
+def in_sessions(opts: MigrateOptions, items: list[T], fn: Callable[[psycopg.Connection, T], R],
                  *, role: bool = True) -> list[R]:
     """Run ``fn(conn, item)`` for each item on ``opts.jobs`` threads, one session each.
 
@@ -475,7 +495,7 @@ def _post_load(opts: MigrateOptions, plan: Plan, run: RunRecord) -> list[Note]:
 
     order = sorted(plan.tables, key=lambda t: -t.rows)
     violations: list[Note] = []
-    for notes in _in_sessions(opts, order, work):
+    for notes in in_sessions(opts, order, work):
         plan.notes.extend(n for n in notes if n.level != "violation")
         violations.extend(n for n in notes if n.level == "violation")
     return violations
@@ -509,16 +529,16 @@ def _constraints(conn: psycopg.Connection, opts: MigrateOptions, plan: Plan, run
         try:
             session.execute(f"ALTER TABLE {rel} VALIDATE CONSTRAINT {qident(conname)}")
         except (psycopg.errors.ForeignKeyViolation, psycopg.errors.CheckViolation) as exc:
-            keys = _violating_keys(session, rel, conname, contype)
+            keys = violating_keys(session, rel, conname, contype)
             kind = "foreign key" if contype == "f" else "check"
             return Note("violation", rel, f"{kind} {conname} left NOT VALID (enforced for new "
                         f"rows): {exc.diag.message_primary}; rows: {keys}")
         return None
 
-    return [n for n in _in_sessions(opts, [tuple(r) for r in rows], validate) if n is not None]
+    return [n for n in in_sessions(opts, [tuple(r) for r in rows], validate) if n is not None]
 
 
-def _violating_keys(conn: psycopg.Connection, rel: str, conname: str, contype: str) -> str:
+def violating_keys(conn: psycopg.Connection, rel: str, conname: str, contype: str) -> str:
     """Up to 10 keys of rows breaking a constraint, for the report."""
     row = conn.execute(
         "SELECT pg_get_constraintdef(c.oid), "
@@ -578,11 +598,11 @@ def _finish(conn: psycopg.Connection, opts: MigrateOptions, plan: Plan, run: Run
                 plan.notes.append(Note("untranslated", v.name, f"view refused by PostgreSQL: "
                                        f"{exc.diag.message_primary}"))
     if opts.analyze and not opts.schema_only:
-        _in_sessions(opts, plan.tables, lambda session, t: session.execute(
+        in_sessions(opts, plan.tables, lambda session, t: session.execute(
             f"ANALYZE {ddl.qualified(opts.schema, t.name)}"), role=False)
 
 
-def _write_rejects(conn: psycopg.Connection, run_id: str, state: StateDir) -> Path | None:
+def write_rejects(conn: psycopg.Connection, run_id: str, state: StateDir) -> Path | None:
     lines = [json.dumps(r, ensure_ascii=False, default=str) for r in
              checkpoint.all_rejects(conn, run_id)]
     if not lines:

@@ -8,6 +8,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from pgshift.existing.plan import MappedPlan
 from pgshift.schema import ddl
 
 if TYPE_CHECKING:
@@ -76,4 +77,26 @@ def plan_text(plan: Plan) -> Group:
     if plan.notes:
         parts.append(notes_table(plan.notes))
     parts.append(Text(f"{len(plan.tables)} tables, {plan.total_rows:,} rows"))
+    return Group(*parts)
+
+
+def mapped_plan_text(plan: MappedPlan) -> Group:
+    """``--into-existing --dry-run``: per target column its source, conversion, anomalies."""
+    parts: list[Table | Text] = []
+    for tbl in plan.tables:
+        src = tbl.source_label + (f" where {tbl.where}" if tbl.where else "")
+        t = Table(title=f"{tbl.name} <- {src} ({tbl.rows:,} rows)", title_justify="left")
+        for col in ("column", "type", "from (SQLite)", "conversion", "rejects"):
+            t.add_column(col, overflow="fold")
+        for c in tbl.columns:
+            t.add_row(c.target.name, c.target.type, c.origin, c.reason,
+                      f"{c.rejects:,}" if c.rejects else "")
+        for name in tbl.defaulted:
+            t.add_row(name, tbl.target.column(name).type if tbl.target.column(name) else "",
+                      "(default)", "PostgreSQL's DEFAULT / identity", "")
+        parts.append(t)
+    if plan.notes:
+        parts.append(notes_table(plan.notes))
+    total = sum(t.rows for t in plan.tables)
+    parts.append(Text(f"{len(plan.tables)} tables, {total:,} rows"))
     return Group(*parts)

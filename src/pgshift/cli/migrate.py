@@ -10,9 +10,10 @@ import typer
 from pgshift.cli.output import err_console, out_console, print_json
 from pgshift.dsn import resolve
 from pgshift.errors import PgshiftError, UsageError
+from pgshift.existing.plan import MappedPlan
 from pgshift.migrate import DEFAULT_BATCH, MigrateOptions, MigrateResult, migrate
 from pgshift.progress import for_terminal
-from pgshift.report_tables import migrate_summary, plan_text
+from pgshift.report_tables import mapped_plan_text, migrate_summary, plan_text
 
 
 def migrate_command(
@@ -51,6 +52,20 @@ def migrate_command(
     = None,
     require_wal: Annotated[bool, typer.Option("--require-wal", help="Refuse a source that is "
                                               "not in WAL mode (live databases).")] = False,
+    into_existing: Annotated[bool, typer.Option(
+        "--into-existing", help="Load into the tables the application's own migrations "
+        "created (names matched case-insensitively, values converted to each column's real "
+        "type); pgshift creates and alters nothing.")] = False,
+    mapping: Annotated[Path | None, typer.Option(
+        "--map", help="With --into-existing: a mapping file renaming, merging and converting "
+        "columns (docs/mapping.md).", show_default=False)] = None,
+    assume_tz: Annotated[str | None, typer.Option(
+        "--assume-tz", help="With --into-existing: the zone of text timestamps without a UTC "
+        "offset loaded into timestamptz (e.g. UTC); without it such columns are refused.",
+        show_default=False)] = None,
+    truncate: Annotated[bool, typer.Option(
+        "--truncate", help="With --into-existing: empty the target tables first (otherwise "
+        "tables holding rows are refused).")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
     = False,
 ) -> None:
@@ -71,6 +86,8 @@ def migrate_command(
       pgshift migrate app.db env:DATABASE_URL --jobs 2 --drop
 
       pgshift migrate app.db env:DATABASE_URL --resume
+
+      pgshift migrate app.db env:DATABASE_URL --into-existing --map mapping.yaml --dry-run
     """
     opts = MigrateOptions(
         sqlite_path=sqlite_path, dsn=resolve(postgres_dsn), schema=schema,
@@ -78,10 +95,13 @@ def migrate_command(
         batch_size=batch_size, drop=drop, data_only=data_only, schema_only=schema_only,
         dry_run=dry_run, resume=resume, restart=restart, allow_rejects=allow_rejects,
         owner=owner, state_dir=state_dir, require_wal=require_wal,
+        into_existing=into_existing, mapping=mapping, assume_tz=assume_tz, truncate=truncate,
     )
     result = migrate(opts, for_terminal(json_output))
     if json_output:
         print_json(result.to_dict())
+    elif dry_run and isinstance(result.plan, MappedPlan):
+        out_console().print(mapped_plan_text(result.plan))
     elif dry_run:
         out_console().print(plan_text(result.plan))
     else:

@@ -61,8 +61,12 @@ class Chunk:
         return (" AND ".join(parts) or "1"), params
 
 
-def plan_chunks(con: sqlite3.Connection, table: SourceTable, batch: int) -> list[Chunk]:
-    """Boundaries every ``batch`` keys; the last chunk is open-ended."""
+def plan_chunks(con: sqlite3.Connection, table: SourceTable, batch: int,
+                from_sql: str | None = None) -> list[Chunk]:
+    """Boundaries every ``batch`` keys; the last chunk is open-ended.
+
+    ``from_sql`` reads another relation than ``table.name`` (a materialized query).
+    """
     cols = key_columns(table)
     expr = _key_expr(cols)
     bounds: list[tuple[Any, ...]] = []
@@ -70,7 +74,8 @@ def plan_chunks(con: sqlite3.Connection, table: SourceTable, batch: int) -> list
     while True:
         where = f"WHERE {_row(cols)} > {_params(cols)}" if prev is not None else ""
         row = con.execute(
-            f"SELECT {expr} FROM {q(table.name)} {where} ORDER BY {expr} LIMIT 1 OFFSET ?",
+            f"SELECT {expr} FROM {from_sql or q(table.name)} {where} ORDER BY {expr} "
+            "LIMIT 1 OFFSET ?",
             [*(prev or ()), batch - 1],
         ).fetchone()
         if row is None:

@@ -17,6 +17,7 @@ the offending rows (pgshift.copy.pipeline).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import math
 import re
@@ -70,6 +71,27 @@ CLASS_SAFE = {
 }
 
 
+# Epoch numbers into a `date` column: only midnights, or the time of day would be lost.
+_EPOCH_DATE = {"epoch_s_date": "epoch_s", "epoch_ms_date": "epoch_ms",
+               "epoch_us_date": "epoch_us"}
+_ZONE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+)*")
+
+
+def with_zone(conversion: str, zone: str) -> str:
+    """``tstz_text`` reading offset-free texts as wall time in ``zone`` (``assume_tz``)."""
+    if conversion != "tstz_text":
+        raise ValueError(f"a zone applies to tstz_text only, not {conversion!r}")
+    if not _ZONE_NAME.fullmatch(zone):
+        raise ValueError(f"{zone!r} is not a time zone name")
+    return f"{conversion}@{zone}"
+
+
+def split_zone(conversion: str) -> tuple[str, str | None]:
+    """(``tstz_text``, zone) for a zoned conversion, (conversion, None) otherwise."""
+    base, sep, zone = conversion.partition("@")
+    return (base, zone) if sep else (conversion, None)
+
+
 def is_clean(conversion: str, classes: set[str], *, int_min: int | None = None,
              int_max: int | None = None, bool_ints: int = 0, integers: int = 0) -> bool:
     """True when the profile proves no value of the column needs the slow form."""
@@ -107,6 +129,17 @@ def fast_sql(conversion: str, column: str) -> tuple[str, str]:
     which printf's ``%s`` turns into the empty unquoted field (CSV's NULL).
     """
     c = q(column)
+    base, zone = split_zone(conversion)
+    if zone is not None:
+        expr, suspect = fast_sql(base, column)
+        # Offset-free shapes only (the suspect predicate): PostgreSQL reads the
+        # appended zone name, daylight saving time included.
+        return f"{expr} || ' {zone}'", suspect
+    if conversion in _EPOCH_DATE:
+        scale = _EPOCH_SCALE[_EPOCH_DATE[conversion]]
+        ok = (f"({c} IS NULL OR (typeof({c}) = 'integer' AND {c} >= 0 AND "
+              f"{c} <= {EPOCH_MAX_S * scale} AND {c} % {86400 * scale} = 0))")
+        return f"date({c} / {scale}, 'unixepoch')", f"NOT {ok}"
     if conversion in ("int", "numeric"):
         return c, f"NOT {_typeof_in(c, 'integer', 'null')}"
     if conversion == "float":
@@ -374,19 +407,52 @@ def conv_time(v: object) -> str:
     return text
 
 
+def _tstz_in(zone: str) -> Callable[[object], str]:
+    def conv(v: object) -> str:
+        text = conv_tstz(v)
+        return text[:-3] + " " + zone if _parse_has_no_offset(v) else text
+
+    return conv
+
+
+def _parse_has_no_offset(v: object) -> bool:
+    m = _ISO.fullmatch(_text_of(v, "a timestamp").strip())
+    return bool(m) and m.group("tz") is None
+
+
+def _epoch_date(scale: int) -> Callable[[object], str]:
+    def conv(v: object) -> str:
+        if isinstance(v, int) and v % (86400 * scale):
+            raise Reject(f"epoch value {v} has a time of day: a date column would drop it")
+        return _epoch(scale)(v)[:10]
+
+    return conv
+
+
 SLOW: dict[str, Callable[[object], str]] = {
     "int": conv_int, "float": conv_float, "numeric": conv_numeric, "text": conv_text,
     "json": conv_json, "bytea": conv_bytea, "bool": conv_bool, "uuid": conv_uuid,
     "epoch_s": _epoch(1), "epoch_ms": _epoch(1000), "epoch_us": _epoch(1000000),
     "ts_text": conv_ts, "tstz_text": conv_tstz, "date_text": conv_date, "time_text": conv_time,
+    "epoch_s_date": _epoch_date(1), "epoch_ms_date": _epoch_date(1000),
+    "epoch_us_date": _epoch_date(1000000),
 }
+
+
+@functools.lru_cache(maxsize=64)
+def converter(conversion: str) -> Callable[[object], str]:
+    """The slow-form function of a conversion name (zoned names included)."""
+    _, zone = split_zone(conversion)
+    if zone is not None:
+        return _tstz_in(zone)
+    return SLOW[conversion]
 
 
 def convert(conversion: str, value: object) -> str:
     """The CSV field for one value (slow form); raises Reject."""
     if value is None:
         return ""
-    return SLOW[conversion](value)
+    return converter(conversion)(value)
 
 
 def _kind(v: object) -> str:

@@ -61,6 +61,21 @@ class ChunkResult:
     slow_rows: int = 0
 
 
+@dataclass(frozen=True)
+class RowSource:
+    """Where a table's rows come from when it is not a plain copy of one SQLite table.
+
+    ``sql`` is a SELECT template with a ``{where}`` placeholder (the chunk's range
+    predicate) returning the key columns aliased ``keys`` and then one column per
+    target column, aliased by the target column's name (``--into-existing``).
+    ``labels`` name the keys in rejects (the source's own key names).
+    """
+
+    sql: str
+    keys: list[str]
+    labels: list[str]
+
+
 @dataclass
 class TableSql:
     """Per-table SQL, computed once and shared by the workers."""
@@ -71,10 +86,11 @@ class TableSql:
     slow_select: str  # returns key columns + values of rows needing the slow form
     all_select: str  # every row of a chunk, for the full slow form
     conversions: list[str]
-    key_names: list[str]
+    key_names: list[str]  # the key as rejects name it
 
     @classmethod
-    def build(cls, schema: str, table: Table) -> TableSql:
+    def build(cls, schema: str, table: Table, rows: RowSource | None = None) -> TableSql:
+        """The SQL of one table; ``rows`` reads mapped rows instead of ``table.name``."""
         cols = table.copy_columns
         fields = [fast_field(c.decision.conversion, c.name, clean=c.clean, not_null=c.nulls == 0)
                   for c in cols]
@@ -85,8 +101,14 @@ class TableSql:
         # or they would load silently truncated.
         suspects += [f"instr({q(c.name)}, char(0)) > 0" for c in cols if c.nul_texts]
         line = _printf_line(fields)
-        src = q(table.name)
-        keys = list(table.source.primary_key) or ["rowid"]
+        if rows is None:
+            src, where = q(table.name), "{where}"
+            keys = list(table.source.primary_key) or ["rowid"]
+            labels = keys
+        else:
+            # LIMIT -1 keeps SQLite from flattening the mapped SELECT into the
+            # rendering one, which would evaluate each mapped expression once per use.
+            src, where, keys, labels = f"({rows.sql} LIMIT -1)", "1", rows.keys, rows.labels
         key_sql = ", ".join("rowid" if k == "rowid" else q(k) for k in keys)
         values = ", ".join(q(c.name) for c in cols)
         if suspects:
@@ -95,11 +117,11 @@ class TableSql:
             # evaluate the suspect predicate twice per row.
             fast = (f"SELECT group_concat(iif(sus, NULL, line), char(10)), sum(sus), count(*) "
                     f"FROM (SELECT ({any_suspect}) AS sus, {line} AS line FROM {src} "
-                    f"WHERE {{where}} LIMIT -1)")
-            slow = f"SELECT {key_sql}, {values} FROM {src} WHERE ({{where}}) AND ({any_suspect})"
+                    f"WHERE {where} LIMIT -1)")
+            slow = f"SELECT {key_sql}, {values} FROM {src} WHERE ({where}) AND ({any_suspect})"
         else:
             fast = (f"SELECT group_concat(line, char(10)), 0, count(*) FROM "
-                    f"(SELECT {line} AS line FROM {src} WHERE {{where}})")
+                    f"(SELECT {line} AS line FROM {src} WHERE {where})")
             slow = f"SELECT {key_sql}, {values} FROM {src} WHERE 0"
         return cls(
             table=table,
@@ -107,9 +129,9 @@ class TableSql:
                      f"({', '.join(_pgq(c.name) for c in cols)}) FROM STDIN (FORMAT csv)",
             fast_select=fast,
             slow_select=slow,
-            all_select=f"SELECT {key_sql}, {values} FROM {src} WHERE {{where}}",
+            all_select=f"SELECT {key_sql}, {values} FROM {src} WHERE {where}",
             conversions=[c.decision.conversion for c in cols],
-            key_names=keys,
+            key_names=labels,
         )
 
 
@@ -378,4 +400,4 @@ def _key_dict(names: list[str], key: tuple[Any, ...]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["ChunkResult", "CopyJob", "PgshiftError", "TableSql", "run_copy"]
+__all__ = ["ChunkResult", "CopyJob", "PgshiftError", "RowSource", "TableSql", "run_copy"]

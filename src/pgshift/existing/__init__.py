@@ -1,0 +1,1 @@
+"""``pgshift migrate --into-existing``: load into a schema the application created."""

@@ -1,0 +1,483 @@
+"""The plan of a load into an existing schema: per target column, where its values
+come from, how they convert, and what in the data will not fit.
+
+Conversions are chosen by the target column's real type and the storage
+classes the source expression actually yields (profiled in SQLite, one pass
+per table). Nothing is guessed: integers into a timestamp need a declared
+epoch unit, offset-free texts into ``timestamptz`` a declared zone; a pair no
+value of which can convert is a plan error before any row moves.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pgshift.copy.convert import Reject, convert, fast_sql, raw_for_report, with_zone
+from pgshift.copy.pipeline import RowSource
+from pgshift.errors import UsageError
+from pgshift.existing.mapping import ColumnMap, Mapping, TableMap
+from pgshift.existing.target import TargetColumn, TargetTable
+from pgshift.schema.model import Column, Note, Table
+from pgshift.schema.typemap import TypeDecision, epoch_unit
+from pgshift.source.catalog import Catalog, SourceTable
+from pgshift.source.profile import declared_family
+
+SCRATCH = "scratch"  # the attached SQLite file holding materialized query sources
+KEY_ALIAS = "_pgshift_k"
+ANOMALY_SCAN = 20_000  # suspect values converted per column to count plan anomalies
+
+# The SQLite storage classes each conversion can take at least some values of.
+_COMPATIBLE = {
+    "int": {"integer"}, "float": {"integer", "real"}, "numeric": {"integer", "real", "text"},
+    "text": {"text", "integer", "real"}, "bool": {"integer", "text"},
+    "json": {"text", "integer", "real"}, "uuid": {"text", "blob"}, "bytea": {"blob", "text"},
+    "epoch_s": {"integer"}, "epoch_ms": {"integer"}, "epoch_us": {"integer"},
+    "ts_text": {"text"}, "tstz_text": {"text"}, "date_text": {"text"}, "time_text": {"text"},
+}
+_BY_BASE = {
+    "int2": "int", "int4": "int", "int8": "int", "float4": "float", "float8": "float",
+    "numeric": "numeric", "text": "text", "varchar": "text", "bpchar": "text", "citext": "text",
+    "name": "text", "bool": "bool", "json": "json", "jsonb": "json", "uuid": "uuid",
+    "bytea": "bytea", "time": "time_text", "timetz": "time_text",
+}
+_TEMPORAL = {"timestamptz", "timestamp", "date"}
+_CLASSES = ("integer", "real", "text", "blob")
+
+
+def q(name: str) -> str:
+    """A SQLite identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass
+class ExprProfile:
+    """What one mapped expression yields over the source rows."""
+
+    nulls: int = 0
+    classes: dict[str, int] = field(default_factory=dict)
+    int_min: int | None = None
+    int_max: int | None = None
+    no_offset: int = 0  # texts without a UTC offset (for timestamptz targets)
+    nul_texts: int = 0
+
+
+@dataclass
+class MappedColumn:
+    """One target column fed from the source."""
+
+    target: TargetColumn
+    expr: str  # SQLite expression over the source row (a quoted column for plain renames)
+    origin: str  # what the user wrote: the source column or the expression
+    conversion: str = "text"
+    reason: str = ""
+    profile: ExprProfile = field(default_factory=ExprProfile)
+    suspects: int = 0
+    rejects: int = 0  # values the converter refuses (counted up to ANOMALY_SCAN suspects)
+    examples: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"column": self.target.name, "type": self.target.type, "source": self.origin,
+                "conversion": self.conversion, "reason": self.reason,
+                "nulls": self.profile.nulls, "classes": self.profile.classes,
+                "rejects": self.rejects, "examples": self.examples}
+
+
+@dataclass
+class MappedTable:
+    """One target table and its feed."""
+
+    target: TargetTable
+    source: SourceTable | None  # None for a query source
+    query: str | None
+    where: str | None
+    columns: list[MappedColumn]
+    defaulted: list[str]  # target columns left to their DEFAULT / identity / NULL
+    rows: int = 0
+    map: TableMap | None = None
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    @property
+    def source_label(self) -> str:
+        return self.source.name if self.source is not None else "query"
+
+    @property
+    def scratch_table(self) -> str:
+        return f"q_{self.target.name}"
+
+    def key_columns(self) -> list[str]:
+        """What chunks are cut on in the row source (rowid, or a WITHOUT ROWID key)."""
+        if self.source is not None and self.source.without_rowid:
+            return list(self.source.primary_key)
+        return ["rowid"]
+
+    def from_sql(self, *, materialized: bool) -> str:
+        """The FROM clause the mapped expressions read."""
+        if self.source is not None:
+            return q(self.source.name)
+        if materialized:
+            return f"{SCRATCH}.{q(self.scratch_table)}"
+        return f"({self.query}) AS src"
+
+    def row_source(self) -> RowSource:
+        """The SELECT template the copy pipeline renders (query sources materialized)."""
+        keys = self.key_columns()
+        aliases = [f"{KEY_ALIAS}{i}" for i in range(len(keys))]
+        key_sql = ", ".join(("rowid" if k == "rowid" else q(k)) + f" AS {a}"
+                            for k, a in zip(keys, aliases, strict=True))
+        values = ", ".join(f"({c.expr}) AS {q(c.target.name)}" for c in self.columns)
+        where = f" AND ({self.where})" if self.where else ""
+        sql = (f"SELECT {key_sql}, {values} FROM {self.from_sql(materialized=True)} "
+               f"WHERE ({{where}}){where}")
+        labels = [k if self.source is not None else f"{self.source_label}.rowid" for k in keys]
+        return RowSource(sql, aliases, labels)
+
+    def as_table(self) -> Table:
+        """The load as the copy pipeline's Table (target names, chosen conversions)."""
+        cols = [Column(c.target.name, c.target.type, c.target.not_null,
+                       TypeDecision(c.target.type, c.conversion, c.reason),
+                       clean=c.suspects == 0, nulls=c.profile.nulls,
+                       nul_texts=c.profile.nul_texts,
+                       classes=frozenset(c.profile.classes))
+                for c in self.columns]
+        source = self.source or SourceTable(self.scratch_table, "", [], [])
+        return Table(self.target.name, cols, source, primary_key=list(self.target.primary_key),
+                     rows=self.rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"table": self.name, "source": self.source_label, "query": self.query,
+                "where": self.where, "rows": self.rows,
+                "columns": [c.to_dict() for c in self.columns], "defaulted": self.defaulted}
+
+
+@dataclass
+class MappedPlan:
+    """Every target table's feed, plus what the user must read."""
+
+    schema: str
+    tables: list[MappedTable]
+    notes: list[Note] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": self.schema, "tables": [t.to_dict() for t in self.tables],
+                "notes": [n.to_dict() for n in self.notes]}
+
+
+def plan_error(table: str, column: str | None, message: str, hint: str | None = None
+               ) -> UsageError:
+    """A plan error: one line naming the table and column."""
+    where = f"{table}.{column}" if column else table
+    return UsageError(f"mapping {where}: {message}",
+                      hint=hint or "fix the mapping file (docs/mapping.md) and run --dry-run")
+
+
+def _find(names: list[str], wanted: str) -> str | None:
+    if wanted in names:
+        return wanted
+    folded = [n for n in names if n.lower() == wanted.lower()]
+    return folded[0] if len(folded) == 1 else None
+
+
+def pair_tables(catalog: Catalog, target: dict[str, TargetTable], mapping: Mapping,
+                tables: list[str], exclude: list[str], notes: list[Note],
+                ) -> list[tuple[TargetTable, SourceTable | None, TableMap | None]]:
+    """Which target table is fed from which source table (or query)."""
+    sources = {t.name: t for t in catalog.tables}
+    target_names = list(target)
+    pairs: list[tuple[TargetTable, SourceTable | None, TableMap | None]] = []
+    mapped: set[str] = set()
+    fed_from: set[str] = set()
+    for name, tm in mapping.tables.items():
+        tname = _find(target_names, name)
+        if tname is None:
+            raise plan_error(name, None, "no such table in the target schema",
+                             hint="create it with the application's migrations, or fix the name")
+        mapped.add(tname)
+        if tm.skip:
+            continue
+        src: SourceTable | None = None
+        if tm.query is None:
+            sname = _find(list(sources), tm.from_ or tname)
+            if sname is None:
+                raise plan_error(name, None, f"no source table {tm.from_ or tname!r} in SQLite",
+                                 hint="set `from:` to a SQLite table or give a `query:`")
+            src = sources[sname]
+            fed_from.add(sname)
+        pairs.append((target[tname], src, tm))
+    for sname, src in sources.items():
+        tname = _find(target_names, sname)
+        if tname is None:
+            if sname not in fed_from:
+                notes.append(Note("warning", sname, "not copied: no table of that name in the "
+                                  "target schema (map it with `from:` in a mapping file)"))
+            continue
+        if tname in mapped:
+            continue
+        mapped.add(tname)
+        pairs.append((target[tname], src, None))
+    for tname in target_names:
+        if tname not in mapped:
+            notes.append(Note("info", tname, "target table has no source: left as it is"))
+
+    def chosen(t: TargetTable, s: SourceTable | None) -> bool:
+        names = {t.name.lower()} | ({s.name.lower()} if s else set())
+        if tables and not names & {x.lower() for x in tables}:
+            return False
+        return not names & {x.lower() for x in exclude}
+
+    return [p for p in pairs if chosen(p[0], p[1])]
+
+
+def source_columns(con: sqlite3.Connection, src: SourceTable | None, tm: TableMap | None,
+                   table: str) -> list[str]:
+    """The columns a mapped expression may name."""
+    if src is not None:
+        return [c.name for c in src.columns]
+    assert tm is not None and tm.query is not None
+    try:
+        cur = con.execute(f"SELECT * FROM ({tm.query}) LIMIT 0")
+    except sqlite3.Error as exc:
+        raise plan_error(table, None, f"invalid SQLite query: {exc}") from exc
+    return [d[0] for d in cur.description]
+
+
+def map_columns(t: TargetTable, src_cols: list[str], tm: TableMap | None, label: str,
+                notes: list[Note]) -> tuple[list[MappedColumn], list[str]]:
+    """Each target column's source expression; columns left to their default."""
+    specs = dict(tm.columns) if tm else {}
+    out: list[MappedColumn] = []
+    defaulted: list[str] = []
+    used: set[str] = set()
+    for name in specs:
+        if t.column(name) is None:
+            raise plan_error(t.name, name, "no such column in the target table")
+    spec_of = {t.column(n).name: s for n, s in specs.items()}  # type: ignore[union-attr]
+    for col in t.columns:
+        if col.generated:
+            continue
+        spec = spec_of.get(col.name)
+        if spec is not None and spec.default:
+            defaulted.append(col.name)
+            continue
+        if spec is not None and spec.expr is not None:
+            ref = _find(src_cols, spec.expr.strip().strip('"'))
+            if ref is not None:
+                used.add(ref)
+                out.append(MappedColumn(col, q(ref), ref))
+            else:
+                out.append(MappedColumn(col, spec.expr, spec.expr))
+            continue
+        ref = _find(src_cols, col.name)
+        if ref is not None:
+            used.add(ref)
+            out.append(MappedColumn(col, q(ref), ref))
+        elif col.has_default or not col.not_null:
+            defaulted.append(col.name)
+        else:
+            raise plan_error(t.name, col.name, "NOT NULL, no default, and no source column of "
+                             "that name", hint=f"map it: tables: {{{t.name}: {{columns: "
+                             f"{{{col.name}: <SQLite expression>}}}}}}")
+    explicit = {s.expr.strip().strip('"').lower() for s in specs.values() if s.expr}
+    for c in src_cols:
+        if c not in used and c.lower() not in explicit and tm is None:
+            notes.append(Note("warning", f"{label}.{c}", f"not copied: {t.name} has no column "
+                              "of that name (map it in a mapping file to keep it)"))
+    return out, defaulted
+
+
+def check_expressions(con: sqlite3.Connection, mt: MappedTable) -> None:
+    """Let SQLite compile every expression; name the first column it refuses."""
+    src = mt.from_sql(materialized=False)
+    if mt.where:
+        try:
+            con.execute(f"SELECT 1 FROM {src} WHERE ({mt.where}) LIMIT 0")
+        except sqlite3.Error as exc:
+            raise plan_error(mt.name, None, f"invalid `where:`: {exc}") from exc
+    for c in mt.columns:
+        try:
+            con.execute(f"SELECT ({c.expr}) FROM {src} LIMIT 0")
+        except sqlite3.Error as exc:
+            raise plan_error(mt.name, c.target.name,
+                             f"invalid SQLite expression {c.origin!r}: {exc}") from exc
+
+
+def profile_table(con: sqlite3.Connection, mt: MappedTable) -> None:
+    """One pass over the mapped rows: NULLs, storage classes, integer range, offsets."""
+    parts = ["count(*)"]
+    for i, _ in enumerate(mt.columns):
+        e = f"c{i}"
+        parts += [f"sum({e} IS NULL)"] + [f"sum(typeof({e}) = '{k}')" for k in _CLASSES]
+        parts += [f"min(iif(typeof({e}) = 'integer', {e}, NULL))",
+                  f"max(iif(typeof({e}) = 'integer', {e}, NULL))",
+                  f"sum(typeof({e}) = 'text' AND NOT (substr({e}, 11) GLOB '*[+-]*' OR "
+                  f"{e} GLOB '*[Zz]'))",
+                  f"sum(typeof({e}) = 'text' AND instr({e}, char(0)) > 0)"]
+    inner = ", ".join(f"({c.expr}) AS c{i}" for i, c in enumerate(mt.columns)) or "1 AS c"
+    where = f" WHERE ({mt.where})" if mt.where else ""
+    sql = (f"SELECT {', '.join(parts)} FROM (SELECT {inner} FROM "
+           f"{mt.from_sql(materialized=False)}{where} LIMIT -1)")
+    try:
+        row = con.execute(sql).fetchone()
+    except sqlite3.Error as exc:
+        raise plan_error(mt.name, None, f"reading the source failed: {exc}") from exc
+    mt.rows = int(row[0] or 0)
+    step = 5 + len(_CLASSES)  # nulls, classes, min, max, no_offset, nul_texts
+    for i, c in enumerate(mt.columns):
+        vals = row[1 + i * step: 1 + (i + 1) * step]
+        p = c.profile
+        p.nulls = int(vals[0] or 0)
+        p.classes = {k: int(n) for k, n in zip(_CLASSES, vals[1:5], strict=True) if n}
+        p.int_min, p.int_max = vals[5], vals[6]
+        p.no_offset, p.nul_texts = int(vals[7] or 0), int(vals[8] or 0)
+
+
+def choose_conversion(mt: MappedTable, c: MappedColumn, spec: ColumnMap | None,
+                      file_tz: str | None, declared: str | None) -> None:
+    """Pick the conversion by target type and what the expression yields; refuse guesses."""
+    base, p = c.target.base, c.profile
+    present = set(p.classes)
+    unit = spec.convert if spec else None
+    tz = (spec.assume_tz if spec else None) or (mt.map.assume_tz if mt.map else None) or file_tz
+    if unit and base not in _TEMPORAL:
+        raise plan_error(mt.name, c.target.name, f"`convert: {unit}` needs a timestamp or date "
+                         f"target, not {c.target.type}")
+    if base in _TEMPORAL:
+        if unit:
+            c.conversion = unit + ("_date" if base == "date" else "")
+            c.reason = f"integer {unit.replace('epoch_', 'epoch ')} -> {c.target.type}"
+        elif "integer" in present or (not present and declared == "integer"):
+            guess = epoch_unit(p.int_min, p.int_max)
+            raise plan_error(mt.name, c.target.name,
+                             f"integer values into {c.target.type}: the epoch unit is not "
+                             "declared (pgshift does not guess)",
+                             hint=f"add `convert: {guess or 'epoch_s|epoch_ms|epoch_us'}` to "
+                                  f"the column" + (" (the values look like it)" if guess else ""))
+        elif base == "date":
+            c.conversion, c.reason = "date_text", f"text date -> {c.target.type}"
+        elif base == "timestamp":
+            c.conversion, c.reason = "ts_text", f"text date-time -> {c.target.type}"
+        else:
+            if p.no_offset and not tz:
+                raise plan_error(mt.name, c.target.name,
+                                 f"{p.no_offset} text timestamp(s) without a UTC offset into "
+                                 f"{c.target.type}: the zone is not declared (pgshift does "
+                                 "not guess)", hint="set `assume_tz: UTC` (or your zone) for "
+                                 "the file, the table or the column; or --assume-tz UTC")
+            c.conversion = "tstz_text"
+            if tz and tz.upper() not in ("UTC", "Z", "ETC/UTC"):
+                try:
+                    c.conversion = with_zone("tstz_text", tz)
+                except ValueError as exc:
+                    raise plan_error(mt.name, c.target.name, str(exc)) from exc
+            c.reason = "text date-time -> timestamptz" + (
+                f" (offset-free texts read in {tz})" if tz and p.no_offset else "")
+    elif base in _BY_BASE:
+        c.conversion = _BY_BASE[base]
+        c.reason = f"{'/'.join(sorted(present)) or declared or 'any'} -> {c.target.type}"
+    else:
+        c.conversion = "text"
+        c.reason = f"text -> {c.target.type} (PostgreSQL parses the text)"
+        if c.target.category == "A":
+            c.reason += "; SQLite has no arrays: values must be PostgreSQL array literals"
+    compatible = _COMPATIBLE.get(c.conversion.split("@")[0].removesuffix("_date"), set())
+    good = sum(n for k, n in p.classes.items() if k in compatible)
+    bad = {k: n for k, n in p.classes.items() if k not in compatible}
+    if (p.classes and not good) or (not p.classes and declared == "blob"
+                                    and c.conversion not in ("bytea", "uuid", "text")):
+        kinds = "/".join(sorted(bad)) if bad else "blob"
+        raise plan_error(mt.name, c.target.name, f"type mismatch: {kinds} values cannot become "
+                         f"{c.target.type} ({c.origin})",
+                         hint="convert them in the mapping expression, or fix the target type")
+
+
+def count_anomalies(con: sqlite3.Connection, mt: MappedTable) -> None:
+    """Convert each column's suspect values to count the rows that will be rejects."""
+    src = mt.from_sql(materialized=False)
+    where = f" AND ({mt.where})" if mt.where else ""
+    for i, c in enumerate(mt.columns):
+        _, suspect = fast_sql(c.conversion, f"c{i}")
+        if c.conversion == "json":  # the fast form leaves JSON validity to PostgreSQL
+            suspect = f"({suspect}) OR (typeof(c{i}) = 'text' AND NOT json_valid(c{i}))"
+        try:
+            row = con.execute(f"SELECT count(*) FROM (SELECT ({c.expr}) AS c{i} FROM {src} "
+                              f"WHERE 1{where} LIMIT -1) WHERE {suspect}").fetchone()
+            c.suspects = int(row[0] or 0)
+            if not c.suspects:
+                continue
+            values = con.execute(f"SELECT c{i} FROM (SELECT ({c.expr}) AS c{i} FROM {src} "
+                                 f"WHERE 1{where} LIMIT -1) WHERE {suspect} LIMIT ?",
+                                 (ANOMALY_SCAN,)).fetchall()
+        except sqlite3.Error as exc:
+            raise plan_error(mt.name, c.target.name, f"reading the source failed: {exc}") from exc
+        for (v,) in values:
+            try:
+                convert(c.conversion, v)
+            except Reject as exc:
+                c.rejects += 1
+                if len(c.examples) < 3:
+                    c.examples.append(f"{raw_for_report(v)[0]!s}: {exc}")
+
+
+def build_mapped_plan(con: sqlite3.Connection, catalog: Catalog,
+                      target: dict[str, TargetTable], mapping: Mapping, *, schema: str,
+                      tables: list[str], exclude: list[str], assume_tz: str | None,
+                      on_table: Callable[[str], None] | None = None) -> MappedPlan:
+    """The whole plan; raises a one-line UsageError for the first thing that cannot work."""
+    notes: list[Note] = []
+    file_tz = assume_tz or mapping.assume_tz
+    out: list[MappedTable] = []
+    for tgt, src, tm in pair_tables(catalog, target, mapping, tables, exclude, notes):
+        if on_table:
+            on_table(tgt.name)
+        cols = source_columns(con, src, tm, tgt.name)
+        label = src.name if src else "query"
+        mapped, defaulted = map_columns(tgt, cols, tm, label, notes)
+        mt = MappedTable(tgt, src, tm.query if tm else None, tm.where if tm else None, mapped,
+                         defaulted, map=tm)
+        check_expressions(con, mt)
+        profile_table(con, mt)
+        specs = {k.lower(): v for k, v in (tm.columns if tm else {}).items()}
+        for c in mt.columns:
+            declared = None
+            if src is not None and c.expr == q(c.origin):
+                declared = declared_family(src.column(c.origin).declared_type)
+            choose_conversion(mt, c, specs.get(c.target.name.lower()), file_tz, declared)
+        count_anomalies(con, mt)
+        for c in mt.columns:
+            if c.rejects:
+                more = "" if c.suspects <= ANOMALY_SCAN else f" (of the first {ANOMALY_SCAN})"
+                notes.append(Note("anomaly", f"{mt.name}.{c.target.name}",
+                                  f"{c.rejects} value(s){more} cannot become {c.target.type}: "
+                                  f"they will be rejects; e.g. {c.examples[0]}"))
+            if c.profile.nulls and c.target.not_null:
+                notes.append(Note("anomaly", f"{mt.name}.{c.target.name}",
+                                  f"{c.profile.nulls} NULL(s) into a NOT NULL column: those rows "
+                                  "will be rejects (use coalesce(...) in the mapping)"))
+        if tm is not None and tm.sync:
+            notes.extend(reverse_notes(mt))
+        out.append(mt)
+    return MappedPlan(schema, out, notes)
+
+
+_LOSSY = {
+    "epoch_s": "timestamptz keeps microseconds; reverse to epoch seconds drops sub-seconds",
+    "epoch_ms": "timestamptz keeps microseconds; reverse to epoch milliseconds drops the rest",
+    "numeric": "numeric -> REAL keeps about 15 significant digits",
+    "json": "jsonb -> text normalizes spacing and key order; verify compares by value",
+}
+
+
+def reverse_notes(mt: MappedTable) -> list[Note]:
+    """Warnings for reverse conversions that lose information (sync back to SQLite)."""
+    notes = []
+    for c in mt.columns:
+        lossy = _LOSSY.get(c.conversion.split("@")[0])
+        if lossy:
+            notes.append(Note("warning", f"{mt.name}.{c.target.name}",
+                              f"reverse conversion may lose information: {lossy}"))
+    return notes
