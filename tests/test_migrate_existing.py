@@ -298,3 +298,88 @@ def test_sqlite_helper_functions_are_deterministic() -> None:
     assert iso_from_epoch(MS, "ms") == "2023-11-14T22:13:20.123Z"
     assert epoch_from_iso("2023-11-14T22:13:20.123Z", "ms") == MS
     assert epoch_from_iso("2023-11-14 22:13:20", "s") == MS // 1000
+
+
+CHILD = """
+import sys, time
+from pgshift.copy import checkpoint
+_record = checkpoint.record_chunk
+def _slow_record(*args, **kwargs):
+    time.sleep(0.05)
+    return _record(*args, **kwargs)
+checkpoint.record_chunk = _slow_record
+from pgshift.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _chunks(conn: psycopg.Connection) -> int:
+    if conn.execute("SELECT to_regclass('pgshift.migrate_chunks')").fetchone()[0] is None:
+        return 0
+    return int(conn.execute("SELECT count(*) FROM pgshift.migrate_chunks").fetchone()[0])
+
+
+def test_killed_load_resumes_exactly(tmp_path: Path, pg_dsn: Dsn,
+                                     target: psycopg.Connection) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pgshift.cli.main import main
+
+    rows = _source_rows(n_jobs=3000)
+    db, m = _files(tmp_path, **rows)
+    argv = ["migrate", str(db), pg_dsn.conninfo, "--into-existing", "--map", str(m),
+            "--batch-size", "100", "--state-dir", str(tmp_path / "state")]
+    log = tmp_path / "child.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", CHILD, *argv], stdout=out, stderr=out)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None and _chunks(target) < 4:
+            time.sleep(0.005)
+        assert proc.poll() is None, log.read_text()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    while target.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                         "current_database() AND application_name = 'pgshift'").fetchone()[0]:
+        time.sleep(0.02)
+    partial = _chunks(target)
+    assert 4 <= partial < 30 + 9 + 1
+    assert main(argv) == 2  # an unfinished run is not silently restarted
+    assert main([*argv, "--resume"]) == 0
+    got = target.execute("SELECT legacy_id, id, kind FROM jobs ORDER BY id").fetchall()
+    order = sorted(rows["jobs"], key=lambda j: (j[3], j[0]))
+    assert got == [(j[0], i + 1, j[1]) for i, j in enumerate(order)]
+    assert target.execute("SELECT count(*), count(DISTINCT id) FROM job_history"
+                          ).fetchone() == (900, 900)
+
+
+def test_cli_errors_are_one_line_exit_2_and_dry_run_prints_the_plan(
+        tmp_path: Path, pg_dsn: Dsn, target: psycopg.Connection,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from pgshift.cli.main import main
+
+    db, m = _files(tmp_path)
+    base = ["migrate", str(db), pg_dsn.conninfo, "--state-dir", str(tmp_path / "state")]
+    assert main([*base, "--map", str(m)]) == 2
+    assert "--map need(s) --into-existing" in capsys.readouterr().err
+    assert main([*base, "--into-existing", "--map", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.yaml does not exist" in err and "Traceback" not in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tables: {jobs: {columns: {kind: 'upper(kind'}}}\n")
+    assert main([*base, "--into-existing", "--map", str(bad), "--dry-run"]) == 2
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1 and errors[0].startswith("Error: mapping jobs.")
+    bad.write_text("tables: {jobs: [\n")
+    assert main([*base, "--into-existing", "--map", str(bad)]) == 2
+    assert "is not valid YAML" in capsys.readouterr().err
+    assert main([*base, "--into-existing", "--drop"]) == 2
+    assert main([*base, "--into-existing", "--schema", "nope"]) == 2
+    assert "schema 'nope' does not exist" in capsys.readouterr().err
+
+    assert main([*base, "--into-existing", "--map", str(m), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "jobs <- query (300 rows)" in out and "tool_configs <- tool_configs" in out
+    assert "(default)" in out  # tool_configs.updated_at takes now()
