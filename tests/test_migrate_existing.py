@@ -383,3 +383,56 @@ def test_cli_errors_are_one_line_exit_2_and_dry_run_prints_the_plan(
     out = capsys.readouterr().out
     assert "jobs <- query (300 rows)" in out and "tool_configs <- tool_configs" in out
     assert "(default)" in out  # tool_configs.updated_at takes now()
+
+
+def test_verify_compares_through_the_mapping(tmp_path: Path, pg_dsn: Dsn,
+                                             target: psycopg.Connection) -> None:
+    from pgshift.verify.run import VerifyOptions, verify
+
+    db, m = _files(tmp_path)
+    assert run_migrate(db, pg_dsn, tmp_path / "state", into_existing=True, mapping=m).rejects == 0
+    same = verify(VerifyOptions(sqlite_path=db, dsn=pg_dsn))
+    assert same.identical, same.to_dict()
+    assert {t.table: t.sqlite_rows for t in same.tables} == {
+        "tool_configs": 40, "jobs": 300, "job_history": 900}
+
+    target.execute("UPDATE jobs SET kind = 'changed' WHERE legacy_id = 'job-0005'")
+    target.execute("UPDATE tool_configs SET created_at = created_at + interval '1 millisecond' "
+                   "WHERE key = 'Tool3'")
+    target.execute("DELETE FROM job_history WHERE id = 17")
+    target.commit()
+    diff = verify(VerifyOptions(sqlite_path=db, dsn=pg_dsn)).to_dict()
+    assert not diff["identical"]
+    found = {t["table"]: t["differences"] for t in diff["tables"] if t["differences"]}
+    assert found["jobs"][0]["columns"] == {"kind": {"sqlite": "build", "postgres": "changed"}}
+    assert found["tool_configs"][0]["kind"] == "changed"
+    assert set(found["tool_configs"][0]["columns"]) == {"created_at"}
+    assert found["job_history"] == [{"table": "job_history", "key": {"id": "17"},
+                                     "kind": "missing_in_postgres", "columns": {}}]
+
+
+def test_verify_by_name_load_with_zone_and_scaled_numeric(tmp_path: Path, pg_dsn: Dsn,
+                                                          pg_conn: psycopg.Connection) -> None:
+    from pgshift.verify.run import VerifyOptions, verify
+
+    pg_conn.execute("CREATE TABLE t (id bigint PRIMARY KEY, at timestamptz, price numeric(8, 2),"
+                    " day date, meta json)")
+    pg_conn.commit()
+    db = make_db(tmp_path / "t.db", "CREATE TABLE t (id INTEGER PRIMARY KEY, at TEXT, "
+                 "price REAL, day INTEGER, meta TEXT);", {"t": [
+                     (1, "2024-07-01 12:00:00.5", 3.5, 1719792000, '{"b": 1,  "a": 2}'),
+                     (2, "2024-01-15T08:00:00+05:00", 10, 0, "[]"),
+                     (3, None, None, None, None)]})
+    m = tmp_path / "m.yaml"
+    m.write_text("assume_tz: America/New_York\n"
+                 "tables: {t: {columns: {day: {expr: day, convert: epoch_s}}}}\n")
+    result = run_migrate(db, pg_dsn, tmp_path / "s", into_existing=True, mapping=m)
+    assert result.rejects == 0
+    got = pg_conn.execute("SELECT at, price::text, day, meta::text FROM t ORDER BY id").fetchall()
+    assert got[0] == (dt.datetime(2024, 7, 1, 16, 0, 0, 500000, tzinfo=UTC), "3.50",
+                      dt.date(2024, 7, 1), '{"b": 1,  "a": 2}')
+    assert got[1][:3] == (dt.datetime(2024, 1, 15, 3, tzinfo=UTC), "10.00", dt.date(1970, 1, 1))
+    assert verify(VerifyOptions(sqlite_path=db, dsn=pg_dsn)).identical
+    pg_conn.execute("UPDATE t SET price = 3.51 WHERE id = 1")
+    pg_conn.commit()
+    assert not verify(VerifyOptions(sqlite_path=db, dsn=pg_dsn)).identical

@@ -149,6 +149,16 @@ class MappedTable:
         return Table(self.target.name, cols, source, primary_key=list(self.target.primary_key),
                      rows=self.rows)
 
+    def stored(self) -> dict[str, Any]:
+        """What verify needs to rebuild this feed (kept in pgshift.migrate_runs)."""
+        return {"table": self.name, "source": self.source.name if self.source else None,
+                "query": self.query, "where": self.where, "rows": self.rows,
+                "primary_key": list(self.target.primary_key),
+                "columns": [{"name": c.target.name, "type": c.target.type,
+                             "base": c.target.base, "expr": c.expr,
+                             "conversion": c.conversion, "not_null": c.target.not_null,
+                             "classes": sorted(c.profile.classes)} for c in self.columns]}
+
     def to_dict(self) -> dict[str, Any]:
         return {"table": self.name, "source": self.source_label, "query": self.query,
                 "where": self.where, "rows": self.rows,

@@ -32,6 +32,7 @@ from pgshift.existing import sqlfuncs
 from pgshift.existing.mapping import Mapping, load_mapping
 from pgshift.existing.plan import SCRATCH, MappedPlan, MappedTable, build_mapped_plan, q
 from pgshift.existing.target import TargetTable, load_order, read_target
+from pgshift.existing.verify_plan import stored_plan
 from pgshift.progress import NullProgress, Progress
 from pgshift.schema.ddl import qualified
 from pgshift.schema.model import Note, qident
@@ -41,8 +42,6 @@ from pgshift.state import StateDir
 
 if TYPE_CHECKING:
     from pgshift.migrate import MigrateOptions, MigrateResult, Steps, TableSummary
-
-PROFILE_MARK = "into_existing"  # key of the stored plan in pgshift.migrate_runs.profile
 
 
 def migrate_into_existing(opts: MigrateOptions, progress: Progress | None = None,
@@ -87,7 +86,8 @@ def migrate_into_existing(opts: MigrateOptions, progress: Progress | None = None
             steps.run("prepare", lambda: _prepare(coord, opts, plan, snap, scratch))
             run.chunks = _chunk_plan(snap, plan, scratch, opts.batch_size)
             checkpoint.start_run(coord, RunRecord(**{**run.__dict__, "status": "copying"}))
-            checkpoint.save_profile(coord, run.run_id, {PROFILE_MARK: plan.to_dict()})
+            checkpoint.save_profile(coord, run.run_id,
+                                    stored_plan([t.stored() for t in plan.tables]))
             run.status = "copying"
         summaries = {t.name: base.TableSummary(t.name, t.rows) for t in plan.tables}
         steps.run("copy", lambda: _copy(opts, plan, snap, scratch, run, summaries, progress,
@@ -311,9 +311,4 @@ def _finish(conn: psycopg.Connection, opts: MigrateOptions, plan: MappedPlan) ->
             f"ANALYZE {qualified(opts.schema, t.name)}"), role=False)
 
 
-def is_into_existing(profile: dict[str, object] | None) -> bool:
-    """True when the stored run was a ``--into-existing`` load (verify/sync check it)."""
-    return bool(profile) and PROFILE_MARK in profile  # type: ignore[operator]
-
-
-__all__ = ["MappedTable", "is_into_existing", "migrate_into_existing"]
+__all__ = ["MappedTable", "migrate_into_existing"]

@@ -24,6 +24,7 @@ Per conversion, the canonical text is:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import re
@@ -32,18 +33,25 @@ import struct
 import uuid
 from collections.abc import Callable
 from decimal import ROUND_HALF_EVEN, Decimal
+from zoneinfo import ZoneInfo
 
 from pgshift.copy import convert as cv
 from pgshift.schema.model import qident
 
 _EPOCH_SCALE = {"epoch_s": 1, "epoch_ms": 1000, "epoch_us": 1000000}
+_EPOCH_DATE = ("epoch_s_date", "epoch_ms_date", "epoch_us_date")
 
 
 def pg_expr(conversion: str, column: str) -> str:
     """PostgreSQL SQL giving the canonical text of one column (NULL stays NULL)."""
     c = qident(column)
+    conversion = conversion.partition("@")[0]  # zoned text timestamps compare in UTC
     if conversion in ("int", "text", "json", "numeric", "uuid"):
         return f"{c}::text"
+    if conversion == "numeric_trim":
+        return f"trim_scale({c})::text"
+    if conversion in _EPOCH_DATE:
+        return f"to_char({c}, 'YYYY-MM-DD')"
     if conversion == "float":
         return f"encode(float8send({c}), 'hex')"
     if conversion == "bytea":
@@ -120,7 +128,7 @@ def canon_value(conversion: str, value: object) -> str | None:
     if value is None:
         return None
     try:
-        return CANON[conversion](value)
+        return (CANON.get(conversion) or _zoned(conversion))(value)
     except Exception:  # a value no rule fits can never equal anything PostgreSQL holds
         return "!" + repr(value)
 
@@ -183,6 +191,14 @@ def _numeric(v: object) -> str:
     except ArithmeticError:
         return "!" + _text(v)
     return format(d.copy_abs() if d == 0 else d, "f")  # numeric has no negative zero
+
+
+def _numeric_trim(v: object) -> str:
+    """numeric's value without trailing fraction zeros (PostgreSQL's trim_scale)."""
+    text = _numeric(v)
+    if "." in text and not text.startswith("!"):
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
 
 
 def jsonb_text(text: str) -> str:
@@ -263,8 +279,13 @@ def _temporal(conversion: str) -> Callable[[object], str]:
             rendered = cv.convert(conversion, v)
         except cv.Reject:
             return "!" + _text(v)
-        if conversion == "date_text":
+        if conversion == "date_text" or conversion in _EPOCH_DATE:
             return rendered
+        zone = conversion.partition("@")[2]
+        if zone and rendered.endswith(" " + zone):
+            naive = dt.datetime.fromisoformat(_round_fraction(rendered[: -len(zone) - 1]))
+            moment = naive.replace(tzinfo=ZoneInfo(zone)).astimezone(dt.UTC)
+            return moment.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f").rjust(26, "0")
         if conversion == "time_text":
             full = rendered + ":00" if len(rendered) == 5 else rendered
             moment = dt.datetime.fromisoformat("2000-01-01 " + _round_fraction(full))
@@ -304,7 +325,15 @@ CANON: dict[str, Callable[[object], str]] = {
     "epoch_s": _text, "epoch_ms": _text, "epoch_us": _text,
     "ts_text": _temporal("ts_text"), "tstz_text": _temporal("tstz_text"),
     "date_text": _temporal("date_text"), "time_text": _temporal("time_text"),
+    "epoch_s_date": _temporal("epoch_s_date"), "epoch_ms_date": _temporal("epoch_ms_date"),
+    "epoch_us_date": _temporal("epoch_us_date"), "numeric_trim": _numeric_trim,
 }
+
+
+@functools.lru_cache(maxsize=32)
+def _zoned(conversion: str) -> Callable[[object], str]:
+    """Canonical text of ``tstz_text@Zone`` (offset-free texts read in that zone)."""
+    return _temporal(conversion)
 
 
 def row_text(canon: list[str | None] | tuple[str | None, ...]) -> str:

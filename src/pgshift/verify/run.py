@@ -23,6 +23,7 @@ import psycopg
 from pgshift.copy.checkpoint import load_profile
 from pgshift.dsn import Dsn, connect
 from pgshift.errors import ExitCode, SourceError, TargetError, UsageError
+from pgshift.existing.verify_plan import is_into_existing, mapped_plan
 from pgshift.progress import NullProgress, Progress
 from pgshift.schema.plan import Plan, build_plan, select_tables
 from pgshift.source.catalog import read_catalog
@@ -122,14 +123,15 @@ def verify(opts: VerifyOptions, progress: Progress | None = None) -> VerifyResul
     try:
         src.execute("BEGIN")
         progress.step("catalog and profile")
-        plan = _plan(opts, src, pg)
+        plan, mapped = _plan(opts, src, pg)
         pg.rollback()  # the comparison gets a transaction of its own, set up below
         if not opts.live:
             pg.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         pg.execute("SET search_path = pg_catalog")
         # Ordered checksums sort each segment in memory rather than on disk.
         pg.execute("SET work_mem = '256MB'")
-        schema_diffs = check_schema(pg, plan) if opts.check_schema else []
+        # A mapped load's schema is the application's: there is no plan to hold it to.
+        schema_diffs = check_schema(pg, plan) if opts.check_schema and not mapped else []
         missing = {d.obj for d in schema_diffs if d.what == "table"}
         # Columns missing in PostgreSQL are reported by the schema check; the data
         # comparison covers the columns both sides have.
@@ -156,15 +158,21 @@ def verify(opts: VerifyOptions, progress: Progress | None = None) -> VerifyResul
     return VerifyResult(verdicts, schema_diffs, time.perf_counter() - started, opts.sample)
 
 
-def _plan(opts: VerifyOptions, src: sqlite3.Connection, pg: psycopg.Connection) -> Plan:
+def _plan(opts: VerifyOptions, src: sqlite3.Connection, pg: psycopg.Connection
+          ) -> tuple[Plan, bool]:
+    """The tables to compare; True when they were loaded ``--into-existing`` (mapped)."""
+    stored = load_profile(pg, opts.schema)
+    if is_into_existing(stored):
+        assert stored is not None
+        return mapped_plan(src, stored, schema=opts.schema, tables=opts.tables,
+                           exclude=opts.exclude), True
     catalog = read_catalog(src)
     chosen = select_tables(catalog, opts.tables, opts.exclude)
-    stored = load_profile(pg, opts.schema)
     profiles = profiles_from_json(stored) if stored else {}
     for t in chosen:
         if t.name not in profiles:  # not migrated by pgshift: profile it now
             profiles[t.name] = profile_table(src, t)
-    return build_plan(catalog, profiles, schema=opts.schema, tables=chosen)
+    return build_plan(catalog, profiles, schema=opts.schema, tables=chosen), False
 
 
 def _compare_table(opts: VerifyOptions, plan: Plan, name: str, src: sqlite3.Connection,
