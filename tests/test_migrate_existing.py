@@ -436,3 +436,18 @@ def test_verify_by_name_load_with_zone_and_scaled_numeric(tmp_path: Path, pg_dsn
     pg_conn.execute("UPDATE t SET price = 3.51 WHERE id = 1")
     pg_conn.commit()
     assert not verify(VerifyOptions(sqlite_path=db, dsn=pg_dsn)).identical
+
+
+def test_decimals_beyond_the_scale_are_rejects_not_rounded(tmp_path: Path, pg_dsn: Dsn,
+                                                           pg_conn: psycopg.Connection) -> None:
+    pg_conn.execute("CREATE TABLE p (id bigint PRIMARY KEY, price numeric(8, 2) NOT NULL)")
+    pg_conn.commit()
+    db = make_db(tmp_path / "p.db", "CREATE TABLE p (id INTEGER PRIMARY KEY, price);",
+                 {"p": [(1, 3.5), (2, 3.555), (3, "7.10"), (4, "7.105"), (5, 12), (6, 1e-7)]})
+    plan = run_migrate(db, pg_dsn, tmp_path / "s", into_existing=True, dry_run=True)
+    price = plan.to_dict()["plan"]["tables"][0]["columns"][1]
+    assert price["rejects"] == 3 and price["conversion"] == "numeric@2"
+    result = run_migrate(db, pg_dsn, tmp_path / "s", into_existing=True)
+    assert result.rejects == 3
+    assert pg_conn.execute("SELECT id, price::text FROM p ORDER BY id").fetchall() == [
+        (1, "3.50"), (3, "7.10"), (5, "12.00")]

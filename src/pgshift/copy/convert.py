@@ -86,8 +86,13 @@ def with_zone(conversion: str, zone: str) -> str:
     return f"{conversion}@{zone}"
 
 
+def with_scale(scale: int) -> str:
+    """``numeric`` into ``numeric(p, scale)``: more decimals would be rounded, so reject."""
+    return f"numeric@{int(scale)}"
+
+
 def split_zone(conversion: str) -> tuple[str, str | None]:
-    """(``tstz_text``, zone) for a zoned conversion, (conversion, None) otherwise."""
+    """(base, parameter) of ``tstz_text@Zone`` or ``numeric@scale``; (conversion, None)."""
     base, sep, zone = conversion.partition("@")
     return (base, zone) if sep else (conversion, None)
 
@@ -130,6 +135,8 @@ def fast_sql(conversion: str, column: str) -> tuple[str, str]:
     """
     c = q(column)
     base, zone = split_zone(conversion)
+    if base == "numeric" and zone is not None:
+        return fast_sql(base, column)  # reals and texts take the slow form, which checks scale
     if zone is not None:
         expr, suspect = fast_sql(base, column)
         # Offset-free shapes only (the suspect predicate): PostgreSQL reads the
@@ -415,6 +422,19 @@ def _tstz_in(zone: str) -> Callable[[object], str]:
     return conv
 
 
+def _numeric_in(scale: int) -> Callable[[object], str]:
+    def conv(v: object) -> str:
+        text = conv_numeric(v)
+        mantissa, _, exp = text.lower().partition("e")
+        decimals = len(mantissa.partition(".")[2].rstrip("0")) - (int(exp) if exp else 0)
+        if decimals > scale and text not in ("Infinity", "-Infinity"):
+            raise Reject(f"{_short(v)} has more than {scale} decimal(s): the column would "
+                         "round it")
+        return text
+
+    return conv
+
+
 def _parse_has_no_offset(v: object) -> bool:
     m = _ISO.fullmatch(_text_of(v, "a timestamp").strip())
     return bool(m) and m.group("tz") is None
@@ -442,9 +462,9 @@ SLOW: dict[str, Callable[[object], str]] = {
 @functools.lru_cache(maxsize=64)
 def converter(conversion: str) -> Callable[[object], str]:
     """The slow-form function of a conversion name (zoned names included)."""
-    _, zone = split_zone(conversion)
-    if zone is not None:
-        return _tstz_in(zone)
+    base, param = split_zone(conversion)
+    if param is not None:
+        return _numeric_in(int(param)) if base == "numeric" else _tstz_in(param)
     return SLOW[conversion]
 
 

@@ -10,12 +10,21 @@ value of which can convert is a plan error before any row moves.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pgshift.copy.convert import Reject, convert, fast_sql, raw_for_report, with_zone
+from pgshift.copy.convert import (
+    Reject,
+    convert,
+    fast_sql,
+    raw_for_report,
+    split_zone,
+    with_scale,
+    with_zone,
+)
 from pgshift.copy.pipeline import RowSource
 from pgshift.errors import UsageError
 from pgshift.existing.mapping import ColumnMap, Mapping, TableMap
@@ -389,12 +398,16 @@ def choose_conversion(mt: MappedTable, c: MappedColumn, spec: ColumnMap | None,
     elif base in _BY_BASE:
         c.conversion = _BY_BASE[base]
         c.reason = f"{'/'.join(sorted(present)) or declared or 'any'} -> {c.target.type}"
+        scale = re.fullmatch(r"numeric\(\d+,\s*(\d+)\)", c.target.type)
+        if scale:
+            c.conversion = with_scale(int(scale.group(1)))
+            c.reason += " (more decimals than the scale: rejects, never rounded)"
     else:
         c.conversion = "text"
         c.reason = f"text -> {c.target.type} (PostgreSQL parses the text)"
         if c.target.category == "A":
             c.reason += "; SQLite has no arrays: values must be PostgreSQL array literals"
-    compatible = _COMPATIBLE.get(c.conversion.split("@")[0].removesuffix("_date"), set())
+    compatible = _COMPATIBLE.get(split_zone(c.conversion)[0].removesuffix("_date"), set())
     good = sum(n for k, n in p.classes.items() if k in compatible)
     bad = {k: n for k, n in p.classes.items() if k not in compatible}
     if (p.classes and not good) or (not p.classes and declared == "blob"
@@ -486,7 +499,7 @@ def reverse_notes(mt: MappedTable) -> list[Note]:
     """Warnings for reverse conversions that lose information (sync back to SQLite)."""
     notes = []
     for c in mt.columns:
-        lossy = _LOSSY.get(c.conversion.split("@")[0])
+        lossy = _LOSSY.get(split_zone(c.conversion)[0])
         if lossy:
             notes.append(Note("warning", f"{mt.name}.{c.target.name}",
                               f"reverse conversion may lose information: {lossy}"))

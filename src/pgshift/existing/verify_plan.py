@@ -42,7 +42,7 @@ def verify_conversion(conversion: str, base: str) -> str:
     """The canonical encoding verify compares a mapped column with."""
     if base == "json":  # json keeps the text as given; jsonb normalizes it
         return "text"
-    if conversion == "numeric":
+    if conversion.partition("@")[0] == "numeric":
         return "numeric_trim"  # numeric(p, s) pads to its scale: compare by value
     return conversion
 
