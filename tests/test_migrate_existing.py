@@ -451,3 +451,45 @@ def test_decimals_beyond_the_scale_are_rejects_not_rounded(tmp_path: Path, pg_ds
     assert result.rejects == 3
     assert pg_conn.execute("SELECT id, price::text FROM p ORDER BY id").fetchall() == [
         (1, "3.50"), (3, "7.10"), (5, "12.00")]
+
+
+REVERSE = """
+tables:
+  flags:
+    sync: true
+    key: {id: id}
+    columns:
+      created_at: {expr: created_at, convert: epoch_ms}
+    reverse:
+      id: id
+      enabled: "enabled::int"
+      created_at: "(extract(epoch FROM created_at) * 1000)::bigint"
+"""
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (None, None),
+    (("      enabled: \"enabled::int\"\n", ""), r"`reverse:` lacks source column\(s\) enabled"),
+    (("enabled::int", "enabled::nope"), r"`reverse:` enabled: invalid PostgreSQL expression"),
+    (("key: {id: id}", "key: {id: nope}"), r"mapping flags.nope: `key:` names no column"),
+    (("key: {id: id}", "key: {enabled: id}"), r"`key:` 'enabled' is not in the primary key"),
+    (("    sync: true\n", "    sync: true\n    query: SELECT * FROM flags\n"),
+     r"`sync: true` needs `from:`"),
+])
+def test_reverse_mapping_for_sync_is_checked_at_plan_time(
+        tmp_path: Path, pg_dsn: Dsn, pg_conn: psycopg.Connection,
+        edit: tuple[str, str] | None, message: str | None) -> None:
+    pg_conn.execute("CREATE TABLE flags (id bigint PRIMARY KEY, enabled boolean NOT NULL, "
+                    "created_at timestamptz NOT NULL)")
+    pg_conn.commit()
+    db = make_db(tmp_path / "f.db", "CREATE TABLE flags (id INTEGER PRIMARY KEY, enabled INTEGER "
+                 "NOT NULL, created_at INTEGER NOT NULL);", {"flags": [(1, 1, MS)]})
+    m = tmp_path / "m.yaml"
+    m.write_text(REVERSE.replace(*edit) if edit else REVERSE)
+    if message is None:
+        result = run_migrate(db, pg_dsn, tmp_path / "s", into_existing=True, mapping=m)
+        lossy = [n.message for n in result.plan.notes if n.obj == "flags.created_at"]
+        assert lossy and "drops the rest" in lossy[0]
+        return
+    with pytest.raises(UsageError, match=message):
+        run_migrate(db, pg_dsn, tmp_path / "s", into_existing=True, mapping=m, dry_run=True)

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
+
 from pgshift.copy.convert import (
     Reject,
     convert,
@@ -485,6 +487,45 @@ def build_mapped_plan(con: sqlite3.Connection, catalog: Catalog,
             notes.extend(reverse_notes(mt))
         out.append(mt)
     return MappedPlan(schema, out, notes)
+
+
+def check_reverse(pg: psycopg.Connection, plan: MappedPlan) -> None:
+    """Tables sync carries back: the key pairs and a compilable reverse for every column."""
+    for mt in plan.tables:
+        tm = mt.map
+        if tm is None or not tm.sync:
+            continue
+        if mt.source is None:
+            raise plan_error(mt.name, None, "`sync: true` needs `from:` a SQLite table (rows of "
+                             "a query cannot be carried back)")
+        src_cols = [c.name for c in mt.source.columns if not c.generated]
+        for s_key, t_key in tm.key.items():
+            if _find(mt.source.primary_key, s_key) is None:
+                raise plan_error(mt.name, None, f"`key:` {s_key!r} is not in the primary key of "
+                                 f"{mt.source.name} ({', '.join(mt.source.primary_key)})")
+            if mt.target.column(t_key) is None:
+                raise plan_error(mt.name, t_key, "`key:` names no column of the target table")
+        missing = [k for k in mt.source.primary_key if _find(list(tm.key), k) is None]
+        if missing:
+            raise plan_error(mt.name, None, f"`key:` must pair every key column of "
+                             f"{mt.source.name}; missing {', '.join(missing)}")
+        for name in tm.reverse:
+            if _find(src_cols, name) is None:
+                raise plan_error(mt.name, None, f"`reverse:` {name!r} is not a column of "
+                                 f"{mt.source.name}")
+        lacking = [c for c in src_cols if _find(list(tm.reverse), c) is None]
+        if lacking:
+            raise plan_error(mt.name, None, f"`reverse:` lacks source column(s) "
+                             f"{', '.join(lacking)}", hint="give each source column a "
+                             "PostgreSQL expression over the target row (docs/mapping.md)")
+        rel = f'"{plan.schema}".{q(mt.name)}'
+        for name, expr in tm.reverse.items():
+            try:
+                with pg.transaction():
+                    pg.execute(f"SELECT ({expr}) FROM {rel} LIMIT 0")  # type: ignore[arg-type]
+            except psycopg.Error as exc:
+                raise plan_error(mt.name, None, f"`reverse:` {name}: invalid PostgreSQL "
+                                 f"expression {expr!r}: {exc.diag.message_primary}") from exc
 
 
 _LOSSY = {

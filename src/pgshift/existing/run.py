@@ -30,7 +30,14 @@ from pgshift.dsn import connect, redact
 from pgshift.errors import TargetError, UsageError
 from pgshift.existing import sqlfuncs
 from pgshift.existing.mapping import Mapping, load_mapping
-from pgshift.existing.plan import SCRATCH, MappedPlan, MappedTable, build_mapped_plan, q
+from pgshift.existing.plan import (
+    SCRATCH,
+    MappedPlan,
+    MappedTable,
+    build_mapped_plan,
+    check_reverse,
+    q,
+)
 from pgshift.existing.target import TargetTable, load_order, read_target
 from pgshift.existing.verify_plan import stored_plan
 from pgshift.progress import NullProgress, Progress
@@ -145,9 +152,11 @@ def _plan(opts: MigrateOptions, mapping: Mapping, snap: Snapshot, conn: psycopg.
         if not target:
             raise UsageError(f"--into-existing: schema {opts.schema!r} has no tables",
                              hint="run the application's migrations against the target first")
-        return steps.run("plan", lambda: build_mapped_plan(
+        plan = steps.run("plan", lambda: build_mapped_plan(
             con, catalog, target, mapping, schema=opts.schema, tables=opts.tables,
             exclude=opts.exclude, assume_tz=opts.assume_tz))
+        check_reverse(conn, plan)
+        return plan
     finally:
         con.close()
 
