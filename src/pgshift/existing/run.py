@@ -153,8 +153,9 @@ def _plan(opts: MigrateOptions, mapping: Mapping, snap: Snapshot, conn: psycopg.
             raise UsageError(f"--into-existing: schema {opts.schema!r} has no tables",
                              hint="run the application's migrations against the target first")
         plan = steps.run("plan", lambda: build_mapped_plan(
-            con, catalog, target, mapping, schema=opts.schema, tables=opts.tables,
-            exclude=opts.exclude, assume_tz=opts.assume_tz))
+            lambda: open_mapped(snap), catalog, target, mapping, schema=opts.schema,
+            tables=opts.tables, exclude=opts.exclude, assume_tz=opts.assume_tz,
+            jobs=opts.jobs, json_check=opts.dry_run))
         check_reverse(conn, plan)
         return plan
     finally:

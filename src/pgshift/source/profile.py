@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pgshift.errors import UsageError
 from pgshift.source.catalog import SourceTable
 
 # The shapes SQLite's date functions produce, plus ISO 8601 with 'T' and offsets.
@@ -68,7 +69,15 @@ def profiles_to_json(profiles: dict[str, TableProfile]) -> dict[str, Any]:
 
 
 def profiles_from_json(data: dict[str, Any]) -> dict[str, TableProfile]:
-    """The inverse of profiles_to_json."""
+    """The inverse of profiles_to_json.
+
+    A schema loaded ``--into-existing`` stores its mapped feeds instead (read by
+    verify); the type-map consumers (sync) cannot use them yet and say so.
+    """
+    if "into_existing" in data:
+        raise UsageError("this schema was loaded with migrate --into-existing: pgshift sync "
+                         "does not apply mapped tables yet",
+                         hint="see docs/mapping.md#reverse--tables-sync-carries-back")
     return {name: TableProfile(name, int(d["rows"]),
                                {c: ColumnProfile(**cp) for c, cp in d["columns"].items()})
             for name, d in data.items()}

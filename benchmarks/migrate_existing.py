@@ -1,0 +1,155 @@
+"""Benchmark: ``pgshift migrate --into-existing`` vs the base ``pgshift migrate``.
+
+Issue 7's target: loading into an existing schema runs within 1.3x of the base
+command on the same data. One durable embedded PostgreSQL, one seeded SQLite
+file, two fresh databases:
+
+1. ``base``: ``pgshift migrate SQLITE DSN --jobs J --drop --json`` (creates the schema,
+   loads into bare tables, then builds keys, indexes and constraints);
+2. ``into-existing``: the same schema created first (``--schema-only``, as an
+   application's migrations would: keys, indexes, foreign keys and checks already
+   there, not timed), then ``pgshift migrate SQLITE DSN --into-existing --map M``
+   with a mapping that declares the epoch units the base plan chose (the only thing
+   a by-name load may not guess) and renames one column per table through an
+   expression, so the mapped path (not the plain copy) is what is measured.
+
+Usage (from the repository root)::
+
+    .venv/bin/python benchmarks/migrate_existing.py --scale 200000
+    .venv/bin/python benchmarks/migrate_existing.py --scale 1000000 --runs 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from _common import (
+    checkpoint,
+    fresh_database,
+    libpq_env,
+    log,
+    machine_info,
+    markdown_table,
+    median,
+    mib,
+    pgshift_exe,
+    run_measured,
+    scratch_dir,
+    seeded_sqlite,
+    start_server,
+    text_table,
+)
+
+TARGET_RATIO = 1.3
+
+
+def _pgshift(argv: list[str], dsn_conninfo: str, env: dict[str, str], out: Path, label: str,
+             ) -> tuple[Any, dict[str, Any]]:
+    m = run_measured([pgshift_exe(), *argv[:1], argv[1], dsn_conninfo, *argv[2:]], out_dir=out,
+                     label=label, env=env)
+    if m.returncode not in (0, 3):
+        sys.exit(f"{label} failed ({m.returncode}):\n{m.stderr_path.read_text()[-2000:]}")
+    return m, json.loads(m.stdout_path.read_text())
+
+
+def _steps(res: dict[str, Any]) -> str:
+    return ", ".join(f"{s['step']} {s['seconds']:.2f}" for s in res["steps"])
+
+
+def _mapping(plan: dict[str, Any]) -> str:
+    """Declared epoch units, plus one column per table fed through an expression."""
+    tables: dict[str, Any] = {}
+    for t in plan["tables"]:
+        cols: dict[str, Any] = {}
+        for c in t["columns"]:
+            if c["conversion"].startswith("epoch_"):
+                cols[c["name"]] = {"expr": c["name"], "convert": c["conversion"]}
+        text = next((c["name"] for c in t["columns"] if c["conversion"] == "text"
+                     and c["name"] not in cols), None)
+        if text:
+            cols[text] = f"coalesce({text}, NULL)"
+        tables[t["name"]] = {"columns": cols}
+    return yaml.safe_dump({"tables": tables}, sort_keys=False)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scale", type=int, default=200_000)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--workdir", type=Path, default=Path(".bench"))
+    ap.add_argument("--markdown", type=Path, help="append the table to this file")
+    args = ap.parse_args()
+
+    source, counts = seeded_sqlite(args.workdir, args.scale)
+    total_rows = sum(counts.values())
+    server = start_server(args.workdir / "pg-existing")
+    results: dict[str, list[float]] = {"base": [], "into-existing": []}
+    rss: dict[str, list[int]] = {"base": [], "into-existing": []}
+    try:
+        with scratch_dir(args.workdir, "existing-") as out:
+            for run in range(args.runs):
+                base_dsn = fresh_database(server, "bench_base")
+                info, env = libpq_env(base_dsn)
+                checkpoint(server)
+                m, res = _pgshift(["migrate", str(source), "--jobs", str(args.jobs), "--drop",
+                                   "--json", "--state-dir", str(out / "state-base")],
+                                  info, env, out, f"base-{run}")
+                results["base"].append(m.seconds)
+                rss["base"].append(m.peak_rss)
+                log(f"base run {run}: {m.seconds:.1f}s, {res['rows']:,} rows; {_steps(res)}")
+
+                app_dsn = fresh_database(server, "bench_existing")
+                info, env = libpq_env(app_dsn)
+                _, plan = _pgshift(["migrate", str(source), "--dry-run", "--json",
+                                    "--state-dir", str(out / "state-plan")],
+                                   info, env, out, f"plan-{run}")
+                _pgshift(["migrate", str(source), "--schema-only", "--json",
+                          "--state-dir", str(out / "state-schema")], info, env, out,
+                         f"schema-{run}")
+                mapping = out / "mapping.yaml"
+                mapping.write_text(_mapping(plan["plan"]))
+                # The schema-only run is recorded as finished: forget it so the load is
+                # a fresh run into the tables it created (an app's migrations leave none).
+                checkpoint(server)
+                m, res = _pgshift(["migrate", str(source), "--into-existing", "--map",
+                                   str(mapping), "--jobs", str(args.jobs), "--restart",
+                                   "--json", "--state-dir", str(out / "state-existing")],
+                                  info, env, out, f"existing-{run}")
+                results["into-existing"].append(m.seconds)
+                rss["into-existing"].append(m.peak_rss)
+                log(f"into-existing run {run}: {m.seconds:.1f}s, {res['rows']:,} rows, "
+                    f"{res['rejects']} rejects; {_steps(res)}")
+                if res["rows"] != total_rows:
+                    sys.exit(f"into-existing loaded {res['rows']} of {total_rows} rows")
+            machine = machine_info(server)
+    finally:
+        server.stop()
+
+    base = median(results["base"])
+    rows = []
+    for name in ("base", "into-existing"):
+        wall = median(results[name])
+        rows.append([name, f"{wall:.1f}", f"{total_rows / wall:,.0f}", f"{wall / base:.2f}x",
+                     mib(max(rss[name]))])
+    headers = ["contestant", "wall s (median)", "rows/s", "vs base", "peak RSS MiB"]
+    print(text_table(headers, rows))
+    ratio = median(results["into-existing"]) / base
+    verdict = "met" if ratio <= TARGET_RATIO else "MISSED"
+    print(f"target: into-existing <= {TARGET_RATIO}x base: {ratio:.2f}x ({verdict})")
+    print(f"scale {args.scale:,} ({total_rows:,} rows), runs {args.runs}, jobs {args.jobs}, "
+          f"{machine.get('cpu', '')}")
+    if args.markdown:
+        with args.markdown.open("a") as fh:
+            fh.write(markdown_table(headers, rows) + "\n")
+
+
+if __name__ == "__main__":
+    main()
