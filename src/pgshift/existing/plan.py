@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 
@@ -428,9 +429,12 @@ def choose_conversion(mt: MappedTable, c: MappedColumn, spec: ColumnMap | None,
             c.conversion = "tstz_text"
             if tz and tz.upper() not in ("UTC", "Z", "ETC/UTC"):
                 try:
+                    ZoneInfo(tz)
                     c.conversion = with_zone("tstz_text", tz)
-                except ValueError as exc:
-                    raise plan_error(mt.name, c.target.name, str(exc)) from exc
+                except (ValueError, ZoneInfoNotFoundError) as exc:
+                    raise plan_error(mt.name, c.target.name, f"assume_tz {tz!r} is not a "
+                                     "time zone name", hint="e.g. UTC, Europe/Berlin, "
+                                     "America/New_York (IANA names)") from exc
             c.reason = "text date-time -> timestamptz" + (
                 f" (offset-free texts read in {tz})" if tz and p.no_offset else "")
     elif base in _BY_BASE:
@@ -624,7 +628,7 @@ def check_reverse(pg: psycopg.Connection, plan: MappedPlan) -> None:
         for name, expr in tm.reverse.items():
             try:
                 with pg.transaction():
-                    pg.execute(f"SELECT ({expr}) FROM {rel} LIMIT 0")  # type: ignore[arg-type]
+                    pg.execute(f"SELECT ({expr}) FROM {rel} LIMIT 0")
             except psycopg.Error as exc:
                 raise plan_error(mt.name, None, f"`reverse:` {name}: invalid PostgreSQL "
                                  f"expression {expr!r}: {exc.diag.message_primary}") from exc

@@ -18,7 +18,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -166,8 +166,7 @@ def _prepare(conn: psycopg.Connection, opts: MigrateOptions, plan: MappedPlan, s
              scratch: Path) -> None:
     """Refuse to mix with rows already there (or TRUNCATE them); materialize queries."""
     full = [t.name for t in plan.tables
-            if conn.execute(f"SELECT EXISTS (SELECT 1 FROM {qualified(opts.schema, t.name)})"
-                            ).fetchone()[0]]
+            if _scalar(conn, f"SELECT EXISTS (SELECT 1 FROM {qualified(opts.schema, t.name)})")]
     if full and not opts.truncate:
         raise UsageError(f"--into-existing: table(s) already hold rows: {', '.join(full[:5])}"
                          + (" ..." if len(full) > 5 else ""),
@@ -202,6 +201,11 @@ def _prepare(conn: psycopg.Connection, opts: MigrateOptions, plan: MappedPlan, s
         raise UsageError(f"mapping {t.name}: the query failed: {exc}") from exc
     finally:
         con.close()
+
+
+def _scalar(conn: psycopg.Connection, query: str) -> Any:
+    row = conn.execute(query).fetchone()
+    return None if row is None else row[0]
 
 
 def _chunk_plan(snap: Snapshot, plan: MappedPlan, scratch: Path, batch: int
@@ -310,7 +314,7 @@ def _finish(conn: psycopg.Connection, opts: MigrateOptions, plan: MappedPlan) ->
             if not seq:
                 continue
             rel = qualified(opts.schema, t.name)
-            top = conn.execute(f"SELECT max({qident(c.target.name)}) FROM {rel}").fetchone()[0]
+            top = _scalar(conn, f"SELECT max({qident(c.target.name)}) FROM {rel}")
             if top is None:
                 continue
             # Never move a sequence backwards: the app may already have used it.

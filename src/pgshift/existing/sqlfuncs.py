@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import sqlite3
 import uuid
+from collections.abc import Callable
 
 _NAMESPACES = {"dns": uuid.NAMESPACE_DNS, "url": uuid.NAMESPACE_URL, "oid": uuid.NAMESPACE_OID,
                "x500": uuid.NAMESPACE_X500}
@@ -73,7 +74,7 @@ def epoch_from_iso(v: object, unit: object = "s") -> int | None:
     return micros // (1_000_000 // _SCALE[str(unit)])
 
 
-FUNCTIONS = {
+FUNCTIONS: dict[str, tuple[Callable[..., str | int | None], int]] = {
     "uuid5": (uuid5, 2), "md5": (md5, 1), "sha256": (sha256, 1),
     "iso_from_epoch": (iso_from_epoch, 2), "epoch_from_iso": (epoch_from_iso, 2),
 }
