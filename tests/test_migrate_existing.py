@@ -493,3 +493,35 @@ def test_reverse_mapping_for_sync_is_checked_at_plan_time(
         return
     with pytest.raises(UsageError, match=message):
         run_migrate(db, pg_dsn, tmp_path / "s", into_existing=True, mapping=m, dry_run=True)
+
+
+def test_one_source_table_feeds_two_targets_and_skip(tmp_path: Path, pg_dsn: Dsn,
+                                                     pg_conn: psycopg.Connection) -> None:
+    pg_conn.execute("""
+        CREATE TABLE accounts (id bigint PRIMARY KEY, email text NOT NULL);
+        CREATE TABLE profiles (account_id bigint PRIMARY KEY REFERENCES accounts(id),
+                               display text NOT NULL, admin boolean NOT NULL);
+        CREATE TABLE users (id bigint PRIMARY KEY, email text);
+    """)
+    pg_conn.commit()
+    db = make_db(tmp_path / "u.db", "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT, "
+                 "name TEXT, is_admin INTEGER);",
+                 {"users": [(1, "A@x.io", "Ann", 1), (2, "b@x.io", None, 0)]})
+    m = tmp_path / "m.yaml"
+    m.write_text("""
+tables:
+  accounts: {from: users, columns: {email: "lower(email)"}}
+  profiles:
+    from: users
+    where: "email IS NOT NULL"
+    columns: {account_id: id, display: "coalesce(name, email)", admin: is_admin}
+  users: {skip: true}
+""")
+    result = run_migrate(db, pg_dsn, tmp_path / "s", into_existing=True, mapping=m)
+    assert result.rejects == 0 and sorted(t.name for t in result.tables) == ["accounts",
+                                                                             "profiles"]
+    assert pg_conn.execute("SELECT id, email FROM accounts ORDER BY id").fetchall() == [
+        (1, "a@x.io"), (2, "b@x.io")]
+    assert pg_conn.execute("SELECT * FROM profiles ORDER BY 1").fetchall() == [
+        (1, "Ann", True), (2, "b@x.io", False)]
+    assert pg_conn.execute("SELECT count(*) FROM users").fetchone() == (0,)
