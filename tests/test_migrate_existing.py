@@ -525,3 +525,17 @@ tables:
     assert pg_conn.execute("SELECT * FROM profiles ORDER BY 1").fetchall() == [
         (1, "Ann", True), (2, "b@x.io", False)]
     assert pg_conn.execute("SELECT count(*) FROM users").fetchone() == (0,)
+
+
+def test_dry_run_counts_bad_booleans_and_nul_texts(tmp_path: Path, pg_dsn: Dsn,
+                                                   pg_conn: psycopg.Connection) -> None:
+    pg_conn.execute("CREATE TABLE b (id bigint PRIMARY KEY, flag boolean, label text)")
+    pg_conn.commit()
+    db = make_db(tmp_path / "b.db", "CREATE TABLE b (id INTEGER PRIMARY KEY, flag INTEGER, "
+                 "label TEXT);", {"b": [(1, 0, "a"), (2, 1, "b\x00c"), (3, 2, "d"), (4, 1, "e")]})
+    plan = run_migrate(db, pg_dsn, tmp_path / "s", into_existing=True, dry_run=True).to_dict()
+    cols = {c["column"]: c for c in plan["plan"]["tables"][0]["columns"]}
+    assert cols["flag"]["rejects"] == 1 and cols["label"]["rejects"] == 1
+    result = run_migrate(db, pg_dsn, tmp_path / "s", into_existing=True)
+    assert result.rejects == 2
+    assert pg_conn.execute("SELECT id FROM b ORDER BY id").fetchall() == [(1,), (4,)]

@@ -24,6 +24,7 @@ from pgshift.copy.convert import (
     Reject,
     convert,
     fast_sql,
+    is_clean,
     raw_for_report,
     split_zone,
     with_scale,
@@ -75,7 +76,6 @@ class ExprProfile:
     int_max: int | None = None
     no_offset: int = 0  # texts without a UTC offset (for timestamptz targets)
     nul_texts: int = 0
-    suspects: tuple[str, int] | None = None  # (conversion, suspect count) from the same pass
 
 
 @dataclass
@@ -137,6 +137,14 @@ class MappedTable:
         if materialized:
             return f"{SCRATCH}.{q(self.scratch_table)}"
         return f"({self.query}) AS src"
+
+    def rows_sql(self, part: str = "1") -> str:
+        """The mapped rows as a subquery (columns c0, c1, ...), for the plan's scans."""
+        inner = ", ".join(f"({c.expr}) AS c{i}" for i, c in enumerate(self.columns)) or "1 AS c"
+        where = f" AND ({self.where})" if self.where else ""
+        # LIMIT -1: each expression is evaluated once per row, not once per aggregate.
+        return (f"(SELECT {inner} FROM {self.from_sql(materialized=False)} "
+                f"WHERE ({part}){where} LIMIT -1)")
 
     def row_source(self) -> RowSource:
         """The SELECT template the copy pipeline renders (query sources materialized)."""
@@ -330,15 +338,32 @@ def check_expressions(con: sqlite3.Connection, mt: MappedTable) -> None:
                              f"invalid SQLite expression {c.origin!r}: {exc}") from exc
 
 
-def profile_table(con: sqlite3.Connection, mt: MappedTable,
-                  expected: dict[int, str] | None = None, *, json_check: bool = True) -> None:
-    """One pass over the mapped rows: NULLs, storage classes and what the target needs.
+Figures = dict[int, dict[str, Any]]
+_SUMMED = ("count", "no_offset", "nul_texts")
+SPLIT_ROWS = 100_000  # tables above this are profiled in rowid ranges on several threads
+
+
+def profile_ranges(con: sqlite3.Connection, mt: MappedTable, parts: int
+                   ) -> list[tuple[str, list[int]]]:
+    """Rowid ranges that split a big table source across threads (else the whole)."""
+    if mt.source is None or mt.source.without_rowid or parts < 2:
+        return [("1", [])]
+    lo, hi = con.execute(f"SELECT min(rowid), max(rowid) FROM {q(mt.source.name)}").fetchone()
+    if lo is None or hi - lo < SPLIT_ROWS:
+        return [("1", [])]
+    step = (hi - lo) // parts + 1
+    return [("rowid >= ? AND rowid < ?", [lo + i * step, lo + (i + 1) * step])
+            for i in range(parts)]
+
+
+def profile_scan(con: sqlite3.Connection, mt: MappedTable, part: str, params: list[int]
+                 ) -> tuple[int, Figures]:
+    """One pass over (a range of) the mapped rows: what the plan needs per column.
 
     Per value only what the target type asks for is computed (measured: nine
     aggregates per column cost 8x the copy's own scan): the class range always,
-    the integer range for temporal targets (epoch unit hint), texts without a UTC
-    offset for timestamptz, NUL bytes where the copy renders text with printf.
-    Columns holding several classes get exact per-class counts in a second pass.
+    the integer range for temporal and integer targets, texts without a UTC offset
+    for timestamptz, NUL bytes where the copy renders text with printf.
     """
     parts = ["count(*)"]
     slots: list[tuple[int, str]] = []
@@ -354,40 +379,49 @@ def profile_table(con: sqlite3.Connection, mt: MappedTable,
                                    f"'*[+-]*' OR {e} GLOB '*[Zz]'))")
         if _BY_BASE.get(base, "text") in ("text", "json", "uuid"):
             wanted["nul_texts"] = f"sum(typeof({e}) = 'text' AND instr({e}, char(0)) > 0)"
-        if expected and i in expected:
-            # The conversion the profile will (almost always) confirm: its suspects are
-            # counted in this same pass instead of a second scan.
-            wanted["suspects"] = f"sum({_suspect(expected[i], e, json_check=json_check)})"
         for k, agg in wanted.items():
             parts.append(agg)
             slots.append((i, k))
-    inner = ", ".join(f"({c.expr}) AS c{i}" for i, c in enumerate(mt.columns)) or "1 AS c"
-    where = f" WHERE ({mt.where})" if mt.where else ""
-    rows = f"(SELECT {inner} FROM {mt.from_sql(materialized=False)}{where} LIMIT -1)"
     try:
-        row = con.execute(f"SELECT {', '.join(parts)} FROM {rows}").fetchone()
+        row = con.execute(f"SELECT {', '.join(parts)} FROM {mt.rows_sql(part)}", params
+                          ).fetchone()
     except sqlite3.Error as exc:
         raise plan_error(mt.name, None, f"reading the source failed: {exc}") from exc
-    mt.rows = int(row[0] or 0)
-    got: dict[int, dict[str, Any]] = {}
+    got: Figures = {}
     for (i, k), v in zip(slots, row[1:], strict=True):
         got.setdefault(i, {})[k] = v
+    return int(row[0] or 0), got
+
+
+def apply_profile(con: sqlite3.Connection, mt: MappedTable,
+                  scans: list[tuple[int, Figures]]) -> None:
+    """Merge the range scans into each column's profile (exact class counts if mixed)."""
+    mt.rows = sum(n for n, _ in scans)
     mixed = []
     for i, c in enumerate(mt.columns):
-        f, p = got.get(i, {}), c.profile
+        f: dict[str, Any] = {}
+        for _, figures in scans:
+            for k, v in figures.get(i, {}).items():
+                old = f.get(k)
+                if v is None or old is None:
+                    f[k] = v if old is None else old
+                elif k in _SUMMED:
+                    f[k] = old + v
+                else:
+                    f[k] = min(old, v) if k in ("lo", "int_min") else max(old, v)
+        p = c.profile
         non_null = int(f.get("count") or 0)
         p.nulls = mt.rows - non_null
         p.int_min, p.int_max = f.get("int_min"), f.get("int_max")
         p.no_offset, p.nul_texts = int(f.get("no_offset") or 0), int(f.get("nul_texts") or 0)
-        if expected and i in expected:
-            p.suspects = (expected[i], int(f.get("suspects") or 0))
         if f.get("lo") is not None and f["lo"] == f["hi"]:
             p.classes = {str(f["lo"]): non_null}
         elif f.get("lo") is not None:
             mixed.append(i)
     if mixed:
+        # Rare: a column holding several storage classes gets exact counts per class.
         exprs = [f"sum(typeof(c{i}) = '{k}')" for i in mixed for k in _CLASSES]
-        counts = con.execute(f"SELECT {', '.join(exprs)} FROM {rows}").fetchone()
+        counts = con.execute(f"SELECT {', '.join(exprs)} FROM {mt.rows_sql()}").fetchone()
         for n, i in enumerate(mixed):
             values = counts[n * len(_CLASSES):(n + 1) * len(_CLASSES)]
             mt.columns[i].profile.classes = {k: int(v) for k, v in zip(_CLASSES, values,
@@ -469,51 +503,47 @@ def _suspect(conversion: str, column: str, *, json_check: bool = True) -> str:
     return suspect
 
 
-def expected_conversion(c: MappedColumn, spec: ColumnMap | None) -> str:
-    """The conversion choose_conversion picks unless the profile refuses the column."""
-    base = c.target.base
-    unit = spec.convert if spec else None
-    if base in _TEMPORAL:
-        if unit:
-            return unit + ("_date" if base == "date" else "")
-        return {"date": "date_text", "timestamp": "ts_text"}.get(base, "tstz_text")
-    conv = _BY_BASE.get(base, "text")
-    scale = re.fullmatch(r"numeric\(\d+,\s*(\d+)\)", c.target.type)
-    return with_scale(int(scale.group(1))) if conv == "numeric" and scale else conv
-
-
 def count_anomalies(con: sqlite3.Connection, mt: MappedTable, *, json_check: bool = True
                     ) -> None:
-    """Convert each column's suspect values to count the rows that will be rejects.
+    """Count each column's suspect values and convert them to count future rejects.
 
-    Suspects are usually counted by the profile's pass already; only columns whose
-    conversion differs are counted here, and only columns with suspects are read
-    again for their values.
+    Columns the profile proves clean (copy.convert.is_clean: the storage classes
+    and integer range every value of the conversion's fast form handles) need no
+    scan; the others are counted in one pass, and only columns with suspects are
+    read again for their values. ``json_check`` also validates JSON texts.
     """
-    src = mt.from_sql(materialized=False)
-    where = f" WHERE ({mt.where})" if mt.where else ""
-    inner = ", ".join(f"({c.expr}) AS c{i}" for i, c in enumerate(mt.columns)) or "1 AS c"
-    rows = f"(SELECT {inner} FROM {src}{where} LIMIT -1)"
-    recount = [i for i, c in enumerate(mt.columns)
-               if c.profile.suspects is None or c.profile.suspects[0] != c.conversion]
+    rows = mt.rows_sql()
+    check: list[int] = []
+    for i, c in enumerate(mt.columns):
+        p, base = c.profile, split_zone(c.conversion)[0]
+        json_texts = json_check and base == "json" and "text" in p.classes
+        # bool is never proven clean here: the profile does not count 0/1 integers.
+        clean = (c.conversion == base and base != "bool" and not p.nul_texts
+                 and not json_texts
+                 and is_clean(base, set(p.classes), int_min=p.int_min, int_max=p.int_max))
+        if clean:
+            c.suspects = 0
+        else:
+            check.append(i)
+    if not check:
+        return
+    preds = {i: _suspect(mt.columns[i].conversion, f"c{i}", json_check=json_check)
+             for i in check}
+    for i in check:
+        if mt.columns[i].profile.nul_texts:  # texts PostgreSQL cannot store
+            preds[i] = f"({preds[i]}) OR (typeof(c{i}) = 'text' AND instr(c{i}, char(0)) > 0)"
     try:
-        if recount:
-            sums = ", ".join(
-                f"sum({_suspect(mt.columns[i].conversion, f'c{i}', json_check=json_check)})"
-                for i in recount)
-            for i, n in zip(recount, con.execute(f"SELECT {sums} FROM {rows}").fetchone(),
-                            strict=True):
-                mt.columns[i].profile.suspects = (mt.columns[i].conversion, int(n or 0))
+        counts = con.execute(f"SELECT {', '.join(f'sum({preds[i]})' for i in check)} "
+                             f"FROM {rows}").fetchone()
     except sqlite3.Error as exc:
         raise plan_error(mt.name, None, f"reading the source failed: {exc}") from exc
-    for i, c in enumerate(mt.columns):
-        assert c.profile.suspects is not None
-        c.suspects = c.profile.suspects[1]
+    for i, n in zip(check, counts, strict=True):
+        c = mt.columns[i]
+        c.suspects = int(n or 0)
         if not c.suspects:
             continue
         try:
-            suspect = _suspect(c.conversion, f"c{i}", json_check=json_check)
-            values = con.execute(f"SELECT c{i} FROM {rows} WHERE {suspect} LIMIT ?",
+            values = con.execute(f"SELECT c{i} FROM {rows} WHERE {preds[i]} LIMIT ?",
                                  (ANOMALY_SCAN,)).fetchall()
         except sqlite3.Error as exc:
             raise plan_error(mt.name, c.target.name, f"reading the source failed: {exc}") from exc
@@ -554,12 +584,18 @@ def build_mapped_plan(open_connection: Callable[[], sqlite3.Connection], catalog
     finally:
         con.close()
 
-    def scan(mt: MappedTable) -> MappedTable:
+    def scan(item: tuple[MappedTable, str, list[int]]) -> tuple[int, Figures]:
         conn = open_connection()
         try:
+            return profile_scan(conn, *item)
+        finally:
+            conn.close()
+
+    def decide(mt: MappedTable, scans: list[tuple[int, Figures]]) -> MappedTable:
+        conn = open_connection()
+        try:
+            apply_profile(conn, mt, scans)
             specs = {k.lower(): v for k, v in (mt.map.columns if mt.map else {}).items()}
-            profile_table(conn, mt, {i: expected_conversion(c, specs.get(c.target.name.lower()))
-                                     for i, c in enumerate(mt.columns)}, json_check=json_check)
             for c in mt.columns:
                 declared = None
                 if mt.source is not None and c.expr == q(c.origin):
@@ -570,11 +606,19 @@ def build_mapped_plan(open_connection: Callable[[], sqlite3.Connection], catalog
         finally:
             conn.close()
 
-    # Largest first would need the row counts the scan computes; table order keeps the
-    # first error deterministic.
+    con = open_connection()
+    try:
+        work = [(mt, part, params) for mt in out
+                for part, params in profile_ranges(con, mt, jobs)]
+    finally:
+        con.close()
+    # Table order keeps the first error deterministic.
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        for mt in [f.result() for f in [pool.submit(scan, mt) for mt in out]]:
-            notes.extend(_anomaly_notes(mt))
+        scans = list(pool.map(scan, work))
+        futures = [pool.submit(decide, mt, [r for (m, _, _), r in zip(work, scans, strict=True)
+                                            if m is mt]) for mt in out]
+        for f in futures:
+            notes.extend(_anomaly_notes(f.result()))
     return MappedPlan(schema, out, notes)
 
 
