@@ -539,3 +539,14 @@ def test_dry_run_counts_bad_booleans_and_nul_texts(tmp_path: Path, pg_dsn: Dsn,
     result = run_migrate(db, pg_dsn, tmp_path / "s", into_existing=True)
     assert result.rejects == 2
     assert pg_conn.execute("SELECT id FROM b ORDER BY id").fetchall() == [(1,), (4,)]
+
+
+def test_nul_text_in_an_integer_column_into_text_is_a_reject(
+        tmp_path: Path, pg_dsn: Dsn, pg_conn: psycopg.Connection) -> None:
+    pg_conn.execute("CREATE TABLE n (id bigint PRIMARY KEY, v text)")
+    pg_conn.commit()
+    db = make_db(tmp_path / "n.db", "CREATE TABLE n (id INTEGER PRIMARY KEY, v INTEGER);",
+                 {"n": [(1, 5), (2, "a\x00b"), (3, "x")]})
+    result = run_migrate(db, pg_dsn, tmp_path / "s", into_existing=True)
+    assert result.rejects == 1
+    assert pg_conn.execute("SELECT id, v FROM n ORDER BY id").fetchall() == [(1, "5"), (3, "x")]

@@ -37,7 +37,7 @@ from pgshift.existing.target import TargetColumn, TargetTable
 from pgshift.schema.model import Column, Note, Table
 from pgshift.schema.typemap import TypeDecision, epoch_unit
 from pgshift.source.catalog import Catalog, SourceTable
-from pgshift.source.profile import declared_family
+from pgshift.source.profile import TableProfile, declared_family, profile_tables
 
 SCRATCH = "scratch"  # the attached SQLite file holding materialized query sources
 KEY_ALIAS = "_pgshift_k"
@@ -356,8 +356,8 @@ def profile_ranges(con: sqlite3.Connection, mt: MappedTable, parts: int
             for i in range(parts)]
 
 
-def profile_scan(con: sqlite3.Connection, mt: MappedTable, part: str, params: list[int]
-                 ) -> tuple[int, Figures]:
+def profile_scan(con: sqlite3.Connection, mt: MappedTable, part: str, params: list[int],
+                 cols: list[int]) -> tuple[int, Figures]:
     """One pass over (a range of) the mapped rows: what the plan needs per column.
 
     Per value only what the target type asks for is computed (measured: nine
@@ -367,7 +367,8 @@ def profile_scan(con: sqlite3.Connection, mt: MappedTable, part: str, params: li
     """
     parts = ["count(*)"]
     slots: list[tuple[int, str]] = []
-    for i, c in enumerate(mt.columns):
+    for i in cols:
+        c = mt.columns[i]
         e, base = f"c{i}", c.target.base
         wanted = {"count": f"count({e})", "lo": f"min(iif({e} IS NULL, NULL, typeof({e})))",
                   "hi": f"max(iif({e} IS NULL, NULL, typeof({e})))"}
@@ -393,12 +394,43 @@ def profile_scan(con: sqlite3.Connection, mt: MappedTable, part: str, params: li
     return int(row[0] or 0), got
 
 
+def covered_by_source_profile(mt: MappedTable, c: MappedColumn) -> bool:
+    """True when the base command's profile of the source column is all the plan needs.
+
+    That profile is tuned for full scans (one class test per value); temporal
+    targets need figures it does not take for every family (integer range, offsets),
+    and expressions or ``where:`` filters change the values.
+    """
+    if mt.source is None or mt.where or c.expr != q(c.origin) or c.target.base in _TEMPORAL:
+        return False
+    # It skips the NUL-byte test on numeric families; a text target renders such
+    # a column's odd texts with printf, which would cut them at a NUL.
+    family = declared_family(mt.source.column(c.origin).declared_type)
+    return not (_BY_BASE.get(c.target.base, "text") in ("text", "json", "uuid")
+                and family in ("integer", "real", "numeric"))
+
+
+def apply_source_profile(mt: MappedTable, prof: TableProfile) -> None:
+    """Fill the covered columns' profiles from the source table's profile."""
+    mt.rows = prof.rows
+    for c in mt.columns:
+        if not covered_by_source_profile(mt, c):
+            continue
+        cp = prof.columns[c.origin]
+        c.profile.nulls = cp.nulls
+        c.profile.classes = {k: v for k, v in cp.classes.items() if k != "null"}
+        c.profile.int_min, c.profile.int_max = cp.int_min, cp.int_max
+        c.profile.nul_texts = cp.nul_texts
+
+
 def apply_profile(con: sqlite3.Connection, mt: MappedTable,
-                  scans: list[tuple[int, Figures]]) -> None:
-    """Merge the range scans into each column's profile (exact class counts if mixed)."""
-    mt.rows = sum(n for n, _ in scans)
+                  scans: list[tuple[int, Figures]], cols: list[int]) -> None:
+    """Merge the range scans into the profiles of ``cols`` (exact class counts if mixed)."""
+    if scans:
+        mt.rows = sum(n for n, _ in scans)
     mixed = []
-    for i, c in enumerate(mt.columns):
+    for i in cols:
+        c = mt.columns[i]
         f: dict[str, Any] = {}
         for _, figures in scans:
             for k, v in figures.get(i, {}).items():
@@ -584,17 +616,20 @@ def build_mapped_plan(open_connection: Callable[[], sqlite3.Connection], catalog
     finally:
         con.close()
 
+    custom = {id(mt): [i for i, c in enumerate(mt.columns)
+                       if not covered_by_source_profile(mt, c)] for mt in out}
+
     def scan(item: tuple[MappedTable, str, list[int]]) -> tuple[int, Figures]:
         conn = open_connection()
         try:
-            return profile_scan(conn, *item)
+            return profile_scan(conn, *item, custom[id(item[0])])
         finally:
             conn.close()
 
     def decide(mt: MappedTable, scans: list[tuple[int, Figures]]) -> MappedTable:
         conn = open_connection()
         try:
-            apply_profile(conn, mt, scans)
+            apply_profile(conn, mt, scans, custom[id(mt)])
             specs = {k.lower(): v for k, v in (mt.map.columns if mt.map else {}).items()}
             for c in mt.columns:
                 declared = None
@@ -606,9 +641,18 @@ def build_mapped_plan(open_connection: Callable[[], sqlite3.Connection], catalog
         finally:
             conn.close()
 
+    # Plain columns: the base command's source profile (one class test per value,
+    # big tables in rowid ranges). The rest: a scan of the mapped rows.
+    sources = {mt.source.name: mt.source for mt in out if mt.source is not None
+               and len(custom[id(mt)]) < len(mt.columns)}
+    by_source = profile_tables(open_connection, list(sources.values()), jobs)
+    for mt in out:
+        if mt.source is not None and mt.source.name in by_source:
+            apply_source_profile(mt, by_source[mt.source.name])
     con = open_connection()
     try:
-        work = [(mt, part, params) for mt in out
+        work = [(mt, part, params) for mt in out if custom[id(mt)] or mt.source is None
+                or mt.source.name not in by_source
                 for part, params in profile_ranges(con, mt, jobs)]
     finally:
         con.close()
