@@ -76,6 +76,7 @@ class MigrateOptions:
     mapping: Path | None = None
     assume_tz: str | None = None
     truncate: bool = False
+    keep_indexes: bool = False  # --into-existing: load with the app's plain indexes in place
 
 
 @dataclass
@@ -256,7 +257,8 @@ def _validate(opts: MigrateOptions) -> None:
         raise UsageError("--resume and --restart exclude each other")
     if not opts.into_existing:
         given = [n for n, v in (("--map", opts.mapping), ("--assume-tz", opts.assume_tz),
-                                ("--truncate", opts.truncate)) if v]
+                                ("--truncate", opts.truncate),
+                                ("--keep-indexes", opts.keep_indexes)) if v]
         if given:
             raise UsageError(f"{', '.join(given)} need(s) --into-existing",
                              hint="pgshift migrate SQLITE PG --into-existing --map mapping.yaml")

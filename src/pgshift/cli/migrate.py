@@ -66,6 +66,9 @@ def migrate_command(
     truncate: Annotated[bool, typer.Option(
         "--truncate", help="With --into-existing: empty the target tables first (otherwise "
         "tables holding rows are refused).")] = False,
+    keep_indexes: Annotated[bool, typer.Option(
+        "--keep-indexes", help="With --into-existing: load with the tables' plain indexes in "
+        "place (default: set aside and rebuilt after the load, which is faster).")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
     = False,
 ) -> None:
@@ -96,6 +99,7 @@ def migrate_command(
         dry_run=dry_run, resume=resume, restart=restart, allow_rejects=allow_rejects,
         owner=owner, state_dir=state_dir, require_wal=require_wal,
         into_existing=into_existing, mapping=mapping, assume_tz=assume_tz, truncate=truncate,
+        keep_indexes=keep_indexes,
     )
     result = migrate(opts, for_terminal(json_output))
     if json_output:

@@ -9,8 +9,9 @@ record, checkpoints, rejects, resume and progress):
                  (``--dry-run`` stops here); bad mappings fail here, before any row
 4. prepare       empty-target check (or --truncate), query sources materialized
 5. copy          the base command's COPY pipeline over the mapped rows
-6. foreign keys  orphans reported with their keys (the load ran with FK triggers off)
-7. finish        identity/serial sequences moved past max(), ANALYZE, rejects file
+6. indexes       the plain indexes set aside for the load rebuilt (existing/indexes.py)
+7. foreign keys  orphans reported with their keys (the load ran with FK triggers off)
+8. finish        identity/serial sequences moved past max(), ANALYZE, rejects file
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pgshift.copy.chunks import Chunk, decode_bound, encode_bound, plan_chunks
 from pgshift.copy.pipeline import ChunkResult, CopyJob, TableSql, run_copy
 from pgshift.dsn import connect, redact
 from pgshift.errors import TargetError, UsageError
-from pgshift.existing import sqlfuncs
+from pgshift.existing import indexes, sqlfuncs
 from pgshift.existing.mapping import Mapping, load_mapping
 from pgshift.existing.plan import (
     SCRATCH,
@@ -99,6 +100,10 @@ def migrate_into_existing(opts: MigrateOptions, progress: Progress | None = None
         summaries = {t.name: base.TableSummary(t.name, t.rows) for t in plan.tables}
         steps.run("copy", lambda: _copy(opts, plan, snap, scratch, run, summaries, progress,
                                         coord))
+        saved = indexes.recorded(coord, opts.schema)
+        if saved:
+            steps.run("indexes", lambda: indexes.rebuild(
+                opts.schema, saved, lambda items, fn: base.in_sessions(opts, items, fn)))
         violations = steps.run("foreign keys", lambda: _check_foreign_keys(opts, plan))
         steps.run("finish", lambda: _finish(coord, opts, plan))
         rejects_file = base.write_rejects(coord, run.run_id, state)
@@ -184,6 +189,8 @@ def _prepare(conn: psycopg.Connection, opts: MigrateOptions, plan: MappedPlan, s
             raise UsageError(f"--truncate: {exc.diag.message_primary}; "
                              f"{exc.diag.message_detail or ''}".strip("; "),
                              hint="empty the referencing table first, or load it too") from exc
+    if not opts.keep_indexes:
+        indexes.set_aside(conn, opts.schema, [t.name for t in plan.tables])
     queries = [t for t in plan.tables if t.source is None]
     if not queries:
         return
