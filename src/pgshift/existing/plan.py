@@ -401,8 +401,12 @@ def covered_by_source_profile(mt: MappedTable, c: MappedColumn) -> bool:
     targets need figures it does not take for every family (integer range, offsets),
     and expressions or ``where:`` filters change the values.
     """
-    if mt.source is None or mt.where or c.expr != q(c.origin) or c.target.base in _TEMPORAL:
+    if mt.source is None or mt.where or c.expr != q(c.origin):
         return False
+    if c.target.base in _TEMPORAL:
+        # Integers need their range (asked for), texts into timestamptz their offsets.
+        family = declared_family(mt.source.column(c.origin).declared_type)
+        return family == "integer"
     # It skips the NUL-byte test on numeric families; a text target renders such
     # a column's odd texts with printf, which would cut them at a NUL.
     family = declared_family(mt.source.column(c.origin).declared_type)
@@ -645,7 +649,13 @@ def build_mapped_plan(open_connection: Callable[[], sqlite3.Connection], catalog
     # big tables in rowid ranges). The rest: a scan of the mapped rows.
     sources = {mt.source.name: mt.source for mt in out if mt.source is not None
                and len(custom[id(mt)]) < len(mt.columns)}
-    by_source = profile_tables(open_connection, list(sources.values()), jobs)
+    ranges: dict[str, set[str]] = {}
+    for mt in out:
+        for c in mt.columns:
+            if mt.source is not None and c.target.base in _TEMPORAL \
+                    and covered_by_source_profile(mt, c):
+                ranges.setdefault(mt.source.name, set()).add(c.origin)
+    by_source = profile_tables(open_connection, list(sources.values()), jobs, ranges)
     for mt in out:
         if mt.source is not None and mt.source.name in by_source:
             apply_source_profile(mt, by_source[mt.source.name])

@@ -133,7 +133,7 @@ _PROFILE_FIELDS = ("int_min", "int_max", "date_texts", "datetime_texts", "offset
                    "bool_texts", "bool_ints", "nul_texts")
 
 
-def _column_aggregates(col: str, family: str) -> dict[str, str]:
+def _column_aggregates(col: str, family: str, *, int_range: bool = False) -> dict[str, str]:
     """Only the figures the type map reads for this family.
 
     The profile is a full scan, so every aggregate costs: storage classes are
@@ -156,7 +156,7 @@ def _column_aggregates(col: str, family: str) -> dict[str, str]:
         aggs["class_max"] = f"max(nullif({t}, 'null'))"
     if family not in ("integer", "real", "numeric"):
         aggs["nul_texts"] = f"sum(instr({c}, char(0)) > 0)"
-    if family in _NEEDS_RANGE:
+    if family in _NEEDS_RANGE or int_range:
         aggs["int_min"] = f"min(CASE WHEN {t} = 'integer' THEN {c} END)"
         aggs["int_max"] = f"max(CASE WHEN {t} = 'integer' THEN {c} END)"
     if family in _TEMPORAL:
@@ -174,11 +174,12 @@ def _column_aggregates(col: str, family: str) -> dict[str, str]:
 
 
 def _scan(con: sqlite3.Connection, table: SourceTable, where: str,
-          params: list[object]) -> tuple[int, Figures]:
+          params: list[object], int_range: frozenset[str] = frozenset()) -> tuple[int, Figures]:
     exprs = ["count(*)"]
     slots: list[tuple[str, str]] = []
     for col in table.columns:
-        for name, agg in _column_aggregates(col.name, declared_family(col.declared_type)).items():
+        for name, agg in _column_aggregates(col.name, declared_family(col.declared_type),
+                                            int_range=col.name in int_range).items():
             exprs.append(agg)
             slots.append((col.name, name))
     row = con.execute(f"SELECT {', '.join(exprs)} FROM {_q(table.name)} WHERE {where}",
@@ -224,10 +225,13 @@ def profile_tables(
     open_connection: Callable[[], sqlite3.Connection],
     tables: list[SourceTable],
     jobs: int = 2,
+    int_ranges: dict[str, set[str]] | None = None,
 ) -> dict[str, TableProfile]:
     """Profile tables, large ones split by rowid range, on ``jobs`` threads.
 
     sqlite3 releases the GIL while it scans, so threads use every core.
+    ``int_ranges`` asks for the integer range of more columns than the type map
+    needs (``--into-existing`` checks epoch columns going into timestamps).
     """
     con = open_connection()
     try:
@@ -238,7 +242,8 @@ def profile_tables(
     def scan(item: tuple[SourceTable, str, list]) -> tuple[int, Figures]:
         c = open_connection()
         try:
-            return _scan(c, item[0], item[1], item[2])
+            extra = frozenset((int_ranges or {}).get(item[0].name, ()))
+            return _scan(c, item[0], item[1], item[2], extra)
         finally:
             c.close()
 
