@@ -566,3 +566,30 @@ def test_nul_text_in_an_integer_column_into_text_is_a_reject(
     result = run_migrate(db, pg_dsn, tmp_path / "s", into_existing=True)
     assert result.rejects == 1
     assert pg_conn.execute("SELECT id, v FROM n ORDER BY id").fetchall() == [(1, "5"), (3, "x")]
+
+
+def test_sync_mappers_carry_rows_both_ways(tmp_path: Path, pg_dsn: Dsn,
+                                           pg_conn: psycopg.Connection) -> None:
+    from pgshift.copy.checkpoint import load_profile
+    from pgshift.existing.sync_map import ForwardMapper, MappedSync, ReverseMapper
+
+    pg_conn.execute("CREATE TABLE flags (id bigint PRIMARY KEY, enabled boolean NOT NULL, "
+                    "created_at timestamptz NOT NULL)")
+    pg_conn.commit()
+    db = make_db(tmp_path / "f.db", "CREATE TABLE flags (id INTEGER PRIMARY KEY, enabled INTEGER "
+                 "NOT NULL, created_at INTEGER NOT NULL);", {"flags": [(1, 1, MS)]})
+    m = tmp_path / "m.yaml"
+    m.write_text(REVERSE)
+    run_migrate(db, pg_dsn, tmp_path / "s", into_existing=True, mapping=m)
+    stored = load_profile(pg_conn, "public")
+    assert stored is not None
+    table = stored["into_existing"]["tables"][0]
+    mapped = MappedSync.from_stored(table, ["id", "enabled", "created_at"])
+    fwd = ForwardMapper(mapped)
+    row = fwd.target_row([2, 0, MS + 5])
+    assert row == [2, 0, MS + 5] and fwd.target_key(row) == [2]
+    back = ReverseMapper(pg_conn, "public", mapped)
+    image = pg_conn.execute("SELECT to_jsonb(f) FROM flags f WHERE id = 1").fetchone()[0]
+    assert back.source_row(image) == [1, 1, MS]
+    with pytest.raises(UsageError, match="without `sync: true`"):
+        MappedSync.from_stored({**table, "sync": False}, ["id"])

@@ -179,7 +179,10 @@ class MappedTable:
                 "columns": [{"name": c.target.name, "type": c.target.type,
                              "base": c.target.base, "expr": c.expr,
                              "conversion": c.conversion, "not_null": c.target.not_null,
-                             "classes": sorted(c.profile.classes)} for c in self.columns]}
+                             "classes": sorted(c.profile.classes)} for c in self.columns],
+                "sync": bool(self.map and self.map.sync),
+                "key": dict(self.map.key) if self.map else {},
+                "reverse": dict(self.map.reverse) if self.map else {}}
 
     def to_dict(self) -> dict[str, Any]:
         return {"table": self.name, "source": self.source_label, "query": self.query,
