@@ -138,9 +138,14 @@ class MappedTable:
             return f"{SCRATCH}.{q(self.scratch_table)}"
         return f"({self.query}) AS src"
 
-    def rows_sql(self, part: str = "1") -> str:
-        """The mapped rows as a subquery (columns c0, c1, ...), for the plan's scans."""
-        inner = ", ".join(f"({c.expr}) AS c{i}" for i, c in enumerate(self.columns)) or "1 AS c"
+    def rows_sql(self, part: str = "1", cols: list[int] | None = None) -> str:
+        """The mapped rows as a subquery (columns c<i> of ``cols``), for the plan's scans.
+
+        Only the columns a scan reads: the subquery is not flattened, so SQLite
+        would compute (and copy) every listed expression for every row.
+        """
+        wanted = range(len(self.columns)) if cols is None else cols
+        inner = ", ".join(f"({self.columns[i].expr}) AS c{i}" for i in wanted) or "1 AS c"
         where = f" AND ({self.where})" if self.where else ""
         # LIMIT -1: each expression is evaluated once per row, not once per aggregate.
         return (f"(SELECT {inner} FROM {self.from_sql(materialized=False)} "
@@ -387,7 +392,7 @@ def profile_scan(con: sqlite3.Connection, mt: MappedTable, part: str, params: li
             parts.append(agg)
             slots.append((i, k))
     try:
-        row = con.execute(f"SELECT {', '.join(parts)} FROM {mt.rows_sql(part)}", params
+        row = con.execute(f"SELECT {', '.join(parts)} FROM {mt.rows_sql(part, cols)}", params
                           ).fetchone()
     except sqlite3.Error as exc:
         raise plan_error(mt.name, None, f"reading the source failed: {exc}") from exc
@@ -460,7 +465,8 @@ def apply_profile(con: sqlite3.Connection, mt: MappedTable,
     if mixed:
         # Rare: a column holding several storage classes gets exact counts per class.
         exprs = [f"sum(typeof(c{i}) = '{k}')" for i in mixed for k in _CLASSES]
-        counts = con.execute(f"SELECT {', '.join(exprs)} FROM {mt.rows_sql()}").fetchone()
+        counts = con.execute(f"SELECT {', '.join(exprs)} FROM {mt.rows_sql(cols=mixed)}"
+                             ).fetchone()
         for n, i in enumerate(mixed):
             values = counts[n * len(_CLASSES):(n + 1) * len(_CLASSES)]
             mt.columns[i].profile.classes = {k: int(v) for k, v in zip(_CLASSES, values,
@@ -551,7 +557,6 @@ def count_anomalies(con: sqlite3.Connection, mt: MappedTable, *, json_check: boo
     scan; the others are counted in one pass, and only columns with suspects are
     read again for their values. ``json_check`` also validates JSON texts.
     """
-    rows = mt.rows_sql()
     check: list[int] = []
     for i, c in enumerate(mt.columns):
         p, base = c.profile, split_zone(c.conversion)[0]
@@ -566,6 +571,7 @@ def count_anomalies(con: sqlite3.Connection, mt: MappedTable, *, json_check: boo
             check.append(i)
     if not check:
         return
+    rows = mt.rows_sql(cols=check)
     preds = {i: _suspect(mt.columns[i].conversion, f"c{i}", json_check=json_check)
              for i in check}
     for i in check:
