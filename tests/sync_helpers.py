@@ -69,3 +69,81 @@ def schema_of(path: Path) -> list[tuple[Any, ...]]:
                            "order by type, name").fetchall()
     finally:
         con.close()
+
+
+def pg_exec(dsn: Dsn, *statements: str) -> list[tuple[Any, ...]]:
+    """Run statements in autocommit; the rows of the last one."""
+    from pgshift.dsn import connect
+
+    conn = connect(dsn, autocommit=True)
+    try:
+        rows: list[tuple[Any, ...]] = []
+        for s in statements:
+            cur = conn.execute(s)
+            rows = cur.fetchall() if cur.description else []
+        return rows
+    finally:
+        conn.close()
+
+
+def flipped_seed(tmp: Path, dsn: Dsn, scale: int = 300) -> Path:
+    """Seeded, captured on both sides, migrated and synced to PostgreSQL: the state at
+    the flip (PostgreSQL capture installed, to-postgres drained)."""
+    db = captured_seed(tmp, scale)
+    migrate_to(db, dsn, tmp)
+    ops.install(db, dsn=dsn)
+    write(db, "update users set name = 'before flip' where id = 1")
+    assert sync_once(db, dsn).applied == 1
+    return db
+
+
+SMALL_SCHEMA = """
+CREATE TABLE kv (k TEXT PRIMARY KEY NOT NULL, v TEXT);
+CREATE TABLE u (id INTEGER PRIMARY KEY, email TEXT UNIQUE, name TEXT);
+CREATE TABLE jobs (id INTEGER PRIMARY KEY, state TEXT NOT NULL);
+"""
+
+
+def small_synced(tmp: Path, dsn: Dsn, *, pg_capture: bool = False,
+                 schema_sql: str = SMALL_SCHEMA) -> Path:
+    """A small WAL file (kv, u with a unique email, jobs), captured, migrated, and a
+    first empty sync so the to-postgres checkpoint exists; with ``pg_capture``, also
+    PostgreSQL capture on every table."""
+    db = tmp / "small.db"
+    con = sqlite3.connect(db)
+    con.executescript(schema_sql)
+    con.execute("pragma journal_mode=wal")
+    if "CREATE TABLE kv " in schema_sql:
+        con.executemany("insert into kv values (?, ?)", [(k, "seed") for k in "abcdef"])
+        con.executemany("insert into u values (?, ?, ?)",
+                        [(i, f"s{i}@e", "seed") for i in range(1, 6)])
+        con.executemany("insert into jobs values (?, 'new')", [(i,) for i in range(1, 4)])
+    con.commit()
+    con.close()
+    ops.install(db)
+    migrate_to(db, dsn, tmp)
+    if pg_capture:
+        ops.install(db, dsn=dsn)
+    sync_once(db, dsn)
+    return db
+
+
+def conflicts_of(dsn: Dsn) -> list[dict[str, Any]]:
+    """Every row of pgshift.sync_conflicts, oldest first, as dicts."""
+    from pgshift.dsn import connect
+
+    conn = connect(dsn, autocommit=True)
+    try:
+        cur = conn.execute("select * from pgshift.sync_conflicts order by id")
+        names = [d.name for d in cur.description or []]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    finally:
+        conn.close()
+
+
+def sqlite_rows(db: Path, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(query, params).fetchall()
+    finally:
+        con.close()

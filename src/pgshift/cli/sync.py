@@ -11,10 +11,18 @@ from typing import Annotated, Any
 import typer
 
 from pgshift.cli.output import out_console, print_json
+from pgshift.cli.sync_tables import (
+    install_settings,
+    restore_privileges,
+    set_paused,
+    settings_file,
+    status_settings,
+)
 from pgshift.dsn import resolve
 from pgshift.errors import ExitCode, PgshiftError, UsageError
 from pgshift.sync import ops
 from pgshift.sync.apply import DEFAULT_BATCH, SyncOptions, SyncResult, run
+from pgshift.sync.metrics import MetricsServer, RunMetrics, render
 
 sync_app = typer.Typer(
     help="Keep PostgreSQL converged with SQLite while SQLite takes writes (to-postgres).",
@@ -25,6 +33,15 @@ SqlitePath = Annotated[Path, typer.Argument(help="The application's SQLite file.
                                             show_default=False)]
 Schema = Annotated[str, typer.Option("--schema", help="Target schema.")]
 Json = Annotated[bool, typer.Option("--json", help="JSON result on stdout.")]
+MetricsPort = Annotated[int | None, typer.Option(
+    "--metrics-port", help="Serve Prometheus metrics on http://HOST:PORT/metrics while "
+                           "running (0 picks a free port).", show_default=False)]
+MetricsHost = Annotated[str, typer.Option("--metrics-host", help="Address the metrics "
+                                          "endpoint listens on.")]
+TablesConfig = Annotated[Path | None, typer.Option(
+    "--tables-config", help="Per-table settings (kind, writes, conflict, green_writes): a "
+                            "cutover file or a file with a tables: mapping.",
+    show_default=False)]
 
 
 @sync_app.command("install", no_args_is_help=True)
@@ -38,6 +55,20 @@ def install_command(
                                                      help="Only these tables.")] = None,
     exclude: Annotated[list[str] | None, typer.Option("--exclude", "-x",
                                                       help="Skip these tables.")] = None,
+    green_ids: Annotated[str, typer.Option(
+        "--green-ids", help="negative: PostgreSQL identity/serial columns count down from "
+                            "-1 until `sync flip`, so rows green inserts before the flip "
+                            "never collide with SQLite's (risky for apps that assume "
+                            "positive ids); keep: leave them.")] = "keep",
+    pg_capture_mode: Annotated[str, typer.Option(
+        "--pg-capture", help="With PG: triggers (a queue table, any PostgreSQL) or logical "
+                             "(a logical replication slot: nothing on the write path, needs "
+                             "wal_level=logical).")] = "triggers",
+    tables_config: TablesConfig = None,
+    app_role: Annotated[str | None, typer.Option(
+        "--app-role", help="Green's PostgreSQL role: loses INSERT/UPDATE/DELETE/TRUNCATE on "
+                           "green_writes: forbid tables until the flip (needs PG and "
+                           "--tables-config).")] = None,
     json_output: Json = False,
 ) -> None:
     """Add capture triggers and the change log to SQLite (idempotent).
@@ -50,14 +81,34 @@ def install_command(
 
       pgshift sync install app.db env:DATABASE_URL
     """
+    if app_role and not (postgres_dsn and tables_config):
+        raise UsageError("--app-role needs the PostgreSQL DSN and --tables-config",
+                         hint="pgshift sync install SQLITE PG --tables-config cutover.yaml "
+                              "--app-role ROLE")
+    if tables_config is not None:
+        settings_file(tables_config, None)  # a bad file stops before anything is installed
     result = ops.install(sqlite_path, list(tables or []), list(exclude or []),
-                         dsn=resolve(postgres_dsn) if postgres_dsn else None, schema=schema)
+                         dsn=resolve(postgres_dsn) if postgres_dsn else None, schema=schema,
+                         green_ids=green_ids, pg_capture_mode=pg_capture_mode)
+    extra = install_settings(result, postgres_dsn, schema, tables_config, app_role)
     if json_output:
-        print_json(result.to_dict())
+        print_json({**result.to_dict(), **extra})
         return
+    for table, privileges in extra.get("revoked", {}).items():
+        out_console().print(f"green_writes forbid: revoked {', '.join(privileges) or 'nothing'}"
+                            f" on {table} from {app_role}")
     names = ", ".join(t.name for t in result.tables) or "(none)"
     verb = "installed on" if result.created else "already installed on"
     out_console().print(f"capture {verb} {len(result.tables)} tables: {names}")
+    up = [i for i in result.identities if i["state"] == "counts up"]
+    if up:
+        out_console().print(
+            f"note: {len(up)} PostgreSQL identity/serial columns allocate positive ids that "
+            "SQLite allocates too; if green may insert before the flip, use --green-ids "
+            "negative")
+    elif result.identities:
+        out_console().print(f"{len(result.identities)} PostgreSQL identity/serial columns "
+                            "count down from -1 until `pgshift sync flip`")
 
 
 @sync_app.command("run", no_args_is_help=True)
@@ -67,8 +118,15 @@ def run_command(
                                                 "env:VAR).", show_default=False)],
     schema: Schema = "public",
     mode: Annotated[str, typer.Option(
-        "--mode", help="to-postgres (SQLite is the system of record) or to-sqlite (after "
-                       "the flip, while blue takes no writes).")] = "to-postgres",
+        "--mode", help="to-postgres (SQLite is the system of record), to-sqlite (after "
+                       "the flip, while blue takes no writes), dual (both directions for "
+                       "writes: dual-writer tables) or pause (set the paused flag).")
+    ] = "to-postgres",
+    tables_config: TablesConfig = None,
+    sor: Annotated[str | None, typer.Option(
+        "--sor", help="The system of record for sor-wins and for --mode dual: sqlite "
+                      "(before the flip) or postgres (after). Default: the direction's.")
+    ] = None,
     once: Annotated[bool, typer.Option("--once", help="Apply what is pending, then exit "
                                        "(the default).")] = False,
     follow: Annotated[bool, typer.Option("--follow", help="Keep applying until interrupted "
@@ -78,6 +136,11 @@ def run_command(
                            "of migrate's snapshot).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Changes per PostgreSQL "
                                             "transaction.")] = DEFAULT_BATCH,
+    metrics_port: MetricsPort = None,
+    metrics_host: MetricsHost = "127.0.0.1",
+    trim_log: Annotated[bool, typer.Option(
+        "--trim", help="--mode to-sqlite after the flip: also delete the SQLite change-log "
+                       "rows the to-postgres direction applied (see `sync trim`).")] = False,
     json_output: Json = False,
 ) -> None:
     """Apply captured changes: SQLite -> PostgreSQL (default), or back with --mode to-sqlite.
@@ -92,33 +155,77 @@ def run_command(
     if once and follow:
         raise UsageError("--once and --follow exclude each other",
                          hint="pgshift sync run SQLITE PG --follow")
-    if mode not in ("to-postgres", "to-sqlite"):
-        raise UsageError(f"--mode {mode!r} is not built; use to-postgres or to-sqlite",
+    if mode not in ("to-postgres", "to-sqlite", "dual", "pause"):
+        raise UsageError(f"--mode {mode!r}: use to-postgres, to-sqlite, dual or pause",
                          hint="pgshift sync run SQLITE PG --mode to-postgres")
+    if sor not in (None, "sqlite", "postgres"):
+        raise UsageError(f"--sor {sor!r}: use sqlite or postgres",
+                         hint="pgshift sync run SQLITE PG --mode dual --sor sqlite")
+    if mode == "pause":
+        set_paused(postgres_dsn, schema, True, json_output)
+        return
+    if trim_log and mode != "to-sqlite":
+        raise UsageError("--trim applies to --mode to-sqlite only (after the flip); before "
+                         "it, trimming competes with blue's writes",
+                         hint="pgshift sync trim SQLITE PG, while the fence holds")
     if mode == "to-sqlite" and from_hwm is not None:
         raise UsageError("--from-hwm applies to --mode to-postgres only",
                          hint="pgshift sync run SQLITE PG --mode to-sqlite")
     opts = SyncOptions(sqlite_path=sqlite_path, dsn=resolve(postgres_dsn), schema=schema,
-                       from_hwm=from_hwm, batch_size=batch_size, follow=follow)
+                       from_hwm=from_hwm, batch_size=batch_size, follow=follow, sor=sor,
+                       settings=settings_file(tables_config, sqlite_path)
+                       if tables_config is not None else None)
     stop = threading.Event()
     if follow and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    run_metrics, server = _serve_metrics(metrics_host, metrics_port, sqlite_path, opts)
     try:
-        if mode == "to-sqlite":
-            from pgshift.sync.apply_sqlite import run_to_sqlite
+        if mode == "dual":
+            from pgshift.sync.apply_sqlite import run_dual
 
-            result = run_to_sqlite(opts, stop=stop)
+            both = run_dual(opts, stop=stop)
+            if json_output:
+                print_json({k: v.to_dict() for k, v in both.items()})
+            else:
+                for r in both.values():
+                    _print_run(r)
+            if any(r.parked for r in both.values()):
+                raise typer.Exit(int(ExitCode.REJECTS))
+            return
+        if mode == "to-sqlite":
+            result = ops.run_back(opts, stop=stop, on_batch=run_metrics.observe,
+                                  trim_log=trim_log)
         else:
-            result = run(opts, stop=stop)
+            result = run(opts, stop=stop, on_batch=lambda r, _b: run_metrics.observe(r))
     except KeyboardInterrupt:
         stop.set()
         raise
+    finally:
+        if server is not None:
+            server.stop()
     if json_output:
         print_json(result.to_dict())
     else:
         _print_run(result)
     if result.parked:
         raise typer.Exit(int(ExitCode.REJECTS))
+
+
+def _serve_metrics(host: str, port: int | None, sqlite_path: Path | None,
+                   opts: SyncOptions) -> tuple[RunMetrics, MetricsServer | None]:
+    """Start the /metrics endpoint (when a port is given); its address goes to stderr."""
+    run_metrics = RunMetrics()
+    if port is None:
+        return run_metrics, None
+    try:
+        server = MetricsServer(host, port, lambda: render(
+            opts.schema, lambda: ops.status(sqlite_path, opts.dsn, opts.schema), run_metrics))
+    except OSError as exc:
+        raise UsageError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}",
+                         hint="pick another --metrics-port") from exc
+    server.start()
+    print(f"metrics: http://{host}:{server.port}/metrics", file=sys.stderr, flush=True)
+    return run_metrics, server
 
 
 def _print_run(r: SyncResult) -> None:
@@ -140,27 +247,126 @@ def drain_command(
     schema: Schema = "public",
     timeout: Annotated[float, typer.Option("--timeout", help="Give up after this many "
                                            "seconds.")] = 30.0,
+    direction: Annotated[str, typer.Option(
+        "--direction", help="to-postgres (fence in the SQLite change log, before the flip) "
+                            "or to-sqlite (fence in PostgreSQL's queue: the rollback "
+                            "drain).")] = "to-postgres",
     json_output: Json = False,
 ) -> None:
-    """Write a fence marker into the SQLite change log and apply until it is passed.
+    """Write a fence marker into the change log and apply until it is passed.
 
-    Every write committed before the fence is then in PostgreSQL (hold the app's
-    writes first to drain to zero). Exit 1 when the timeout expired first.
+    Every write committed before the fence is then on the other side (hold the
+    app's writes first to drain to zero). Exit 1 when the timeout expired first;
+    the changes left behind (the stranded range: count, seq/id range, age of the
+    oldest, tables) are in the output for the rollout to record.
 
       pgshift sync drain app.db env:DATABASE_URL --timeout 10
+
+      pgshift sync drain app.db env:DATABASE_URL --direction to-sqlite --timeout 30
     """
     opts = SyncOptions(sqlite_path=sqlite_path, dsn=resolve(postgres_dsn), schema=schema)
-    out = ops.drain(opts, timeout)
+    out = ops.drain(opts, timeout, direction=direction)
     if json_output:
         print_json(out)
     else:
         state = "drained" if out["drained"] else "NOT drained"
-        out_console().print(f"{state}: fence seq {out['fence_seq']}, checkpoint seq "
+        out_console().print(f"{direction} {state}: fence {out['fence_seq']}, reached "
                             f"{out['last_seq']}, applied {out['applied']} in {out['seconds']}s")
+        s = out["stranded"]
+        if s["count"]:
+            out_console().print(
+                f"stranded: {s['count']} changes, {s['first']}..{s['last']}, oldest "
+                f"{s['oldest_age_ms']} ms, tables "
+                + ", ".join(f"{k} ({v})" for k, v in s["tables"].items()))
     if not out["drained"]:
         raise typer.Exit(int(ExitCode.DIFFERENCES))
     if out["parked"]:
         raise typer.Exit(int(ExitCode.REJECTS))
+
+
+@sync_app.command("flip", no_args_is_help=True)
+def flip_command(
+    sqlite_path: SqlitePath,
+    postgres_dsn: Annotated[str, typer.Argument(help="The PostgreSQL copy (URI, keywords or "
+                                                "env:VAR).", show_default=False)],
+    schema: Schema = "public",
+    timeout: Annotated[float, typer.Option("--timeout", help="Give up draining after this "
+                                           "many seconds.")] = 30.0,
+    json_output: Json = False,
+) -> None:
+    """Switch the system of record to PostgreSQL (hold the app's writes first).
+
+    Drains to-postgres behind a fence, turns green's incidental writes queued before
+    the flip into the current rows (for the way back), and moves identity columns
+    that count down (--green-ids negative) to max(id) + 1. Then run
+    `pgshift sync run --mode to-sqlite --follow` and release the writes.
+    Exit 1 when the drain timed out (nothing was switched).
+
+      pgshift sync flip app.db env:DATABASE_URL --timeout 10
+    """
+    opts = SyncOptions(sqlite_path=sqlite_path, dsn=resolve(postgres_dsn), schema=schema)
+    out = ops.flip(opts, timeout)
+    if out["flipped"]:
+        # green_writes: forbid holds while SQLite is the system of record only
+        out["privileges_granted_back"] = restore_privileges(opts.dsn, schema)
+    if json_output:
+        print_json(out)
+    else:
+        d = out["drain"]
+        con = out_console()
+        if not out["flipped"]:
+            con.print(f"NOT flipped: the drain did not reach fence {d['fence_seq']} in "
+                      f"{d['seconds']}s; stranded {d['stranded']['count']} changes")
+        else:
+            rebased = out.get("rebased") or {}
+            con.print(f"flipped: drained to fence {d['fence_seq']}; {rebased.get('changes', 0)} "
+                      f"queued PostgreSQL changes rebased onto {rebased.get('keys', 0)} keys; "
+                      f"{len(out['identities'])} identity columns now count up")
+            if out.get("postgres_capture") is None:
+                con.print("warning: PostgreSQL capture is not installed: green's writes will "
+                          "not flow back (pgshift sync install SQLITE PG)")
+    if not out["flipped"]:
+        raise typer.Exit(int(ExitCode.DIFFERENCES))
+
+
+@sync_app.command("trim", no_args_is_help=True)
+def trim_command(
+    sqlite_path: SqlitePath,
+    postgres_dsn: Annotated[str, typer.Argument(help="The PostgreSQL copy (URI, keywords or "
+                                                "env:VAR).", show_default=False)],
+    schema: Schema = "public",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Rows deleted per SQLite "
+                                            "transaction.")] = 500,
+    max_seconds: Annotated[float, typer.Option("--max-seconds", help="Stop after this many "
+                                               "seconds (run again to go on).")] = 30.0,
+    json_output: Json = False,
+) -> None:
+    """Delete the SQLite change-log rows the to-postgres applier has applied.
+
+    A SQLite write that competes with the app: run it while the fence holds at the
+    flip, or after the flip (then `sync run --mode to-sqlite --trim` keeps trimming).
+    Never deletes an unapplied row, nor the newest one. Exit 1 when the time budget
+    ran out first.
+
+      pgshift sync trim app.db env:DATABASE_URL
+    """
+    from pgshift.sync.trim import trim
+
+    out = trim(sqlite_path, resolve(postgres_dsn), schema, batch=batch_size,
+               max_seconds=max_seconds)
+    if json_output:
+        print_json(out)
+    else:
+        p = out["plan"]
+        if p is None:
+            out_console().print("nothing applied yet: nothing to trim")
+        else:
+            out_console().print(
+                f"trimmed {out['deleted']} change-log rows at or below seq {p['upto']} in "
+                f"{out['batches']} batches ({out['seconds']}s); {out['left']} rows left"
+                + (f"; kept the history of {', '.join(p['keep'])}" if p["keep"] else ""))
+    if not out["complete"]:
+        raise typer.Exit(int(ExitCode.DIFFERENCES))
 
 
 @sync_app.command("status")
@@ -174,17 +380,43 @@ def status_command(
     prometheus: Annotated[bool, typer.Option("--prometheus", help="Prometheus text format "
                                              "on stdout (lag, pending, applied, parked).")]
     = False,
+    serve: Annotated[int | None, typer.Option(
+        "--serve", help="Serve the metrics on http://HOST:PORT/metrics until interrupted "
+                        "(a scrape reads the status afresh).", show_default=False)] = None,
+    metrics_host: MetricsHost = "127.0.0.1",
 ) -> None:
     """Capture, checkpoint, pending changes, lag and parked changes.
 
       pgshift sync status app.db env:DATABASE_URL --json
 
       pgshift sync status app.db env:DATABASE_URL --prometheus > sync.prom
+
+      pgshift sync status app.db env:DATABASE_URL --serve 9187
     """
     if sqlite_path is None and postgres_dsn is None:
         raise UsageError("give the SQLite file, the PostgreSQL DSN or both",
                          hint="pgshift sync status app.db env:DATABASE_URL")
+    if serve is not None:
+        if postgres_dsn is None:
+            raise UsageError("--serve needs the PostgreSQL DSN",
+                             hint="pgshift sync status app.db env:DATABASE_URL --serve 9187")
+        stop = threading.Event()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        _, server = _serve_metrics(metrics_host, serve, sqlite_path, SyncOptions(
+            sqlite_path=sqlite_path or Path(), dsn=resolve(postgres_dsn), schema=schema))
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if server is not None:
+                server.stop()
+        return
     out = ops.status(sqlite_path, resolve(postgres_dsn) if postgres_dsn else None, schema)
+    if postgres_dsn:
+        out.update(status_settings(resolve(postgres_dsn), schema))
     if prometheus:
         from pgshift.sync.metrics import prometheus as render
 
@@ -216,6 +448,19 @@ def _print_status(out: dict[str, Any]) -> None:
         con.print(f"to-sqlite: PostgreSQL capture on {len(out['postgres_captured_tables'])} "
                   f"tables, {out.get('to_sqlite_pending', 0)} queued, lag "
                   f"{out.get('to_sqlite_lag_ms', 0)} ms")
+    logical = out.get("to_sqlite_logical")
+    if logical:
+        con.print(f"to-sqlite: logical capture, slot {logical['slot']}, "
+                  f"{logical['lag_bytes']} bytes of WAL not consumed")
+    for direction, n in sorted((out.get("conflicts_by_direction") or {}).items()):
+        con.print(f"{direction}: {n} conflicts recorded (pgshift.sync_conflicts)")
+    if out.get("paused"):
+        con.print("PAUSED: nothing is applied, changes accumulate (pgshift sync resume)")
+    for name, t in (out.get("tables") or {}).items():
+        if (t["kind"], t["writes"], t["conflict"], t["green_writes"]) != \
+                ("plain", "single-writer", "sor-wins", "allow"):
+            con.print(f"table {name}: kind {t['kind']}, {t['writes']}, {t['conflict']}, "
+                      f"green_writes {t['green_writes']}")
     for p in out.get("parked", []):
         con.print(f"parked seq {p['seq']} {p['table_name']} {p['op']}: {p['reason']}")
 
@@ -232,7 +477,9 @@ def uninstall_command(
 
       pgshift sync uninstall app.db env:DATABASE_URL
     """
+    granted = restore_privileges(resolve(postgres_dsn), schema) if postgres_dsn else {}
     out = ops.uninstall(sqlite_path, resolve(postgres_dsn) if postgres_dsn else None, schema)
+    out["privileges_granted_back"] = granted
     if json_output:
         print_json(out)
         return
@@ -244,3 +491,8 @@ def uninstall_command(
 
 
 __all__ = ["PgshiftError", "sync_app"]
+
+
+from pgshift.cli import sync_tables as _sync_tables  # noqa: E402  (plan, pause, resume)
+
+_sync_tables.register(sync_app)

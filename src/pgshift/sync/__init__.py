@@ -4,9 +4,14 @@
 - :mod:`pgshift.sync.image` — decoding the keys and row images they write;
 - :mod:`pgshift.sync.tables` — per-table apply statements for PostgreSQL (with conflicts);
 - :mod:`pgshift.sync.apply` — the batched, exactly-once to-postgres apply loop;
-- :mod:`pgshift.sync.pg_capture` — PostgreSQL trigger capture, consumed as a queue;
+- :mod:`pgshift.sync.pg_capture` — PostgreSQL trigger capture, consumed as a queue
+  (its fence marker, and the flip's rebase of green's early writes);
+- :mod:`pgshift.sync.pg_logical` — PostgreSQL capture by logical decoding (a slot);
 - :mod:`pgshift.sync.apply_sqlite` — the to-sqlite applier (the way back);
 - :mod:`pgshift.sync.state` — checkpoint, parked changes and conflicts in PostgreSQL;
-- :mod:`pgshift.sync.ops` — install, uninstall, status, fence and drain (the CLI's calls);
-- :mod:`pgshift.sync.metrics` — status as Prometheus text.
+- :mod:`pgshift.sync.ops` — install, uninstall, status, fence, drain and flip (the CLI's
+  calls);
+- :mod:`pgshift.sync.identity` — negative PostgreSQL ids before the flip, max+1 after;
+- :mod:`pgshift.sync.trim` — deleting applied rows of the SQLite change log;
+- :mod:`pgshift.sync.metrics` — status as Prometheus text, and the /metrics endpoint.
 """

@@ -15,10 +15,19 @@ A batch PostgreSQL refuses is redone change by change, each in a savepoint
 with its deferred constraints checked at once; a change still refused is
 parked in ``pgshift.sync_parked`` with the reason, in the same transaction,
 and the loop goes on. A value that cannot be converted is parked the same way.
+
+Conflicts are decided per table policy (:mod:`pgshift.sync.settings`) inside the
+batch's transaction: when PostgreSQL's version wins, the transaction is rolled
+back and the batch redone without that change, which is recorded as the loser;
+when SQLite's wins, PostgreSQL's row is recorded as the loser and overwritten. A
+paused sync (``pgshift sync pause``) applies nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
 import sqlite3
 import threading
 import time
@@ -29,6 +38,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql as pgsql
+from psycopg.types.json import Jsonb
 
 from pgshift.copy.checkpoint import load_profile
 from pgshift.copy.convert import Reject
@@ -38,10 +48,11 @@ from pgshift.schema.plan import build_plan
 from pgshift.source.catalog import read_catalog
 from pgshift.source.profile import profile_table, profiles_from_json
 from pgshift.source.snapshot import CHANGELOG_TABLE, check_sqlite_file
+from pgshift.sync import settings as cfg
 from pgshift.sync import sqlite_capture as capture
 from pgshift.sync import state as st
-from pgshift.sync.image import ImageError
-from pgshift.sync.tables import Change, TableApplier
+from pgshift.sync.image import ImageError, decode
+from pgshift.sync.tables import CANDIDATES_SQL, Change, TableApplier
 
 # Changes per PostgreSQL transaction. 1000 keeps a transaction around 50-100 ms
 # on the seeded tables (benchmarks/sync.py) while amortizing the commit.
@@ -50,6 +61,8 @@ POLL_SECONDS = 0.05  # --follow: how often an idle applier looks for new changes
 FENCE_OP = "F"  # a change-log row written by `pgshift sync drain`, not by a trigger
 MAX_BATCH_GROWTH = 64  # a batch cut inside a SQLite transaction grows up to 64x, then parks
 BACKOFF_MAX = 5.0  # seconds between retries when SQLite is locked or PostgreSQL is away
+LOST_ORIGIN = "lost"  # a SQLite change the to-sqlite applier recorded as a conflict loser
+MAX_RECHECKS = 10  # batch redos for green writes that raced a batch, then go on
 
 
 @dataclass
@@ -62,6 +75,12 @@ class SyncOptions:
     follow: bool = False
     poll: float = POLL_SECONDS
     until_seq: int | None = None  # drain: stop once the checkpoint reaches this seq
+    # per-table settings (None: those stored in pgshift.sync_tables, else the defaults)
+    settings: dict[str, cfg.TableSettings] | None = None
+    # the system of record, for sor-wins: None = the direction's usual one (SQLite for
+    # to-postgres, PostgreSQL for to-sqlite); dual mode sets it (--sor)
+    sor: str | None = None
+    only_tables: list[str] | None = None  # to-sqlite: apply only these (dual before the flip)
 
 
 @dataclass
@@ -75,6 +94,9 @@ class SyncResult:
     seconds: float = 0.0
     pending: int = 0
     conflicts: int = 0
+    paused: bool = False
+    last_batch_seconds: float = 0.0  # read + apply + commit of the latest batch (metrics)
+    trimmed: int = 0  # to-sqlite --trim: change-log rows deleted
     parked_reasons: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,6 +112,24 @@ class SchemaChangedError(SourceError):
 
 class NeedMore(Exception):
     """A batch failed on a foreign key and more changes follow it: read a longer one."""
+
+
+@dataclass
+class Decision:
+    """A conflict the policy gave to PostgreSQL: the SQLite change is not applied."""
+
+    rule: str
+    reason: str
+    postgres_ts: int | None
+    loser_change: int | None = None
+
+
+class Redo(Exception):
+    """Some changes lost to PostgreSQL: redo the batch without them."""
+
+    def __init__(self, losers: dict[int, Decision]) -> None:
+        super().__init__(f"{len(losers)} changes lost to PostgreSQL")
+        self.losers = losers
 
 
 def open_sqlite(path: Path, *, readonly: bool = True) -> sqlite3.Connection:
@@ -126,6 +166,9 @@ class Applier:
         self.state: st.SyncState | None = None
         self._schema_version: int | None = None
         self.replica = False
+        self.settings: dict[str, cfg.TableSettings] = {}
+        self.pg_captured: set[str] = set()
+        self._rechecks = 0
 
     def close(self) -> None:
         self.src.close()
@@ -147,6 +190,8 @@ class Applier:
         self.replica = _replica_role(self.pg)
         st.ensure_schema(self.pg)
         st.acquire_lock(self.pg, opts.schema, st.TO_POSTGRES)
+        self.pg.execute(CANDIDATES_SQL)
+        self.pg.commit()
         self.state = self._start_state()
         self._load_tables()
 
@@ -217,6 +262,15 @@ class Applier:
                              hint=f"pgshift migrate {self.opts.sqlite_path} PG")
         self.tables = {t.name: TableApplier(self.opts.schema, t, shapes[t.name])
                        for t in plan.tables}
+        self.settings = effective_settings(self.pg, self.opts.schema, list(self.tables),
+                                           self.opts.settings)
+        self.pg_captured = captured_on_postgres(self.pg, self.opts.schema)
+        for name, ta in self.tables.items():
+            # the tables whose queued PostgreSQL changes the to-sqlite applier carries
+            # while this one runs: dual-writer tables, and every table after the flip
+            if name in self.pg_captured and (self.settings[name].dual
+                                             or self.opts.sor == cfg.POSTGRES):
+                ta.check_pending()
         self._schema_version = self._sqlite_schema_version()
 
     def _sqlite_schema_version(self) -> int:
@@ -230,7 +284,7 @@ class Applier:
             self._check_shapes()
         rows = self.src.execute(
             f'SELECT seq, tbl, op, CAST(key_old AS BLOB), CAST(key_new AS BLOB), '
-            f'CAST(row AS BLOB), schema_version, ts, CAST(before AS BLOB) FROM '
+            f'CAST(row AS BLOB), schema_version, ts, CAST(before AS BLOB), origin FROM '
             f'"{CHANGELOG_TABLE}" WHERE seq > ? ORDER BY seq LIMIT ?',
             (self.state.last_seq, limit or self.opts.batch_size)).fetchall()
         return [Change(*r) for r in rows]
@@ -258,10 +312,25 @@ class Applier:
         foreign-key failure into NeedMore: the caller retries with a longer batch.
         """
         assert self.pg is not None and self.state is not None
+        lose: dict[int, Decision] = {}
+        self._rechecks = 0
+        while True:
+            try:
+                return self._apply_planned(self._plan(batch, lose), lose, final=final)
+            except Redo as redo:
+                # the policy gave these keys to PostgreSQL (or a green write committed
+                # while the batch ran): redo the batch, the transaction was rolled back
+                lose.update(redo.losers)
+                self._rechecks += not redo.losers
+
+    def _plan(self, batch: list[Change], lose: dict[int, Decision]
+              ) -> list[tuple[Change, list[tuple[str, list[str | None]]] | str]]:
         planned: list[tuple[Change, list[tuple[str, list[str | None]]] | str]] = []
         for ch in batch:
-            if ch.op == FENCE_OP:
-                planned.append((ch, []))  # a fence marker: nothing to apply, only to pass
+            if ch.op == FENCE_OP or ch.origin == LOST_ORIGIN:
+                # a fence marker, or a change already recorded as a conflict loser by the
+                # to-sqlite applier: nothing to apply, only to pass
+                planned.append((ch, []))
                 continue
             ta = self.tables.get(ch.table)
             if ta is None:
@@ -273,14 +342,20 @@ class Applier:
                     f"change {ch.seq} on {ch.table} was captured with another column layout "
                     f"(schema version {ch.schema_version}, now {ta.shape.fingerprint})",
                     hint=_DDL_HINT, table=ch.table)
+            ts = self.settings.get(ch.table, cfg.DEFAULT)
             try:
-                planned.append((ch, ta.statements(ch)))
+                planned.append((ch, ta.statements(
+                    ch, lost=ch.seq in lose, check_inserts=ts.green_writes == "allow")))
             except Reject as exc:
                 planned.append((ch, str(exc)))
             except ImageError as exc:
                 planned.append((ch, f"unreadable change-log image: {exc}"))
+        return planned
+
+    def _apply_planned(self, planned: list[tuple[Change, Any]], lose: dict[int, Decision],
+                       *, final: bool) -> tuple[int, int]:
         try:
-            return self._apply_fast(planned)
+            return self._apply_fast(planned, lose)
         except psycopg.errors.ForeignKeyViolation as exc:
             if not final:
                 # SQLite logs an ON UPDATE/DELETE CASCADE child before its parent, and a
@@ -289,30 +364,33 @@ class Applier:
         except (psycopg.errors.IntegrityError, psycopg.errors.DataError):
             pass
         try:
-            return self._apply_slow(planned, immediate=False)
+            return self._apply_slow(planned, lose, immediate=False)
         except psycopg.errors.IntegrityError:
-            return self._apply_slow(planned, immediate=True)
+            return self._apply_slow(planned, lose, immediate=True)
 
-    def _apply_fast(self, planned: list[tuple[Change, Any]]) -> tuple[int, int]:
+    def _apply_fast(self, planned: list[tuple[Change, Any]],
+                    lose: dict[int, Decision]) -> tuple[int, int]:
         assert self.pg is not None
-        parked = 0
+        parked: set[int] = set()
         with self.pg.transaction():
             self.pg.execute(_TXN_SETTINGS)
             with self.pg.pipeline(), self.pg.cursor() as cur:
                 for ch, work in planned:
                     if isinstance(work, str):
                         self._park(cur, ch, work)
-                        parked += 1
+                        parked.add(ch.seq)
                         continue
                     for sql, params in work:
                         cur.execute(sql, params)
-                self._checkpoint(cur, planned[-1][0], len(planned) - parked, parked)
-        return len(planned) - parked, parked
+            with self.pg.cursor() as cur:
+                self._resolve(cur, planned, lose)
+                self._checkpoint(cur, planned, parked, lose)
+        return len(planned) - len(parked), len(parked)
 
-    def _apply_slow(self, planned: list[tuple[Change, Any]], *,
+    def _apply_slow(self, planned: list[tuple[Change, Any]], lose: dict[int, Decision], *,
                     immediate: bool) -> tuple[int, int]:
         assert self.pg is not None
-        parked = 0
+        parked: set[int] = set()
         with self.pg.transaction(), self.pg.cursor() as cur:
             cur.execute(_TXN_SETTINGS)
             for ch, work in planned:
@@ -330,9 +408,10 @@ class Applier:
                         cur.execute("SET CONSTRAINTS ALL DEFERRED")
                 if reason is not None:
                     self._park(cur, ch, reason)
-                    parked += 1
-            self._checkpoint(cur, planned[-1][0], len(planned) - parked, parked)
-        return len(planned) - parked, parked
+                    parked.add(ch.seq)
+            self._resolve(cur, planned, lose)
+            self._checkpoint(cur, planned, parked, lose)
+        return len(planned) - len(parked), len(parked)
 
     def _park(self, cur: psycopg.Cursor, ch: Change, reason: str) -> None:
         cur.execute(
@@ -341,12 +420,180 @@ class Applier:
             (self.opts.schema, st.TO_POSTGRES, ch.seq, ch.table, ch.op, _text(ch.key_old),
              _text(ch.key_new), _text(ch.row), reason))
 
-    def _checkpoint(self, cur: psycopg.Cursor, last: Change, applied: int, parked: int) -> None:
+    def _checkpoint(self, cur: psycopg.Cursor, planned: list[tuple[Change, Any]],
+                    parked: set[int], lose: dict[int, Decision]) -> None:
+        last = planned[-1][0]
         cur.execute(
             "UPDATE pgshift.sync_state SET last_seq = %s, last_ts = %s, applied = applied + %s, "
             "parked = parked + %s, updated_at = now() WHERE target_schema = %s AND "
-            "direction = %s", (last.seq, last.ts, applied, parked, self.opts.schema,
-                               st.TO_POSTGRES))
+            "direction = %s", (last.seq, last.ts, len(planned) - len(parked), len(parked),
+                               self.opts.schema, st.TO_POSTGRES))
+        # per-table counters: changes that changed PostgreSQL (not parked, not lost)
+        per_table: dict[str, int] = {}
+        for ch, _ in planned:
+            if ch.op != FENCE_OP and ch.origin != LOST_ORIGIN and ch.seq not in parked \
+                    and ch.seq not in lose:
+                per_table[ch.table] = per_table.get(ch.table, 0) + 1
+        for table, n in sorted(per_table.items()):  # sorted: no lock-order deadlock
+            cur.execute("UPDATE pgshift.sync_tables SET applied_to_postgres = "
+                        "applied_to_postgres + %s WHERE target_schema = %s AND table_name = %s",
+                        (n, self.opts.schema, table))
+
+    # ------------------------------------------------------------ conflicts
+
+    def _resolve(self, cur: psycopg.Cursor, planned: list[tuple[Change, Any]],
+                 lose: dict[int, Decision]) -> None:
+        """Decide the batch's conflict candidates per table policy, before it commits.
+
+        Candidates (``pg_temp.pgshift_cand``): ``before`` (PostgreSQL's row is not
+        SQLite's before-image), ``insert`` (an insert over another PostgreSQL row),
+        ``unique`` (a row evicted on another unique key, or at a key update's new key)
+        and ``lost`` (a change already given to PostgreSQL). ``insert``/``unique`` are
+        conflicts only when the PostgreSQL row was not SQLite's own (see
+        :meth:`_foreign_row`). When SQLite wins, the PostgreSQL row is the recorded
+        loser and queued PostgreSQL changes of that key are superseded (recorded and
+        removed from the queue); when PostgreSQL wins, :class:`Redo` is raised and the
+        batch is redone without the change, which is then recorded as the loser.
+        """
+        rows = [(seq, kind, None if img is None else json.loads(img)) for seq, kind, img in
+                cur.execute("SELECT seq, kind, img::text FROM pg_temp.pgshift_cand "
+                            "ORDER BY seq, kind").fetchall()]
+        if not rows:
+            self._recheck(cur, planned, lose)
+            return
+        by_seq = {ch.seq: ch for ch, _ in planned}
+        new: dict[int, Decision] = {}
+        records: list[tuple[Any, ...]] = []
+        for seq, kind, img in rows:
+            ch = by_seq[seq]
+            ta = self.tables[ch.table]
+            ts = self.settings.get(ch.table, cfg.DEFAULT)
+            qkey = self._queue_key(cur, ta, ch, img)
+            pending = self._pending(cur, ch.table, qkey)
+            if kind == "lost":
+                d = lose[seq]
+                records.append(self._record(
+                    ch, ts.conflict, cfg.POSTGRES, d.rule, d.reason, d.postgres_ts,
+                    winner_image=None if img is None else json.dumps(img),
+                    loser_image=Jsonb(_image_json(ta, ch.before if ch.op == "D" else ch.row)),
+                    loser_origin=cfg.SQLITE, loser_change=ch.seq))
+                if pending:
+                    # the queued PostgreSQL change now goes to SQLite as the winner:
+                    # without a before-image it is applied there without a second conflict
+                    cur.execute("UPDATE pgshift.pg_changes SET before = NULL WHERE id = %s",
+                                (pending[0][0],))
+                continue
+            if kind in ("insert", "unique") and not self._foreign_row(cur, ta, ch, img,
+                                                                       pending):
+                continue
+            pg_ts = max((p[1] for p in pending), default=None)
+            side, rule = cfg.winner(ts.conflict, self.opts.sor or cfg.SQLITE, sqlite_ts=ch.ts,
+                                    postgres_ts=pg_ts)
+            if side == cfg.POSTGRES:
+                new[seq] = Decision(rule, kind, pg_ts)
+                continue
+            image = None if img is None else Jsonb(img)
+            newest = pending[-1][0] if pending else None
+            records.append(self._record(
+                ch, ts.conflict, cfg.SQLITE, rule, kind, pg_ts,
+                winner_image=_text(ch.row), loser_image=image, loser_origin=cfg.POSTGRES,
+                loser_change=newest))
+            for change_id, _ in pending[:-1]:
+                records.append(self._record(
+                    ch, ts.conflict, cfg.SQLITE, rule, "superseded", pg_ts,
+                    winner_image=_text(ch.row), loser_image=image,
+                    loser_origin=cfg.POSTGRES, loser_change=change_id))
+            if pending:
+                cur.execute("DELETE FROM pgshift.pg_changes WHERE id = ANY(%s)",
+                            ([p[0] for p in pending],))
+        if new:
+            raise Redo(new)
+        self._recheck(cur, planned, lose)
+        cur.executemany(
+            "INSERT INTO pgshift.sync_conflicts (target_schema, direction, seq, table_name, "
+            "op, key, policy, winner, winner_image, loser_image, reason, rule, sqlite_ts, "
+            "postgres_ts, loser_origin, loser_change) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, "
+            "%s, %s, %s, %s, %s, %s, %s, %s)", records)
+
+    def _recheck(self, cur: psycopg.Cursor, planned: list[tuple[Change, Any]],
+                 lose: dict[int, Decision]) -> None:
+        """A green write that committed between a change's conflict check and its write
+        (the write waited for green's row lock, then overwrote it) is seen now: its queue
+        entry is pending for a key this batch wrote. Redo the batch: the checks see it.
+
+        Only tables whose queue the to-sqlite applier carries while this applier runs
+        (:meth:`TableApplier.check_pending`); bounded, a busy key cannot stall the loop.
+        """
+        if self._rechecks >= MAX_RECHECKS:
+            return
+        keys: dict[str, list[list[str | None]]] = {}
+        for ch, work in planned:
+            ta = self.tables.get(ch.table)
+            if ta is None or not ta.pending_check or isinstance(work, str) \
+                    or ch.seq in lose or ch.op == FENCE_OP or ch.origin == LOST_ORIGIN:
+                continue
+            for raw in {ch.key_old, ch.key_new} - {None}:
+                keys.setdefault(ch.table, []).append(ta.key_params(raw))
+        for table, found in sorted(keys.items()):
+            ta = self.tables[table]
+            columns = [list(col) for col in zip(*found, strict=True)]
+            hit = cur.execute(ta.recheck_sql, [*columns, self.opts.schema, table]).fetchone()
+            if hit and hit[0]:
+                raise Redo({})
+
+    def _record(self, ch: Change, policy: str, winner: str, rule: str, reason: str,
+                pg_ts: int | None, *, winner_image: str | None, loser_image: Any,
+                loser_origin: str, loser_change: int | None) -> tuple[Any, ...]:
+        return (self.opts.schema, st.TO_POSTGRES, ch.seq, ch.table, ch.op,
+                _text(ch.key_old if ch.key_old is not None else ch.key_new), policy, winner,
+                winner_image, loser_image, reason, rule, ch.ts, pg_ts, loser_origin,
+                loser_change)
+
+    def _queue_key(self, cur: psycopg.Cursor, ta: TableApplier, ch: Change,
+                   img: dict[str, Any] | None) -> Any:
+        """The key as PostgreSQL's capture queue writes it (a JSON array)."""
+        if img is not None:
+            return [img.get(c.name) for c in ta.key]
+        raw = ch.key_old if ch.op != "I" else ch.key_new
+        row = cur.execute(ta.key_json_sql, ta.key_params(raw)).fetchone()
+        return row[0] if row else None
+
+    def _pending(self, cur: psycopg.Cursor, table: str, qkey: Any) -> list[tuple[int, int]]:
+        """(id, ts) of the queued PostgreSQL changes of one key, oldest first."""
+        if table not in self.pg_captured or qkey is None:
+            return []
+        return [(int(r[0]), int(r[1])) for r in cur.execute(
+            "SELECT id, ts FROM pgshift.pg_changes WHERE target_schema = %s AND tbl = %s "
+            "AND op <> %s AND (key_new = %s OR key_old = %s) ORDER BY id",
+            (self.opts.schema, table, FENCE_OP, Jsonb(qkey), Jsonb(qkey))).fetchall()]
+
+    def _foreign_row(self, cur: psycopg.Cursor, ta: TableApplier, ch: Change,
+                     img: dict[str, Any] | None, pending: list[tuple[int, int]]) -> bool:
+        """Was this PostgreSQL row (evicted, or under an insert) written by someone else?
+
+        A table with PostgreSQL capture: yes when the queue holds changes of its key
+        that did not reach SQLite. Without capture, SQLite's change log decides: yes
+        when the last change SQLite logged for that key (before this one) left another
+        image, or removed or moved the key away; no when SQLite never logged the key
+        (a row of migrate's snapshot, which SQLite itself replaced: the common case;
+        a row green inserted into a table without capture under a key SQLite never
+        wrote is not told apart).
+        """
+        if ch.table in self.pg_captured or img is None:
+            return bool(pending)
+        key = _sqlite_key(self.src, ta, img)
+        if key is None:
+            return False
+        last = self.src.execute(
+            f'SELECT key_new, CAST(row AS BLOB) FROM "{CHANGELOG_TABLE}" WHERE tbl = ? '
+            "AND (key_new = ? OR key_old = ?) AND seq < ? AND op <> ? ORDER BY seq DESC "
+            "LIMIT 1", (ch.table, key, key, ch.seq, FENCE_OP)).fetchone()
+        if last is None:
+            return False
+        if last[0] != key:
+            return True  # SQLite deleted or moved the key away: PostgreSQL's row is not its
+        same = cur.execute(ta.same_sql, [*ta.row_params(last[1]), Jsonb(img)]).fetchone()
+        return not (same and same[0])
 
     def conflicts(self, after: int, upto: int) -> int:
         """Conflicts this run recorded (seq in (after, upto])."""
@@ -364,6 +611,66 @@ class Applier:
                                     (self.state.last_seq,)).fetchone()[0])
 
 
+def effective_settings(conn: psycopg.Connection, schema: str, tables: list[str],
+                       given: dict[str, cfg.TableSettings] | None
+                       ) -> dict[str, cfg.TableSettings]:
+    """The settings sync runs with, stored in ``pgshift.sync_tables`` (status and plan
+    show them): ``given`` (a --tables-config file) replaces the stored ones; without
+    it, the stored ones, and the defaults for tables never stored."""
+    if given is not None:
+        chosen = {t: given.get(t, cfg.DEFAULT) for t in tables}
+    else:
+        stored = st.stored_settings(conn, schema)
+        chosen = {}
+        for t in tables:
+            row = stored.get(t)
+            chosen[t] = cfg.TableSettings.model_validate(
+                {k: row[k] for k in ("kind", "writes", "conflict", "green_writes")},
+                context={"lenient": True}) if row else cfg.DEFAULT
+    st.store_settings(conn, schema, chosen)
+    return chosen
+
+
+def captured_on_postgres(conn: psycopg.Connection, schema: str) -> set[str]:
+    """The tables of ``schema`` with PostgreSQL capture (the queue holds their changes)."""
+    from pgshift.sync import pg_capture
+
+    if not st.scalar(conn, "SELECT to_regclass('pgshift.pg_changes') IS NOT NULL"):
+        conn.commit()
+        return set()
+    names = set(pg_capture.installed(conn, schema))
+    conn.commit()
+    return names
+
+
+def _sqlite_key(con: sqlite3.Connection, ta: TableApplier, img: dict[str, Any]) -> str | None:
+    """A PostgreSQL row's key as the capture triggers write it (``quote()`` literals)."""
+    from pgshift.sync.apply_sqlite import reverse
+
+    try:
+        values = [reverse(c.decision.conversion, img.get(c.name)) for c in ta.key]
+    except (Reject, ValueError, TypeError):
+        return None
+    row = con.execute("SELECT " + " || ',' || ".join("quote(?)" for _ in values),
+                      values).fetchone()
+    return str(row[0]) if row else None
+
+
+def _image_json(ta: TableApplier, raw: bytes | None) -> dict[str, Any] | None:
+    """A SQLite row image as JSON (blobs as \\x hex, non-finite reals as text)."""
+    if raw is None:
+        return None
+    out: dict[str, Any] = {}
+    for name, value in zip(ta.shape.columns, decode(raw), strict=False):
+        if isinstance(value, bytes):
+            value = "\\x" + value.hex()
+        elif (isinstance(value, float) and not math.isfinite(value)) \
+                or not isinstance(value, int | float | str | type(None)):
+            value = str(value)
+        out[name] = value
+    return out
+
+
 # Deferred foreign keys for the whole batch; pgshift.applying marks the transaction as
 # the applier's own, so PostgreSQL-side capture (planned) does not log it back.
 _TXN_SETTINGS = "SET CONSTRAINTS ALL DEFERRED; SET LOCAL pgshift.applying = 'on'"
@@ -374,13 +681,17 @@ _DDL_HINT = ("apply the same DDL to PostgreSQL, drain, then reinstall capture: "
 
 
 def run(opts: SyncOptions, *, stop: threading.Event | None = None,
-        on_batch: Callable[[SyncResult, list[Change]], None] | None = None) -> SyncResult:
+        on_batch: Callable[[SyncResult, list[Change]], None] | None = None,
+        batch_lock: threading.Lock | None = None) -> SyncResult:
     """Apply pending changes once (``follow=False``) or until ``stop`` is set.
 
     ``on_batch(result, batch)`` is called after each committed batch (metrics, lag).
 
     In follow mode a locked SQLite file or a lost PostgreSQL connection is
     retried with backoff (the checkpoint makes a retried batch harmless).
+    ``batch_lock`` (dual mode) serializes batches with the to-sqlite applier of the
+    same process. A paused sync (``pgshift sync pause``) applies nothing: ``follow``
+    waits, otherwise the run returns with ``paused``.
     """
     if opts.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, not {opts.batch_size}")
@@ -402,16 +713,27 @@ def run(opts: SyncOptions, *, stop: threading.Event | None = None,
                 _reconnect(applier)
                 continue
             try:
-                limit = opts.batch_size
-                while True:
-                    batch = applier.read_batch(limit)
-                    final = len(batch) < limit or limit >= MAX_BATCH_GROWTH * opts.batch_size
-                    try:
-                        applied, parked = (applier.apply(batch, final=final) if batch
-                                           else (0, 0))
+                if st.is_paused(applier.pg, opts.schema):
+                    # `pgshift sync pause`: captures keep accumulating, nothing is applied
+                    result.paused = True
+                    if not opts.follow:
                         break
-                    except NeedMore:
-                        limit *= 2
+                    stop.wait(opts.poll)
+                    continue
+                result.paused = False
+                limit = opts.batch_size
+                batch_started = time.perf_counter()
+                with batch_lock or contextlib.nullcontext():
+                    while True:
+                        batch = applier.read_batch(limit)
+                        final = len(batch) < limit or \
+                            limit >= MAX_BATCH_GROWTH * opts.batch_size
+                        try:
+                            applied, parked = (applier.apply(batch, final=final) if batch
+                                               else (0, 0))
+                            break
+                        except NeedMore:
+                            limit *= 2
                 if not batch:
                     if not opts.follow and opts.until_seq is None:
                         break
@@ -444,6 +766,7 @@ def run(opts: SyncOptions, *, stop: threading.Event | None = None,
             result.applied += applied
             result.parked += parked
             result.batches += 1
+            result.last_batch_seconds = time.perf_counter() - batch_started
             if on_batch is not None:
                 on_batch(result, batch)
         result.pending = applier.pending()

@@ -13,14 +13,26 @@ serialized by the row lock, so their ids follow their commit order.
 
 Echo suppression: the trigger does nothing in a transaction that set
 ``pgshift.applying = 'on'`` (the to-postgres applier does, with SET LOCAL).
+
+Fence: :func:`fence` queues a marker row (``op = 'F'``) behind every change
+committed before it (see there); the to-sqlite applier passes over it, and a
+drain is done once the marker left the queue.
 """
 
 from __future__ import annotations
 
+import json
+import time
+from typing import Any
+
 import psycopg
 from psycopg import sql as pgsql
+from psycopg.types.json import Jsonb
+
+from pgshift.errors import UsageError
 
 TRIGGER = "_pgshift_capture"
+FENCE_OP = "F"
 
 SCHEMA_SQL = """
 CREATE SCHEMA IF NOT EXISTS pgshift;
@@ -37,8 +49,10 @@ CREATE TABLE IF NOT EXISTS pgshift.pg_changes (
     txid bigint NOT NULL DEFAULT txid_current(),
     ts bigint NOT NULL DEFAULT (extract(epoch FROM clock_timestamp()) * 1000)::bigint
 );
+-- SECURITY DEFINER: green's app role writes the captured tables but has no privilege
+-- on the pgshift schema; the trigger queues its changes as the installing role.
 CREATE OR REPLACE FUNCTION pgshift.capture() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n jsonb;
     o jsonb;
@@ -114,3 +128,145 @@ def uninstall(conn: psycopg.Connection, schema: str) -> bool:
                 conn.execute("DROP FUNCTION IF EXISTS pgshift.capture()")
             return True
         return bool(tables)
+
+
+def fence(conn: psycopg.Connection, schema: str, *, lock_timeout: float = 10.0) -> int:
+    """Queue a fence marker for ``schema``; its id.
+
+    Ids are taken at insert time, not at commit: a transaction that committed just
+    before the marker could hold a *higher* id than a marker taken naively. The
+    marker is therefore inserted under ``SHARE ROW EXCLUSIVE`` on the queue, which
+    waits for every transaction that has queued a change to end and holds new ones
+    back for the instant of the insert: every change committed before the marker
+    has a lower id, every later one a higher id. The router holds writes during a
+    fence, so the wait is short; ``lock_timeout`` bounds it (a LockNotAvailable
+    error then).
+    """
+    with conn.transaction():
+        conn.execute(pgsql.SQL("SET LOCAL lock_timeout = {}").format(
+            pgsql.Literal(f"{max(1, int(lock_timeout * 1000))}ms")))
+        conn.execute("LOCK TABLE pgshift.pg_changes IN SHARE ROW EXCLUSIVE MODE")
+        row = conn.execute(
+            "INSERT INTO pgshift.pg_changes (target_schema, tbl, op, origin) "
+            "VALUES (%s, '', %s, 'pgshift') RETURNING id", (schema, FENCE_OP)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def queued(conn: psycopg.Connection, schema: str, change_id: int) -> bool:
+    """True while the queue still holds the change ``change_id`` (e.g. a fence marker)."""
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM pgshift.pg_changes WHERE id = %s "
+                       "AND target_schema = %s)", (change_id, schema)).fetchone()
+    conn.commit()
+    return bool(row and row[0])
+
+
+def stranded(conn: psycopg.Connection, schema: str, below: int | None = None
+             ) -> dict[str, Any]:
+    """The queued changes (fence markers aside) with id < ``below`` (all without it):
+    ``count``, ``first``/``last`` id, ``oldest_age_ms`` and ``tables`` {name: count}."""
+    limit = "AND id < %s" if below is not None else ""
+    params: tuple[Any, ...] = (schema, FENCE_OP) + ((below,) if below is not None else ())
+    rows = conn.execute(
+        f"SELECT tbl, count(*), min(id), max(id), min(ts) FROM pgshift.pg_changes "
+        f"WHERE target_schema = %s AND op <> %s {limit} GROUP BY tbl ORDER BY tbl",
+        params).fetchall()
+    conn.commit()
+    return range_summary([(r[0], r[1], r[2], r[3], r[4]) for r in rows])
+
+
+def range_summary(rows: list[tuple[str, int, int, int, int | None]]) -> dict[str, Any]:
+    """Summarize per-table (table, count, first, last, oldest ts in ms) rows of a range."""
+    if not rows:
+        return {"count": 0, "first": None, "last": None, "oldest_age_ms": None, "tables": {}}
+    oldest = min((r[4] for r in rows if r[4] is not None), default=None)
+    return {"count": sum(int(r[1]) for r in rows), "first": min(int(r[2]) for r in rows),
+            "last": max(int(r[3]) for r in rows),
+            "oldest_age_ms": None if oldest is None else max(0, int(time.time() * 1000)
+                                                             - int(oldest)),
+            "tables": {r[0]: int(r[1]) for r in rows}}
+
+
+def key_columns(conn: psycopg.Connection, schema: str, table: str) -> list[tuple[str, str]]:
+    """(column, type) of the key the capture trigger of ``table`` logs, in its order."""
+    row = conn.execute(
+        "SELECT t.tgargs FROM pg_trigger t WHERE t.tgname = %s AND t.tgrelid = %s::regclass",
+        (TRIGGER, pgsql.Identifier(schema, table).as_string())).fetchone()
+    if row is None:
+        return []
+    names = [n.decode() for n in bytes(row[0]).split(b"\0") if n]
+    types: dict[str, str] = dict(conn.execute(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+        (pgsql.Identifier(schema, table).as_string(),)).fetchall())
+    return [(n, types[n]) for n in names]
+
+
+def rebase(conn: psycopg.Connection, schema: str, *, lock_timeout: float = 10.0
+           ) -> dict[str, Any]:
+    """Replace every queued change of ``schema`` by the *current* row of each key it
+    touched (an ``I`` image, or a ``D`` when the row is gone): the flip's step for
+    green's incidental writes captured before the flip.
+
+    Why: before the flip the to-postgres applier's writes are not captured (echo
+    suppression), so the queue of green's earlier writes is not a complete history
+    of those rows: replayed as is into SQLite, a green update that SQLite's version
+    later overwrote (sor-wins) would come back over it. The current PostgreSQL row
+    is what SQLite must end with, whatever the history. Runs under the fence's lock
+    (``SHARE ROW EXCLUSIVE``): a green change committing meanwhile is queued after
+    the rebased rows, so it is applied after them.
+    """
+    with conn.transaction():
+        conn.execute(pgsql.SQL("SET LOCAL lock_timeout = {}").format(
+            pgsql.Literal(f"{max(1, int(lock_timeout * 1000))}ms")))
+        conn.execute("LOCK TABLE pgshift.pg_changes IN SHARE ROW EXCLUSIVE MODE")
+        rows = conn.execute(
+            "SELECT id, tbl, key_old, key_new FROM pgshift.pg_changes "
+            "WHERE target_schema = %s AND op <> %s ORDER BY id", (schema, FENCE_OP)
+        ).fetchall()
+        if not rows:
+            return {"changes": 0, "keys": 0, "rows": 0, "deletes": 0}
+        touched: dict[str, dict[str, Any]] = {}
+        for _, tbl, key_old, key_new in rows:
+            for key in (key_old, key_new):
+                if key is not None:
+                    touched.setdefault(tbl, {})[_key_text(key)] = key
+        deletes: list[tuple[str, Any]] = []
+        images: list[tuple[str, Any, Any]] = []
+        for tbl, keys in touched.items():
+            cols = key_columns(conn, schema, tbl)
+            if not cols:
+                raise UsageError(
+                    f"table {schema}.{tbl} has queued changes but no capture trigger",
+                    hint="pgshift sync install SQLITE PG, then flip again", table=tbl)
+            match = pgsql.SQL(" AND ").join(
+                pgsql.SQL("t.{} = (k.key ->> {})::{}").format(
+                    pgsql.Identifier(name), pgsql.Literal(i), pgsql.SQL(typ))
+                for i, (name, typ) in enumerate(cols))
+            found = conn.execute(pgsql.SQL(
+                "SELECT k.key, to_jsonb(t.*) FROM unnest(%s::jsonb[]) AS k(key) "
+                "LEFT JOIN {} AS t ON {}").format(pgsql.Identifier(schema, tbl), match),
+                ([Jsonb(k) for k in keys.values()],)).fetchall()
+            for key, image in found:
+                if image is None:
+                    deletes.append((tbl, key))
+                else:
+                    images.append((tbl, key, image))
+        conn.execute("DELETE FROM pgshift.pg_changes WHERE target_schema = %s AND op <> %s "
+                     "AND id <= %s", (schema, FENCE_OP, rows[-1][0]))
+        # deletes first: an image may take a unique value a deleted row held
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO pgshift.pg_changes (target_schema, tbl, op, key_old, origin) "
+                "VALUES (%s, %s, 'D', %s, 'rebase')",
+                [(schema, tbl, Jsonb(key)) for tbl, key in deletes])
+            cur.executemany(
+                "INSERT INTO pgshift.pg_changes (target_schema, tbl, op, key_new, row, "
+                "origin) VALUES (%s, %s, 'I', %s, %s, 'rebase')",
+                [(schema, tbl, Jsonb(key), Jsonb(image)) for tbl, key, image in images])
+    return {"changes": len(rows), "keys": len(deletes) + len(images), "rows": len(images),
+            "deletes": len(deletes)}
+
+
+def _key_text(key: Any) -> str:
+    return json.dumps(key, sort_keys=True)

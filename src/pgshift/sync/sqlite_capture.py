@@ -39,7 +39,7 @@ from __future__ import annotations
 import sqlite3
 import uuid
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pgshift.errors import UsageError
 from pgshift.source.catalog import PGSHIFT_PREFIX
@@ -149,11 +149,15 @@ STATE_SQL = (f"CREATE TABLE IF NOT EXISTS {q(STATE_TABLE)} "
 class InstallResult:
     tables: list[CapturedTable]
     created: bool  # False when everything already existed
+    # PostgreSQL identity/serial sequences and what install did to them (--green-ids)
+    identities: list[dict[str, object]] = field(default_factory=list)
+    postgres_capture: dict[str, object] | None = None  # with PG: triggers or logical slot
 
     def to_dict(self) -> dict[str, object]:
         return {"tables": [{"table": t.name, "key": list(t.key), "columns": len(t.columns),
                             "schema_version": t.fingerprint} for t in self.tables],
-                "created": self.created}
+                "created": self.created, "identities": self.identities,
+                "postgres_capture": self.postgres_capture}
 
 
 def install(con: sqlite3.Connection, tables: list[str] | None = None, *,

@@ -4,8 +4,13 @@
   applied ``seq``, counts, the capture time of the last applied change;
 - ``pgshift.sync_parked``: changes PostgreSQL refused (or values that cannot
   be converted), with the reason; never dropped;
-- ``pgshift.sync_conflicts``: rows the other side changed since the system of
-  record's before-image, with the losing image (policy ``sor-wins``).
+- ``pgshift.sync_conflicts``: rows changed on both sides before the applier saw
+  either, with both versions, both capture times, the policy and the rule that
+  picked the winner, and the losing change's id when it was a captured change;
+- ``pgshift.sync_tables``: the effective per-table settings (kind, writes,
+  conflict policy, green_writes), the privileges ``--app-role`` revoked, and
+  per-table applied counters (moved in the applier's transactions);
+- ``pgshift.sync_control``: the ``paused`` flag per target schema.
 
 The applier updates ``sync_state`` and inserts into ``sync_parked`` in the
 same transaction as the data it applies: a crash (``kill -9``) leaves all of
@@ -66,6 +71,38 @@ CREATE TABLE IF NOT EXISTS pgshift.sync_conflicts (
     loser_image jsonb,
     detected_at timestamptz NOT NULL DEFAULT now()
 );
+CREATE TABLE IF NOT EXISTS pgshift.sync_tables (
+    target_schema text NOT NULL,
+    table_name text NOT NULL,
+    kind text NOT NULL DEFAULT 'plain',
+    writes text NOT NULL DEFAULT 'single-writer',
+    conflict text NOT NULL DEFAULT 'sor-wins',
+    green_writes text NOT NULL DEFAULT 'allow',
+    revoked_role text,
+    revoked text[],
+    applied_to_postgres bigint NOT NULL DEFAULT 0,
+    applied_to_sqlite bigint NOT NULL DEFAULT 0,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (target_schema, table_name)
+);
+CREATE TABLE IF NOT EXISTS pgshift.sync_control (
+    target_schema text PRIMARY KEY,
+    paused boolean NOT NULL DEFAULT false,
+    paused_at timestamptz,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+
+# Columns added with the conflict policies: tables made by an older pgshift are upgraded
+# (run only when missing: ALTER TABLE takes an exclusive lock even when nothing changes).
+UPGRADE_SQL = """ALTER TABLE pgshift.sync_conflicts
+    ADD COLUMN IF NOT EXISTS reason text,
+    ADD COLUMN IF NOT EXISTS rule text,
+    ADD COLUMN IF NOT EXISTS sqlite_ts bigint,
+    ADD COLUMN IF NOT EXISTS postgres_ts bigint,
+    ADD COLUMN IF NOT EXISTS loser_origin text,
+    ADD COLUMN IF NOT EXISTS loser_change bigint;
 """
 
 
@@ -95,6 +132,10 @@ def ensure_schema(conn: psycopg.Connection) -> None:
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('pgshift.schema'))")
         conn.execute(SCHEMA_SQL)
+        if not conn.execute("SELECT 1 FROM pg_attribute WHERE attrelid = "
+                            "'pgshift.sync_conflicts'::regclass AND attname = 'loser_change' "
+                            "AND NOT attisdropped").fetchone():
+            conn.execute(UPGRADE_SQL)
 
 
 def lock_key(target_schema: str, direction: str) -> int:
@@ -164,20 +205,75 @@ def parked_rows(conn: psycopg.Connection, target_schema: str,
 
 def drop(conn: psycopg.Connection, target_schema: str) -> None:
     """Forget sync's state for one target schema; drop the tables once no schema uses them."""
+    tables = ("sync_state", "sync_parked", "sync_conflicts", "sync_tables", "sync_control")
     with conn.transaction():
-        present = conn.execute(
-            "SELECT to_regclass('pgshift.sync_state') IS NOT NULL AND "
-            "to_regclass('pgshift.sync_parked') IS NOT NULL AND "
-            "to_regclass('pgshift.sync_conflicts') IS NOT NULL").fetchone()
-        if not present or not present[0]:
+        present = [t for t in tables if scalar(conn, "SELECT to_regclass(%s) IS NOT NULL",
+                                                (f"pgshift.{t}",))]
+        if not present:
             return
-        for table in ("sync_state", "sync_parked", "sync_conflicts"):
+        for table in present:
             conn.execute(f"DELETE FROM pgshift.{table} WHERE target_schema = %s",
                          (target_schema,))
-        left = conn.execute("SELECT EXISTS (SELECT 1 FROM pgshift.sync_state) OR "
-                            "EXISTS (SELECT 1 FROM pgshift.sync_parked) OR "
-                            "EXISTS (SELECT 1 FROM pgshift.sync_conflicts)").fetchone()
-        if left is not None and not left[0]:
-            conn.execute("DROP TABLE pgshift.sync_conflicts")
-            conn.execute("DROP TABLE pgshift.sync_parked")
-            conn.execute("DROP TABLE pgshift.sync_state")
+        if not any(scalar(conn, f"SELECT EXISTS (SELECT 1 FROM pgshift.{t})") for t in present):
+            for table in reversed(present):
+                conn.execute(f"DROP TABLE pgshift.{table}")
+
+
+# ------------------------------------------------------------ per-table settings, pause
+
+
+def store_settings(conn: psycopg.Connection, target_schema: str,
+                   settings: dict[str, Any]) -> None:
+    """Record the effective settings ({table: TableSettings}) sync runs with."""
+    with conn.transaction():
+        # the two appliers of --mode dual store them at the same moment
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('pgshift.sync_tables'))")
+        for name, ts in sorted(settings.items()):
+            conn.execute(
+                "INSERT INTO pgshift.sync_tables (target_schema, table_name, kind, writes, "
+                "conflict, green_writes) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT "
+                "(target_schema, table_name) DO UPDATE SET kind = EXCLUDED.kind, writes = "
+                "EXCLUDED.writes, conflict = EXCLUDED.conflict, green_writes = "
+                "EXCLUDED.green_writes, updated_at = now() WHERE (sync_tables.kind, "
+                "sync_tables.writes, sync_tables.conflict, sync_tables.green_writes) IS "
+                "DISTINCT FROM (EXCLUDED.kind, EXCLUDED.writes, EXCLUDED.conflict, "
+                "EXCLUDED.green_writes)",
+                (target_schema, name, ts.kind, ts.writes, ts.conflict, ts.green_writes))
+
+
+def stored_settings(conn: psycopg.Connection, target_schema: str) -> dict[str, dict[str, Any]]:
+    """The per-table rows of ``pgshift.sync_tables`` ({} when none were stored)."""
+    if not scalar(conn, "SELECT to_regclass('pgshift.sync_tables') IS NOT NULL"):
+        conn.commit()
+        return {}
+    cur = conn.execute(
+        "SELECT table_name, kind, writes, conflict, green_writes, revoked_role, revoked, "
+        "applied_to_postgres, applied_to_sqlite FROM pgshift.sync_tables "
+        "WHERE target_schema = %s ORDER BY table_name", (target_schema,))
+    names = [d.name for d in cur.description or []]
+    rows = {r[0]: dict(zip(names, r, strict=True)) for r in cur.fetchall()}
+    conn.commit()
+    return rows
+
+
+def set_paused(conn: psycopg.Connection, target_schema: str, paused: bool) -> None:
+    """Set or clear the paused flag a running applier honours within one poll."""
+    ensure_schema(conn)
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO pgshift.sync_control (target_schema, paused, paused_at) "
+            "VALUES (%s, %s, CASE WHEN %s THEN now() END) ON CONFLICT (target_schema) DO "
+            "UPDATE SET paused = EXCLUDED.paused, paused_at = EXCLUDED.paused_at, "
+            "updated_at = now()", (target_schema, paused, paused))
+
+
+def is_paused(conn: psycopg.Connection, target_schema: str) -> bool:
+    """The paused flag (False when never set). Leaves no transaction open."""
+    try:
+        value = scalar(conn, "SELECT paused FROM pgshift.sync_control WHERE target_schema = %s",
+                       (target_schema,))
+    except psycopg.errors.UndefinedTable:
+        conn.rollback()
+        return False
+    conn.commit()
+    return bool(value)
