@@ -2,16 +2,17 @@
 
 Issue 7's target: loading into an existing schema runs within 1.3x of the base
 command on the same data. One durable embedded PostgreSQL, one seeded SQLite
-file, two fresh databases:
+file, three fresh databases:
 
 1. ``base``: ``pgshift migrate SQLITE DSN --jobs J --drop --json`` (creates the schema,
    loads into bare tables, then builds keys, indexes and constraints);
-2. ``into-existing``: the same schema created first (``--schema-only``, as an
-   application's migrations would: keys, indexes, foreign keys and checks already
-   there, not timed), then ``pgshift migrate SQLITE DSN --into-existing --map M``
-   with a mapping that declares the epoch units the base plan chose (the only thing
-   a by-name load may not guess) and renames one column per table through an
-   expression, so the mapped path (not the plain copy) is what is measured.
+2. ``by-name``: the same schema created first (``--schema-only``, as an application's
+   migrations would: keys, indexes, foreign keys and checks already there, not timed),
+   then ``pgshift migrate SQLITE DSN --into-existing --map M`` with a mapping that only
+   declares the epoch units the base plan chose (the one thing a by-name load may not
+   guess);
+3. ``into-existing``: as 2, and the mapping also feeds one column per table through an
+   expression, so the mapped path (a scan of its own in the plan) is what is measured.
 
 Usage (from the repository root)::
 
@@ -62,8 +63,9 @@ def _steps(res: dict[str, Any]) -> str:
     return ", ".join(f"{s['step']} {s['seconds']:.2f}" for s in res["steps"])
 
 
-def _mapping(plan: dict[str, Any]) -> str:
-    """Declared epoch units, plus one column per table fed through an expression."""
+def _mapping(plan: dict[str, Any], *, expressions: bool) -> str:
+    """Declared epoch units, plus (``expressions``) one column per table fed through an
+    expression."""
     tables: dict[str, Any] = {}
     for t in plan["tables"]:
         cols: dict[str, Any] = {}
@@ -72,10 +74,38 @@ def _mapping(plan: dict[str, Any]) -> str:
                 cols[c["name"]] = {"expr": c["name"], "convert": c["conversion"]}
         text = next((c["name"] for c in t["columns"] if c["conversion"] == "text"
                      and c["name"] not in cols), None)
-        if text:
+        if text and expressions:
             cols[text] = f"coalesce({text}, NULL)"
         tables[t["name"]] = {"columns": cols}
     return yaml.safe_dump({"tables": tables}, sort_keys=False)
+
+
+# by-name: only the epoch units declared (the one thing a by-name load may not guess);
+# into-existing: plus one column per table through an expression (a scan of its own).
+VARIANTS = ("by-name", "into-existing")
+
+
+def _load_existing(server: Any, source: Path, out: Path, run: int, jobs: int, *,
+                   expressions: bool) -> tuple[Any, dict[str, Any]]:
+    """Create the schema first (as an app's migrations would; not timed), then load it."""
+    tag = "mapped" if expressions else "byname"
+    app_dsn = fresh_database(server, f"bench_{tag}")
+    info, env = libpq_env(app_dsn)
+    _, plan = _pgshift(["migrate", str(source), "--dry-run", "--json",
+                        "--state-dir", str(out / f"state-plan-{tag}")],
+                       info, env, out, f"plan-{tag}-{run}")
+    _pgshift(["migrate", str(source), "--schema-only", "--json",
+              "--state-dir", str(out / f"state-schema-{tag}")], info, env, out,
+             f"schema-{tag}-{run}")
+    mapping = out / f"mapping-{tag}.yaml"
+    mapping.write_text(_mapping(plan["plan"], expressions=expressions))
+    # The schema-only run is recorded as finished: --restart makes the load a fresh run
+    # into the tables it created (an app's migrations leave none).
+    checkpoint(server)
+    return _pgshift(["migrate", str(source), "--into-existing", "--map", str(mapping),
+                     "--jobs", str(jobs), "--restart", "--json",
+                     "--state-dir", str(out / f"state-existing-{tag}")],
+                    info, env, out, f"existing-{tag}-{run}")
 
 
 def main() -> None:
@@ -91,8 +121,8 @@ def main() -> None:
     source, counts = seeded_sqlite(args.workdir, args.scale)
     total_rows = sum(counts.values())
     server = start_server(args.workdir / "pg-existing")
-    results: dict[str, list[float]] = {"base": [], "into-existing": []}
-    rss: dict[str, list[int]] = {"base": [], "into-existing": []}
+    results: dict[str, list[float]] = {n: [] for n in ("base", *VARIANTS)}
+    rss: dict[str, list[int]] = {n: [] for n in ("base", *VARIANTS)}
     try:
         with scratch_dir(args.workdir, "existing-") as out:
             for run in range(args.runs):
@@ -106,36 +136,22 @@ def main() -> None:
                 rss["base"].append(m.peak_rss)
                 log(f"base run {run}: {m.seconds:.1f}s, {res['rows']:,} rows; {_steps(res)}")
 
-                app_dsn = fresh_database(server, "bench_existing")
-                info, env = libpq_env(app_dsn)
-                _, plan = _pgshift(["migrate", str(source), "--dry-run", "--json",
-                                    "--state-dir", str(out / "state-plan")],
-                                   info, env, out, f"plan-{run}")
-                _pgshift(["migrate", str(source), "--schema-only", "--json",
-                          "--state-dir", str(out / "state-schema")], info, env, out,
-                         f"schema-{run}")
-                mapping = out / "mapping.yaml"
-                mapping.write_text(_mapping(plan["plan"]))
-                # The schema-only run is recorded as finished: forget it so the load is
-                # a fresh run into the tables it created (an app's migrations leave none).
-                checkpoint(server)
-                m, res = _pgshift(["migrate", str(source), "--into-existing", "--map",
-                                   str(mapping), "--jobs", str(args.jobs), "--restart",
-                                   "--json", "--state-dir", str(out / "state-existing")],
-                                  info, env, out, f"existing-{run}")
-                results["into-existing"].append(m.seconds)
-                rss["into-existing"].append(m.peak_rss)
-                log(f"into-existing run {run}: {m.seconds:.1f}s, {res['rows']:,} rows, "
-                    f"{res['rejects']} rejects; {_steps(res)}")
-                if res["rows"] != total_rows:
-                    sys.exit(f"into-existing loaded {res['rows']} of {total_rows} rows")
+                for name in VARIANTS:
+                    m, res = _load_existing(server, source, out, run, args.jobs,
+                                            expressions=name == "into-existing")
+                    results[name].append(m.seconds)
+                    rss[name].append(m.peak_rss)
+                    log(f"{name} run {run}: {m.seconds:.1f}s, {res['rows']:,} rows, "
+                        f"{res['rejects']} rejects; {_steps(res)}")
+                    if res["rows"] != total_rows:
+                        sys.exit(f"{name} loaded {res['rows']} of {total_rows} rows")
             machine = machine_info(server)
     finally:
         server.stop()
 
     base = median(results["base"])
     rows = []
-    for name in ("base", "into-existing"):
+    for name in ("base", *VARIANTS):
         wall = median(results[name])
         rows.append([name, f"{wall:.1f}", f"{total_rows / wall:,.0f}", f"{wall / base:.2f}x",
                      mib(max(rss[name]))])
