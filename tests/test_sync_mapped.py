@@ -116,11 +116,10 @@ def loaded(tmp_path: Path, pg_dsn: Dsn, pg_conn: psycopg.Connection,
 
 
 def identical(db: Path, pg_dsn: Dsn) -> None:
-    """verify through the mapping: the synced tables equal; audit (not captured) differs."""
+    """verify through the mapping: the synced tables are equal (audit is not captured)."""
     result = verify(VerifyOptions(sqlite_path=db, dsn=pg_dsn, exclude=["audit"]))
     assert result.identical, [t.__dict__ for t in result.tables]
     assert sorted(t.table for t in result.tables) == ["event_log", "feature_flags"]
-    assert not verify(VerifyOptions(sqlite_path=db, dsn=pg_dsn, tables=["audit"])).identical
 
 
 def test_mapped_tables_sync_both_ways(tmp_path: Path, pg_dsn: Dsn,
@@ -128,7 +127,9 @@ def test_mapped_tables_sync_both_ways(tmp_path: Path, pg_dsn: Dsn,
     db = loaded(tmp_path, pg_dsn, pg_conn)
     assert flag_rows(pg_conn)[1] == ("b", False, at(MS + 1), None, "B")
     # PostgreSQL capture on the target tables, keyed by the target key columns
-    assert main(["sync", "install", str(db), pg_dsn.conninfo, "--exclude", "audit"]) == 0
+    # (--green-ids negative: the flip moves event_log's identity past the synced ids)
+    assert main(["sync", "install", str(db), pg_dsn.conninfo, "--exclude", "audit",
+                 "--green-ids", "negative"]) == 0
     assert sorted(r[0] for r in pg_conn.execute(
         "SELECT c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
         "WHERE t.tgname = '_pgshift_capture'").fetchall()) == ["event_log", "feature_flags"]
@@ -145,6 +146,7 @@ def test_mapped_tables_sync_both_ways(tmp_path: Path, pg_dsn: Dsn,
           ("INSERT INTO events VALUES (?, ?, ?, ?)", (10, "new", MS + 123456, 1)),
           "UPDATE events SET done = 1, at = at + 1 WHERE id = 1",
           "DELETE FROM events WHERE id = 2",
+          "UPDATE events SET id = 4 WHERE id = 3",  # a key update of an identity key
           "INSERT INTO audit VALUES (2, 'not captured')")
     assert main(["sync", "run", str(db), pg_dsn.conninfo]) == 0
     assert flag_rows(pg_conn) == [
@@ -153,7 +155,7 @@ def test_mapped_tables_sync_both_ways(tmp_path: Path, pg_dsn: Dsn,
         ("dd", False, at(MS + 3), {"k": "v"}, "DD"),
         ("e", True, at(MS + 999), {"n": [1, 2]}, "E")]
     assert event_rows(pg_conn) == [(1, "start", at(MS + 1), True),
-                                   (3, "tick", at(MS + 20), False),
+                                   (4, "tick", at(MS + 20), False),
                                    (10, "new", at(MS + 123456), True)]
     # the defaulted column keeps its default; milliseconds are kept exactly
     assert pg_conn.execute("SELECT count(*) FROM feature_flags WHERE updated_at IS NULL"
@@ -161,6 +163,8 @@ def test_mapped_tables_sync_both_ways(tmp_path: Path, pg_dsn: Dsn,
     assert pg_conn.execute("SELECT (extract(epoch FROM happened_at) * 1000)::bigint FROM "
                            "event_log WHERE event_id = 10").fetchone() == (MS + 123456,)
     identical(db, pg_dsn)
+    # audit's write was not captured: verify through the mapping sees it
+    assert not verify(VerifyOptions(sqlite_path=db, dsn=pg_dsn, tables=["audit"])).identical
 
     # --- the flip; the app now writes PostgreSQL, to-sqlite carries it back
     assert main(["sync", "flip", str(db), pg_dsn.conninfo]) == 0
@@ -174,7 +178,7 @@ def test_mapped_tables_sync_both_ways(tmp_path: Path, pg_dsn: Dsn,
     pg_conn.execute("INSERT INTO event_log (kind, happened_at, done) VALUES "
                     "('green', '2024-05-06 07:08:09.010+00', false)")
     pg_conn.execute("UPDATE event_log SET kind = 'begin' WHERE event_id = 1")
-    pg_conn.execute("DELETE FROM event_log WHERE event_id = 3")
+    pg_conn.execute("DELETE FROM event_log WHERE event_id = 4")
     assert main(["sync", "run", str(db), pg_dsn.conninfo, "--mode", "to-sqlite"]) == 0
     # a lossy reverse (coalesce(label, ...), jsonb spacing) is no conflict: SQLite's row,
     # mapped forward, is PostgreSQL's before-image
@@ -193,7 +197,7 @@ def test_mapped_tables_sync_both_ways(tmp_path: Path, pg_dsn: Dsn,
     events = sqlite_rows(db, "SELECT id, kind, at, done FROM events ORDER BY id")
     assert events == [tuple(r) for r in pg_conn.execute(EVENT_REVERSE).fetchall()]
     green = pg_conn.execute("SELECT event_id FROM event_log WHERE kind = 'green'").fetchone()
-    assert events[0] == (1, "begin", MS + 1, 1)
+    assert events[0] == (1, "begin", MS + 1, 1) and green[0] == 11  # counts up past 10
     assert (green[0], "green", 1714979289010, 0) in events
     assert sorted(e[0] for e in events) == sorted([1, 10, green[0]])
     identical(db, pg_dsn)
@@ -231,3 +235,34 @@ def test_mapped_sync_refuses_a_source_feeding_two_tables(tmp_path: Path, pg_dsn:
     assert "flags feeds 2 target tables" in err and "not supported yet" in err
     assert main(["sync", "install", str(db), pg_dsn.conninfo]) == 2
     assert "not supported yet" in capsys.readouterr().err
+
+
+def test_green_write_before_the_flip_is_a_conflict_on_the_target(
+        tmp_path: Path, pg_dsn: Dsn, pg_conn: psycopg.Connection) -> None:
+    db = loaded(tmp_path, pg_dsn, pg_conn)
+    assert main(["sync", "install", str(db), pg_dsn.conninfo, "--exclude", "audit"]) == 0
+    assert main(["sync", "run", str(db), pg_dsn.conninfo]) == 0
+    # green writes the target row, then blue (the system of record) writes the source row
+    pg_conn.execute("UPDATE feature_flags SET name = 'green' WHERE id = 'a'")
+    write(db, "UPDATE flags SET label = 'blue' WHERE id = 'a'")
+    assert main(["sync", "run", str(db), pg_dsn.conninfo]) == 0
+    assert pg_conn.execute("SELECT name FROM feature_flags WHERE id = 'a'").fetchone() == \
+        ("blue",)
+    conflicts = pg_conn.execute("SELECT table_name, winner, loser_image ->> 'name' FROM "
+                                "pgshift.sync_conflicts").fetchall()
+    assert conflicts == [("flags", "sqlite", "green")]
+    # green's queued change of that key was superseded: nothing goes back to SQLite
+    assert pg_conn.execute("SELECT count(*) FROM pgshift.pg_changes").fetchone() == (0,)
+    identical(db, pg_dsn)
+
+
+def test_mapped_sync_refuses_a_key_read_from_other_columns(
+        tmp_path: Path, pg_dsn: Dsn, pg_conn: psycopg.Connection,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    rekey = "      id: \"id || coalesce(label, '')\"\n"
+    mapping = MAPPING.replace("      is_enabled: enabled\n", "      is_enabled: enabled\n" + rekey)
+    db = loaded(tmp_path, pg_dsn, pg_conn, mapping)
+    capsys.readouterr()
+    assert main(["sync", "run", str(db), pg_dsn.conninfo]) == 2
+    err = capsys.readouterr().err
+    assert "feature_flags" in err and "reads more than the key of flags" in err

@@ -38,13 +38,13 @@ from pgshift.existing.sync_map import ForwardMapper, MappedSync, ReverseMapper, 
 from pgshift.existing.target import read_target
 from pgshift.existing.verify_plan import PROFILE_MARK, is_into_existing
 from pgshift.schema.ddl import qualified
-from pgshift.schema.model import Column, Table
+from pgshift.schema.model import Column, Table, qident
 from pgshift.schema.typemap import TypeDecision
 from pgshift.source.catalog import SourceTable
 from pgshift.sync import image
 from pgshift.sync.apply_sqlite import Conflict, PgChange, SqliteTable
 from pgshift.sync.sqlite_capture import CapturedTable
-from pgshift.sync.tables import TableApplier, _param
+from pgshift.sync.tables import Change, Statement, TableApplier, _param
 
 MAPPED = "mapped"  # the conversion name the to-sqlite side's columns carry (no type map)
 EXCLUDE_HINT = ("leave it out of capture: pgshift sync uninstall SQLITE PG, then "
@@ -157,6 +157,13 @@ def _unique_sets(pg: psycopg.Connection, rel: str) -> list[list[str]]:
     return [list(r[1]) for r in rows if r[1]]
 
 
+def _always_identity(pg: psycopg.Connection, rel: str) -> set[str]:
+    """The GENERATED ALWAYS identity columns of a table."""
+    return {r[0] for r in pg.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+        "AND NOT attisdropped AND attidentity = 'a'", (rel,)).fetchall()}
+
+
 # ---------------------------------------------------------------- to PostgreSQL
 
 
@@ -200,11 +207,43 @@ class MappedTableApplier(TableApplier):
         super().__init__(schema, table, fake)
         self.shape = shape  # the source's: image checks, fingerprints, conflict records
         self.mapped = m
+        # GENERATED ALWAYS identity columns fed from the source take values on INSERT
+        # (OVERRIDING SYSTEM VALUE) but can only be UPDATEd to DEFAULT: the upsert leaves
+        # them out of DO UPDATE and a key update is a delete and an insert
+        self.always = [n for n in fed if n in _always_identity(pg, rel)]
+        pg.commit()
+        if self.always:
+            self._without_identity_updates(rel)
         self.forward = ForwardMapper(m)
         self.key_sql = self._key_query(m, shape)
         self.reverse_key_sql = (
             "SELECT " + ", ".join(f"({m.reverse[s]})" for s in shape.key)
             + f" FROM jsonb_populate_record(NULL::{rel}, %s::jsonb) AS t")
+
+    def _without_identity_updates(self, rel: str) -> None:
+        names = ", ".join(qident(c.name) for _, c in self.columns)
+        values = ", ".join(f"%s::{c.pg_type}" for _, c in self.columns)
+        key = [c.name for c in self.key]
+        sets = [f"{qident(c.name)} = EXCLUDED.{qident(c.name)}" for _, c in self.columns
+                if c.name not in key and c.name not in self.always]
+        action = "DO UPDATE SET " + ", ".join(sets) if sets else "DO NOTHING"
+        self.upsert_sql = (f"INSERT INTO {rel} ({names}) OVERRIDING SYSTEM VALUE VALUES "
+                           f"({values}) ON CONFLICT ({', '.join(qident(k) for k in key)}) "
+                           f"{action}")
+
+    def statements(self, change: Change, *, lost: bool = False,
+                   check_inserts: bool = True) -> list[Statement]:
+        out = super().statements(change, lost=lost, check_inserts=check_inserts)
+        if not self.always:
+            return out
+        n = len(self.columns)
+        fixed: list[Statement] = []
+        for sql, params in out:
+            if sql == self.move_sql:  # params: values, old key, values
+                fixed += [(self.delete_sql, params[n:-n]), (self.upsert_sql, params[:n])]
+            else:
+                fixed.append((sql, params))
+        return fixed
 
     def _key_query(self, m: MappedSync, shape: CapturedTable) -> str:
         """Target key expressions over the source key columns alone (a key image)."""
