@@ -207,6 +207,11 @@ def test_mapped_tables_sync_both_ways(tmp_path: Path, pg_dsn: Dsn,
     assert (green[0], "green", 1714979289010, 0) in events
     assert [e[0] for e in events] == [1, green[0]]  # 10: deleted by green before the flip
     identical(db, pg_dsn)
+    # trim after the flip: the mapped tables are captured on PostgreSQL (as their targets)
+    log = "SELECT count(*) FROM _pgshift_changes"
+    assert sqlite_rows(db, log)[0][0] > 1
+    assert main(["sync", "trim", str(db), pg_dsn.conninfo]) == 0
+    assert sqlite_rows(db, log) == [(1,)]  # the last row is always kept
 
 
 def test_mapped_sync_refuses_what_it_cannot_carry(tmp_path: Path, pg_dsn: Dsn,
@@ -226,6 +231,20 @@ def test_mapped_sync_refuses_what_it_cannot_carry(tmp_path: Path, pg_dsn: Dsn,
     assert "audit" in err and "sync: true" in err
     assert main(["sync", "run", str(db), pg_dsn.conninfo, "--mode", "dual"]) == 2
     assert "--mode dual is not supported yet" in capsys.readouterr().err
+    assert main(["sync", "install", str(db), pg_dsn.conninfo, "--pg-capture", "logical"]) == 2
+    assert "logical is not supported yet" in capsys.readouterr().err
+
+
+def test_mapped_sync_refuses_a_filtered_table(tmp_path: Path, pg_dsn: Dsn,
+                                              pg_conn: psycopg.Connection,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    where = "    where: \"kind <> 'x'\"\n"
+    mapping = MAPPING.replace("    from: events\n", "    from: events\n" + where)
+    db = loaded(tmp_path, pg_dsn, pg_conn, mapping)
+    capsys.readouterr()
+    assert main(["sync", "run", str(db), pg_dsn.conninfo]) == 2
+    err = capsys.readouterr().err
+    assert "event_log" in err and "`where:` filter is not supported yet" in err
 
 
 def test_mapped_sync_refuses_a_source_feeding_two_tables(tmp_path: Path, pg_dsn: Dsn,
