@@ -71,12 +71,13 @@ def profiles_to_json(profiles: dict[str, TableProfile]) -> dict[str, Any]:
 def profiles_from_json(data: dict[str, Any]) -> dict[str, TableProfile]:
     """The inverse of profiles_to_json.
 
-    A schema loaded ``--into-existing`` stores its mapped feeds instead (read by
-    verify); the type-map consumers (sync) cannot use them yet and say so.
+    A schema loaded ``--into-existing`` stores its mapped feeds instead, read by
+    verify (:mod:`pgshift.existing.verify_plan`) and sync (:mod:`pgshift.sync.mapped`)
+    before they get here; any other type-map consumer refuses them.
     """
     if "into_existing" in data:
-        raise UsageError("this schema was loaded with migrate --into-existing: pgshift sync "
-                         "does not apply mapped tables yet",
+        raise UsageError("this schema was loaded with migrate --into-existing: its stored "
+                         "profile holds mapped feeds, not per-column type-map profiles",
                          hint="see docs/mapping.md#reverse--tables-sync-carries-back")
     return {name: TableProfile(name, int(d["rows"]),
                                {c: ColumnProfile(**cp) for c, cp in d["columns"].items()})

@@ -44,6 +44,7 @@ from pgshift.copy.checkpoint import load_profile
 from pgshift.copy.convert import Reject
 from pgshift.dsn import Dsn, connect
 from pgshift.errors import SourceError, TargetError, UsageError
+from pgshift.existing.verify_plan import PROFILE_MARK, is_into_existing
 from pgshift.schema.plan import build_plan
 from pgshift.source.catalog import read_catalog
 from pgshift.source.profile import profile_table, profiles_from_json
@@ -247,28 +248,39 @@ class Applier:
         chosen = [t for t in catalog.tables if t.name in shapes]
         stored = load_profile(self.pg, self.opts.schema)
         self.pg.commit()
-        profiles = profiles_from_json(stored) if stored else {}
-        for t in chosen:
-            if t.name not in profiles:
-                profiles[t.name] = profile_table(self.src, t)
-        plan = build_plan(catalog, profiles, schema=self.opts.schema, tables=chosen)
-        missing = [t.name for t in plan.tables if st.scalar(
-            self.pg, "SELECT to_regclass(%s) IS NULL",
-            (pgsql.Identifier(self.opts.schema, t.name).as_string(),))]
-        self.pg.commit()
-        if missing:
-            raise UsageError(f"captured tables missing in PostgreSQL schema "
-                             f"{self.opts.schema!r}: {', '.join(missing)}",
-                             hint=f"pgshift migrate {self.opts.sqlite_path} PG")
-        self.tables = {t.name: TableApplier(self.opts.schema, t, shapes[t.name])
-                       for t in plan.tables}
+        if is_into_existing(stored):
+            # loaded --into-existing: the stored feeds map each source table onto its
+            # target table (pgshift.sync.mapped); keyed by the source table still
+            from pgshift.sync import mapped
+
+            assert stored is not None
+            self.tables = dict(mapped.forward_appliers(
+                self.pg, self.opts.schema, list(stored[PROFILE_MARK]["tables"]),
+                {t.name: shapes[t.name] for t in chosen}))
+        else:
+            profiles = profiles_from_json(stored) if stored else {}
+            for t in chosen:
+                if t.name not in profiles:
+                    profiles[t.name] = profile_table(self.src, t)
+            plan = build_plan(catalog, profiles, schema=self.opts.schema, tables=chosen)
+            missing = [t.name for t in plan.tables if st.scalar(
+                self.pg, "SELECT to_regclass(%s) IS NULL",
+                (pgsql.Identifier(self.opts.schema, t.name).as_string(),))]
+            self.pg.commit()
+            if missing:
+                raise UsageError(f"captured tables missing in PostgreSQL schema "
+                                 f"{self.opts.schema!r}: {', '.join(missing)}",
+                                 hint=f"pgshift migrate {self.opts.sqlite_path} PG")
+            self.tables = {t.name: TableApplier(self.opts.schema, t, shapes[t.name])
+                           for t in plan.tables}
         self.settings = effective_settings(self.pg, self.opts.schema, list(self.tables),
                                            self.opts.settings)
         self.pg_captured = captured_on_postgres(self.pg, self.opts.schema)
         for name, ta in self.tables.items():
             # the tables whose queued PostgreSQL changes the to-sqlite applier carries
             # while this one runs: dual-writer tables, and every table after the flip
-            if name in self.pg_captured and (self.settings[name].dual
+            # (ta.name: the PostgreSQL table, the mapped target of a source table)
+            if ta.name in self.pg_captured and (self.settings[name].dual
                                              or self.opts.sor == cfg.POSTGRES):
                 ta.check_pending()
         self._schema_version = self._sqlite_schema_version()
@@ -469,7 +481,7 @@ class Applier:
             ta = self.tables[ch.table]
             ts = self.settings.get(ch.table, cfg.DEFAULT)
             qkey = self._queue_key(cur, ta, ch, img)
-            pending = self._pending(cur, ch.table, qkey)
+            pending = self._pending(cur, ta.name, qkey)
             if kind == "lost":
                 d = lose[seq]
                 records.append(self._record(
@@ -537,7 +549,8 @@ class Applier:
         for table, found in sorted(keys.items()):
             ta = self.tables[table]
             columns = [list(col) for col in zip(*found, strict=True)]
-            hit = cur.execute(ta.recheck_sql, [*columns, self.opts.schema, table]).fetchone()
+            hit = cur.execute(ta.recheck_sql, [*columns, self.opts.schema, ta.name]
+                              ).fetchone()
             if hit and hit[0]:
                 raise Redo({})
 
@@ -579,9 +592,11 @@ class Applier:
         a row green inserted into a table without capture under a key SQLite never
         wrote is not told apart).
         """
-        if ch.table in self.pg_captured or img is None:
+        if ta.name in self.pg_captured or img is None:
             return bool(pending)
-        key = _sqlite_key(self.src, ta, img)
+        mapped_key = getattr(ta, "sqlite_key", None)
+        key = mapped_key(self.src, cur, img) if mapped_key is not None \
+            else _sqlite_key(self.src, ta, img)
         if key is None:
             return False
         last = self.src.execute(

@@ -47,6 +47,7 @@ from pgshift.copy.checkpoint import load_profile
 from pgshift.copy.convert import Reject
 from pgshift.dsn import connect
 from pgshift.errors import ConnectError, LockedError, SourceError, TargetError, UsageError
+from pgshift.existing.verify_plan import PROFILE_MARK, is_into_existing
 from pgshift.schema.model import Table
 from pgshift.schema.plan import build_plan
 from pgshift.source.catalog import read_catalog
@@ -189,6 +190,9 @@ class SqliteTable:
                                  f"NOT ({not_key})", [position[c] for c in cols]))
         self.key_positions = [position[c] for c in key_names]
 
+    def close(self) -> None:
+        """Release what the writer holds (mapped tables: their PostgreSQL session)."""
+
     def evictions(self, con: sqlite3.Connection, ch: PgChange) -> list[tuple[Any, ...]]:
         """SQLite rows applying ``ch`` would remove besides its own row: rows on another
         unique key, and the different row already at its key (an insert, a key update)."""
@@ -315,6 +319,7 @@ def run_to_sqlite(opts: SyncOptions, *, stop: threading.Event | None = None,
         # backoff, which watches ``stop``) rather than in one 10 s busy wait
         con.execute("pragma busy_timeout = 500")
     pg: psycopg.Connection | None = None
+    closing: list[SqliteTable] = []
     try:
         pg = _session(opts)
         if not capture.installed(con):
@@ -325,7 +330,12 @@ def run_to_sqlite(opts: SyncOptions, *, stop: threading.Event | None = None,
                              hint=f"pgshift sync install {opts.sqlite_path} PG")
         pg.commit()
         tables = _tables(con, pg, opts)
-        settings = effective_settings(pg, opts.schema, list(tables), opts.settings)
+        closing.extend(tables.values())
+        # settings are the SQLite table's (a mapped target table's source table)
+        sources = {name: t.table.name for name, t in tables.items()}
+        by_source = effective_settings(pg, opts.schema, sorted(set(sources.values())),
+                                       opts.settings)
+        settings = {name: by_source[src] for name, src in sources.items()}
         result = SyncResult(TO_SQLITE, 0, 0)
         trim_plan = trim.plan(con, pg, opts.schema) \
             if trim_log and opts.only_tables is None else None
@@ -389,6 +399,8 @@ def run_to_sqlite(opts: SyncOptions, *, stop: threading.Event | None = None,
         con.close()
         if pg is not None:
             pg.close()
+        for t in closing:
+            t.close()
 
 
 def _one_batch(con: sqlite3.Connection, pg: psycopg.Connection,
@@ -480,11 +492,20 @@ _STORED_KEY = "to_sqlite_batch"
 
 def _tables(con: sqlite3.Connection, pg: psycopg.Connection,
             opts: SyncOptions) -> dict[str, SqliteTable]:
+    """The SQLite writers, keyed by the PostgreSQL table their changes are queued under
+    (a schema loaded ``--into-existing``: the mapped target tables, :mod:`.mapped`)."""
     names = set(capture.installed(con))
     catalog = read_catalog(con)
     chosen = [t for t in catalog.tables if t.name in names]
     stored = load_profile(pg, opts.schema)
     pg.commit()
+    if is_into_existing(stored):
+        from pgshift.sync import mapped
+
+        assert stored is not None
+        return mapped.sqlite_tables(con, pg, opts.dsn, opts.schema,
+                                    list(stored[PROFILE_MARK]["tables"]),
+                                    [t.name for t in chosen])
     profiles = profiles_from_json(stored) if stored else {}
     for t in chosen:
         if t.name not in profiles:
@@ -527,7 +548,7 @@ def _apply_batch(con: sqlite3.Connection, tables: dict[str, SqliteTable],
                 records, apply = _decide(con, t, ch, ctx)
                 if apply:
                     t.apply(con, ch)
-                    applied[ch.table] = applied.get(ch.table, 0) + 1
+                    applied[t.table.name] = applied.get(t.table.name, 0) + 1
                 con.execute("RELEASE change")
                 conflicts += records
             except (Reject, sqlite3.IntegrityError) as exc:
@@ -670,6 +691,13 @@ def run_dual(opts: SyncOptions, *, stop: threading.Event | None = None
     """
     stop = stop or threading.Event()
     sor = opts.sor or cfg.SQLITE
+    from pgshift.sync import mapped
+
+    if mapped.is_mapped(opts.dsn, opts.schema):
+        raise UsageError(f"--mode dual is not supported yet for schema {opts.schema!r}, "
+                         "loaded with migrate --into-existing",
+                         hint="run --mode to-postgres before the flip and --mode to-sqlite "
+                              "after it")
     dual = _dual_tables(opts)
     sqlite_opts = replace(opts, sor=sor, batch_size=min(opts.batch_size, DUAL_SQLITE_BATCH),
                           only_tables=dual if sor == cfg.SQLITE else None)

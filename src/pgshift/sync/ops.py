@@ -15,7 +15,7 @@ from psycopg import sql as pgsql
 from pgshift.dsn import Dsn, connect
 from pgshift.errors import LockedError, SourceError, TargetError, UsageError
 from pgshift.source.snapshot import CHANGELOG_TABLE
-from pgshift.sync import identity, pg_capture, pg_logical
+from pgshift.sync import identity, mapped, pg_capture, pg_logical
 from pgshift.sync import sqlite_capture as capture
 from pgshift.sync import state as st
 from pgshift.sync.apply import FENCE_OP, SyncOptions, SyncResult, open_sqlite, run
@@ -62,15 +62,27 @@ def install(path: Path, tables: list[str] | None = None,
     if dsn is not None:
         conn = connect(dsn, application_name="pgshift-sync")
         try:
-            missing = [t.name for t in result.tables if st.scalar(
+            feeds = mapped.stored_feeds(conn, schema)
+            if feeds is not None:
+                # loaded --into-existing: capture the target tables the captured source
+                # tables feed, keyed by the target columns their `key:` maps to
+                if pg_capture_mode == "logical":
+                    raise UsageError("--pg-capture logical is not supported yet for a "
+                                     "schema loaded --into-existing",
+                                     hint="pgshift sync install SQLITE PG --pg-capture "
+                                          "triggers")
+                keys = mapped.capture_targets(conn, schema, feeds, result.tables)
+            else:
+                keys = {t.name: list(t.key) for t in result.tables}
+            missing = [name for name in keys if st.scalar(
                 conn, "SELECT to_regclass(%s) IS NULL",
-                (pgsql.Identifier(schema, t.name).as_string(),))]
+                (pgsql.Identifier(schema, name).as_string(),))]
             conn.commit()
             if missing:
                 raise UsageError(f"tables missing in PostgreSQL schema {schema!r}: "
                                  f"{', '.join(missing)}",
                                  hint=f"pgshift migrate {path} PG, then install again")
-            names = [t.name for t in result.tables]
+            names = list(keys)
             if pg_capture_mode == "logical":
                 result.postgres_capture = pg_logical.install(conn, schema, names)
             else:
@@ -79,7 +91,7 @@ def install(path: Path, tables: list[str] | None = None,
                                      "PostgreSQL capture at a time",
                                      hint="pgshift sync uninstall SQLITE PG, then install "
                                           "again")
-                pg_capture.install(conn, schema, {t.name: list(t.key) for t in result.tables})
+                pg_capture.install(conn, schema, keys)
                 result.postgres_capture = {"mode": "triggers", "tables": names}
             result.identities = identity.to_negative(conn, schema, names) \
                 if green_ids == "negative" else [

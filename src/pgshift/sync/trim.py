@@ -78,6 +78,12 @@ def plan(con: sqlite3.Connection, pg: Any, schema: str) -> TrimPlan | None:
             hint="nothing was trimmed; start over with pgshift sync uninstall SQLITE PG")
     max_seq = con.execute(f'SELECT max(seq) FROM "{CHANGELOG_TABLE}"').fetchone()[0] or 0
     captured = set(pg_capture.installed(pg, schema))
+    from pgshift.sync import mapped
+
+    feeds = mapped.stored_feeds(pg, schema)
+    if feeds is not None:
+        # loaded --into-existing: PostgreSQL captures the target tables the sources feed
+        captured |= {f["source"] for f in feeds if f["table"] in captured and f["source"]}
     settings = st.stored_settings(pg, schema)
     pg.commit()
     from pgshift.sync import pg_logical
