@@ -249,6 +249,9 @@ def _jobs(columns: str) -> str:
     ("tables: {jobs: {query: 'SELEC 1'}}", r"mapping jobs: invalid SQLite query"),
     ("tables: {jobs: {where: 'kind =', columns: {" + _OK + "}}}",
      r"mapping jobs: invalid `where:`"),
+    # refused by SQLite for the rows only (compiles): the plan's pass over the source
+    (_jobs("kind: 'abs(-9223372036854775807 - 1 + length(kind) * 0)'"),
+     r"mapping jobs: reading the source failed: integer overflow"),
     (_jobs("kind: {expr: kind, convert: epoch_ms}"),
      r"mapping jobs.kind: `convert: epoch_ms` needs a timestamp"),
     ("tables: [1]", r"tables: Input should be a valid dictionary"),

@@ -9,7 +9,7 @@ epoch-unit detection, date-text shapes, boolean spellings).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -175,7 +175,8 @@ def _column_aggregates(col: str, family: str, *, int_range: bool = False) -> dic
 
 
 def _scan(con: sqlite3.Connection, table: SourceTable, where: str,
-          params: list[object], int_range: frozenset[str] = frozenset()) -> tuple[int, Figures]:
+          params: list[object], int_range: frozenset[str] = frozenset(),
+          extra: Sequence[str] = ()) -> tuple[int, Figures, list[Any]]:
     exprs = ["count(*)"]
     slots: list[tuple[str, str]] = []
     for col in table.columns:
@@ -183,12 +184,12 @@ def _scan(con: sqlite3.Connection, table: SourceTable, where: str,
                                             int_range=col.name in int_range).items():
             exprs.append(agg)
             slots.append((col.name, name))
-    row = con.execute(f"SELECT {', '.join(exprs)} FROM {_q(table.name)} WHERE {where}",
-                      params).fetchone()
+    row = con.execute(f"SELECT {', '.join([*exprs, *extra])} FROM {_q(table.name)} "
+                      f"WHERE {where}", params).fetchone()
     figures: Figures = {c.name: {} for c in table.columns}
-    for (col, name), value in zip(slots, row[1:], strict=True):
+    for (col, name), value in zip(slots, row[1:len(exprs)], strict=True):
         figures[col][name] = value
-    return int(row[0] or 0), figures
+    return int(row[0] or 0), figures, list(row[len(exprs):])
 
 
 def _merge(parts: list[tuple[int, Figures]]) -> tuple[int, Figures]:
@@ -234,33 +235,51 @@ def profile_tables(
     ``int_ranges`` asks for the integer range of more columns than the type map
     needs (``--into-existing`` checks epoch columns going into timestamps).
     """
+    return profile_tables_with(open_connection, tables, jobs, int_ranges)[0]
+
+
+def profile_tables_with(
+    open_connection: Callable[[], sqlite3.Connection],
+    tables: list[SourceTable],
+    jobs: int = 2,
+    int_ranges: dict[str, set[str]] | None = None,
+    extra: dict[str, list[str]] | None = None,
+) -> tuple[dict[str, TableProfile], dict[str, list[tuple[int, list[Any]]]]]:
+    """:func:`profile_tables`, plus ``extra`` aggregates per table computed in the same pass.
+
+    The second result gives, per table, each range's (rows, values of its ``extra``
+    aggregates): ``--into-existing`` profiles its mapped expressions this way, since a
+    second pass over a big table costs as much as the first.
+    """
     con = open_connection()
     try:
         work = [(t, w, p) for t in tables for w, p in _ranges(con, t, jobs)]
     finally:
         con.close()
 
-    def scan(item: tuple[SourceTable, str, list]) -> tuple[int, Figures]:
+    def scan(item: tuple[SourceTable, str, list]) -> tuple[int, Figures, list[Any]]:
         c = open_connection()
         try:
-            extra = frozenset((int_ranges or {}).get(item[0].name, ()))
-            return _scan(c, item[0], item[1], item[2], extra)
+            more = frozenset((int_ranges or {}).get(item[0].name, ()))
+            return _scan(c, item[0], item[1], item[2], more, (extra or {}).get(item[0].name, ()))
         finally:
             c.close()
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         results = list(pool.map(scan, work))
     out: dict[str, TableProfile] = {}
+    extras: dict[str, list[tuple[int, list[Any]]]] = {}
     for t in tables:
         parts = [r for (tt, _, _), r in zip(work, results, strict=True) if tt is t]
-        rows, merged = _merge(parts)
+        rows, merged = _merge([(n, f) for n, f, _ in parts])
         out[t.name] = _finish(open_connection, t, rows, merged)
-    return out
+        extras[t.name] = [(n, vals) for n, _, vals in parts]
+    return out, extras
 
 
 def profile_table(con: sqlite3.Connection, table: SourceTable) -> TableProfile:
     """Profile one table on an open connection (single scan, no threads)."""
-    rows, figures = _scan(con, table, "1", [])
+    rows, figures, _ = _scan(con, table, "1", [])
     return _finish(lambda: con, table, rows, figures, close=False)
 
 
