@@ -8,13 +8,19 @@ into a fresh database of a durable embedded PostgreSQL, it measures:
    runs) and all in one transaction (the trigger's CPU cost alone), with and without the
    triggers; p50/p99 and the difference per row write;
 2. **lag at a fixed rate**: a writer at ``--rate`` writes/s (updates, inserts, deletes
-   across the seeded tables) for ``--seconds`` while ``sync run --follow`` applies; the
-   lag of every change is commit-in-PostgreSQL time minus capture time (p50/p99);
+   across the seeded tables) for ``--seconds`` while ``sync run --follow`` applies, and a
+   trickle of green's incidental writes on PostgreSQL (``--green-rate``/s: ``users``
+   updates, new ``user_sessions``; PostgreSQL capture installed after migrate); the lag
+   of every change is commit-in-PostgreSQL time minus capture time (p50/p99); the
+   conflicts (a key both sides changed before the applier saw either) are counted;
 3. **drain**: the same writer for ``--backlog-seconds`` with the applier stopped, then the
    time the applier takes to apply that backlog (and its changes/s);
-4. ``pgshift verify`` at the end: identical, nothing lost or duplicated;
-5. after the flip: PostgreSQL single-row update TPS with and without the capture
-   trigger, the to-sqlite drain of those changes, and verify again.
+4. **the flip** (``sync flip``: drain behind a fence, green's early writes rebased), the
+   to-sqlite applier carries green's writes back, and ``pgshift verify``: identical,
+   nothing lost or duplicated;
+5. after the flip: PostgreSQL single-row update TPS with and without the capture trigger
+   (on a second copy, so the measurement's writes stay out of the first), then the
+   to-sqlite drain of a backlog of such updates on the first copy, and verify again.
 
 Targets (issue 4, 2-core machine, 500 writes/s): lag p50 < 200 ms, p99 < 1 s; capture
 < 50 µs per row write at p99; drain of a 5 s backlog < 5 s; verify identical.
@@ -137,6 +143,50 @@ class Writer(threading.Thread):
             self.error = exc
 
 
+class Green(threading.Thread):
+    """Green's incidental writes on PostgreSQL (before the flip) at a fixed rate."""
+
+    def __init__(self, dsn: Any, rate: float, seconds: float) -> None:
+        super().__init__(daemon=True)
+        self.dsn, self.rate, self.seconds = dsn, rate, seconds
+        self.done = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            conn = connect(self.dsn, autocommit=True)
+            rnd = random.Random(4)
+            users = [r[0] for r in conn.execute("select id from users")]
+            start = time.perf_counter()
+            while time.perf_counter() - start < self.seconds:
+                due = start + self.done / self.rate
+                if due > time.perf_counter():
+                    time.sleep(due - time.perf_counter())
+                if self.done % 2:
+                    conn.execute("update users set updated_at = %s where id = %s",
+                                 (-self.done, rnd.choice(users)))
+                else:
+                    conn.execute("insert into user_sessions (id, user_id, user_agent, ip, "
+                                 "created_at, expires_at) values (%s, %s, 'green', "
+                                 "'127.0.0.1', %s, %s)", (f"green-{self.done}",
+                                                          rnd.choice(users), self.done,
+                                                          self.done + 3600))
+                self.done += 1
+            conn.close()
+        except BaseException as exc:  # reported by the caller
+            self.error = exc
+
+
+def conflicts(dsn: Any) -> int:
+    """Conflicts recorded so far (both directions)."""
+    conn = connect(dsn, autocommit=True)
+    try:
+        row = conn.execute("select count(*) from pgshift.sync_conflicts").fetchone()
+        return int(row[0]) if row else 0
+    finally:
+        conn.close()
+
+
 def follow_with_lag(db: Path, dsn: Any, stop: threading.Event,
                     lags: list[float]) -> threading.Thread:
     def on_batch(_r: SyncResult, batch: list[Change]) -> None:
@@ -173,6 +223,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=500.0)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--backlog-seconds", type=float, default=5.0)
+    ap.add_argument("--green-rate", type=float, default=5.0,
+                    help="green's incidental writes/s on PostgreSQL before the flip")
     ap.add_argument("--writes", type=int, default=5000, help="writes per latency series")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/pgshift-bench-sync"))
     ap.add_argument("--json", action="store_true")
@@ -197,19 +249,28 @@ def main() -> int:
             dsn = fresh_database(server, "bench_sync")
             log("migrate")
             migrate(MigrateOptions(sqlite_path=db, dsn=dsn, state_dir=tmp / "state"))
-            log(f"lag at {args.rate:.0f} writes/s for {args.seconds:.0f}s")
+            ops.install(db, dsn=dsn)  # PostgreSQL capture: green's incidental writes
+            log(f"lag at {args.rate:.0f} writes/s for {args.seconds:.0f}s, green "
+                f"{args.green_rate:g}/s")
             lags: list[float] = []
             stop = threading.Event()
             applier = follow_with_lag(db, dsn, stop, lags)
             w = Writer(db, args.rate, args.seconds)
+            g = Green(dsn, args.green_rate, args.seconds)
             w.start()
+            g.start()
             w.join()
+            g.join()
+            for t in (w, g):
+                if t.error is not None:
+                    raise t.error
             deadline = time.monotonic() + 30
             while ops.status(db, dsn).get("pending", 1) and time.monotonic() < deadline:
                 time.sleep(0.05)
             stop.set()
             applier.join()
             out["lag"] = {"writes": w.done, "achieved_rate": round(w.done / args.seconds, 1),
+                          "green_writes": g.done,
                           "p50_ms": pct(lags, 50), "p99_ms": pct(lags, 99),
                           "max_ms": max(lags) if lags else None}
             log(f"drain of a {args.backlog_seconds:.0f}s backlog")
@@ -223,15 +284,23 @@ def main() -> int:
             out["drain"] = {"backlog_changes": pending, "seconds": round(drain, 3),
                             "changes_per_s": round(res.applied / drain, 1),
                             "parked": res.parked}
-            log("verify")
+            log("flip, green's writes carried back, verify")
+            flipped = ops.flip(SyncOptions(sqlite_path=db, dsn=dsn), timeout=30)
+            back = run_to_sqlite(SyncOptions(sqlite_path=db, dsn=dsn))
             v = verify(VerifyOptions(sqlite_path=db, dsn=dsn))
+            out["flip"] = {"flipped": flipped["flipped"], "carried_back": back.applied,
+                           "parked": back.parked, "conflicts": conflicts(dsn)}
             out["verify_identical"] = v.identical
-            log("after the flip: PostgreSQL capture and to-sqlite")
-            off = pg_write_latency(dsn, args.writes)
-            ops.install(db, dsn=dsn)
-            on = pg_write_latency(dsn, args.writes)
+            log("after the flip: PostgreSQL TPS without and with capture (second copy)")
+            dsn2 = fresh_database(server, "bench_sync_tps")
+            migrate(MigrateOptions(sqlite_path=db, dsn=dsn2, state_dir=tmp / "state2"))
+            off = pg_write_latency(dsn2, args.writes)
+            ops.install(db, dsn=dsn2)
+            on = pg_write_latency(dsn2, args.writes)
             out["pg_capture"] = {"without": off, "with": on,
                                  "tps_ratio": round(on["tps"] / off["tps"], 3)}
+            log("to-sqlite drain of a backlog")
+            pg_write_latency(dsn, args.writes)
             t0 = time.perf_counter()
             back = run_to_sqlite(SyncOptions(sqlite_path=db, dsn=dsn))
             secs = time.perf_counter() - t0
@@ -259,7 +328,11 @@ def main() -> int:
         d = out["drain"]
         print(f"drain: {d['backlog_changes']} changes in {d['seconds']} s "
               f"({d['changes_per_s']} changes/s), parked {d['parked']}")
-        print(f"verify identical: {out['verify_identical']}")
+        f = out["flip"]
+        print(f"green wrote {lag['green_writes']} rows on PostgreSQL before the flip; flipped "
+              f"{f['flipped']}, {f['carried_back']} changes carried back, conflicts "
+              f"{f['conflicts']}, parked {f['parked']}; verify identical: "
+              f"{out['verify_identical']}")
         p = out["pg_capture"]
         print(f"PostgreSQL single-row update, autocommit: {p['without']['tps']:.0f} tps "
               f"without capture, {p['with']['tps']:.0f} with (x{p['tps_ratio']}); p99 "
