@@ -49,7 +49,8 @@ class Dsn:
         params = conninfo.conninfo_to_dict(self.conninfo)
         if "password" in params:
             params["password"] = "***"
-        return conninfo.make_conninfo(**params) if params else "(libpq defaults)"
+        # The empty base conninfo is passed positionally so the keywords only fill kwargs.
+        return conninfo.make_conninfo("", **params) if params else "(libpq defaults)"
 
     def __str__(self) -> str:
         return self.safe

@@ -554,10 +554,12 @@ def violating_keys(conn: psycopg.Connection, rel: str, conname: str, contype: st
     if row is None:
         return "?"
     definition, cols, parent, pcols = row
-    pk = conn.execute(
+    pk_row = conn.execute(
         "SELECT array_agg(a.attname ORDER BY array_position(i.indkey, a.attnum)) FROM pg_index i "
         "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
-        "WHERE i.indrelid = %s::regclass AND i.indisprimary", (rel,)).fetchone()[0] or ["ctid"]
+        "WHERE i.indrelid = %s::regclass AND i.indisprimary", (rel,)).fetchone()
+    # An aggregate always returns one row: NULL (no primary key) falls back to ctid.
+    pk = (pk_row[0] if pk_row is not None else None) or ["ctid"]
     key_sql = ", ".join(qident(c) if c != "ctid" else "ctid::text" for c in pk)
     if contype == "f":
         match = " AND ".join(f"p.{qident(pc)} = t.{qident(c)}" for c, pc in zip(cols, pcols,
@@ -583,8 +585,10 @@ def _finish(conn: psycopg.Connection, opts: MigrateOptions, plan: Plan, run: Run
     for t in plan.tables:
         if t.identity_column and not opts.schema_only:
             col = qident(t.identity_column)
-            current = conn.execute(f"SELECT max({col}) FROM {ddl.qualified(opts.schema, t.name)}"
-                                   ).fetchone()[0] or 0
+            max_row = conn.execute(
+                f"SELECT max({col}) FROM {ddl.qualified(opts.schema, t.name)}").fetchone()
+            # An aggregate always returns one row; NULL means an empty table.
+            current = (max_row[0] if max_row is not None else None) or 0
             # Never reuse an id: restart past both max(id) and AUTOINCREMENT's high mark.
             start = max(int(current), t.sequence_floor) + 1
             with conn.transaction():

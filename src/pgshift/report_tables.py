@@ -13,6 +13,7 @@ from pgshift.schema import ddl
 
 if TYPE_CHECKING:
     from pgshift.migrate import MigrateResult
+    from pgshift.schema.model import Note
     from pgshift.schema.plan import Plan
 
 
@@ -45,7 +46,7 @@ def migrate_summary(result: MigrateResult) -> Group:
     return Group(*parts)
 
 
-def notes_table(notes: list) -> Table:  # type: ignore[type-arg]
+def notes_table(notes: list[Note]) -> Table:
     nt = Table(title="notes", title_justify="left")
     nt.add_column("level")
     nt.add_column("object")
@@ -92,7 +93,8 @@ def mapped_plan_text(plan: MappedPlan) -> Group:
             t.add_row(c.target.name, c.target.type, c.origin, c.reason,
                       f"{c.rejects:,}" if c.rejects else "")
         for name in tbl.defaulted:
-            t.add_row(name, tbl.target.column(name).type if tbl.target.column(name) else "",
+            target_col = tbl.target.column(name)
+            t.add_row(name, target_col.type if target_col else "",
                       "(default)", "PostgreSQL's DEFAULT / identity", "")
         parts.append(t)
     if plan.notes:

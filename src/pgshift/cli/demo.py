@@ -50,8 +50,8 @@ def demo(
         con = out_console()
         con.print(migrate_summary(result.migrate))
         t = Table(title="verify: rows compared", title_justify="left")
-        for c in ("table", "SQLite", "PostgreSQL", "equal"):
-            t.add_column(c, justify="right" if c != "table" else "left")
+        for heading in ("table", "SQLite", "PostgreSQL", "equal"):
+            t.add_column(heading, justify="right" if heading != "table" else "left")
         same = {v.table: v.equal for v in result.verified.tables} if result.verified else {}
         for c in result.counts:
             equal = c.equal and same.get(c.table, True)  # content, not only counts

@@ -104,10 +104,11 @@ def migrate_command(
     result = migrate(opts, for_terminal(json_output))
     if json_output:
         print_json(result.to_dict())
-    elif dry_run and isinstance(result.plan, MappedPlan):
-        out_console().print(mapped_plan_text(result.plan))
     elif dry_run:
-        out_console().print(plan_text(result.plan))
+        if isinstance(result.plan, MappedPlan):
+            out_console().print(mapped_plan_text(result.plan))
+        else:
+            out_console().print(plan_text(result.plan))
     else:
         out_console().print(migrate_summary(result))
         if result.rejects_file:

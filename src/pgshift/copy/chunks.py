@@ -51,7 +51,8 @@ class Chunk:
     def where(self) -> tuple[str, list[Any]]:
         """SQL predicate and parameters selecting this chunk's rows."""
         cols = list(self.key)
-        parts, params = [], []
+        parts: list[str] = []
+        params: list[Any] = []
         if self.lo is not None:
             parts.append(f"{_row(cols)} > {_params(cols)}")
             params.extend(self.lo)

@@ -437,7 +437,7 @@ def _numeric_in(scale: int) -> Callable[[object], str]:
 
 def _parse_has_no_offset(v: object) -> bool:
     m = _ISO.fullmatch(_text_of(v, "a timestamp").strip())
-    return bool(m) and m.group("tz") is None
+    return m is not None and m.group("tz") is None
 
 
 def _epoch_date(scale: int) -> Callable[[object], str]:

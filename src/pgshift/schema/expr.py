@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 import sqlglot
 from sqlglot import exp
@@ -71,7 +72,9 @@ class ExprContext:
 
 
 def _pg(sql: str) -> exp.Expression:
-    return sqlglot.parse_one(sql, read="postgres")
+    # sqlglot >= 30 annotates its parsers as returning the mixin root ``Expr``; every
+    # node they build is an ``Expression`` (the root class before 30).
+    return cast(exp.Expression, sqlglot.parse_one(sql, read="postgres"))
 
 
 def _now_arg(node: exp.Expression) -> bool:
@@ -234,7 +237,7 @@ def _parse(text: str, original: str) -> exp.Expression:
         raise Untranslatable(f"cannot parse {original!r}: {str(exc).splitlines()[0]}") from exc
     if len(trees) != 1 or trees[0] is None:
         raise Untranslatable(f"{original!r} is not one expression")
-    return trees[0]
+    return cast(exp.Expression, trees[0])  # an Expression, typed Expr: see _pg
 
 
 def translate_default(sql: str, pg_type: str, ctx: ExprContext | None = None) -> str:

@@ -375,7 +375,7 @@ def _read_foreign_keys(con: sqlite3.Connection, table: SourceTable) -> None:
     groups: dict[int, list[tuple]] = {}
     for row in con.execute(f"pragma foreign_key_list({_q(table.name)})"):
         groups.setdefault(row[0], []).append(row)
-    ddl = table.__dict__.pop("_fk_ddl", [])
+    ddl: list[tuple[list[str], str | None, bool]] = table.__dict__.pop("_fk_ddl", [])
     for fk_id in sorted(groups, reverse=True):  # SQLite numbers the last-declared FK 0
         rows = sorted(groups[fk_id], key=lambda r: r[1])
         ref_table = rows[0][2]
@@ -383,8 +383,9 @@ def _read_foreign_keys(con: sqlite3.Connection, table: SourceTable) -> None:
         refs = [r[4] for r in rows]
         if any(r is None for r in refs):
             refs = _parent_pk(con, ref_table) or refs
+        no_match: tuple[list[str], str | None, bool] = ([], None, False)
         match = next((d for d in ddl if [x.lower() for x in d[0]] == [x.lower() for x in cols]),
-                     ([], None, False))
+                     no_match)
         table.foreign_keys.append(
             SourceForeignKey(cols, ref_table, [r for r in refs if r is not None],
                              rows[0][5], rows[0][6], match[1], deferred=match[2])

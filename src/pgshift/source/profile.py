@@ -129,7 +129,9 @@ _NATURAL_CLASS = {"integer": "integer", "boolean": "integer", "text": "text", "j
 _CLASS_FIELD = {"integer": "integers", "real": "reals", "text": "texts", "blob": "blobs"}
 _MERGE_MIN = ("int_min", "class_min")
 _MERGE_MAX = ("int_max", "class_max")
-Figures = dict[str, dict[str, object]]
+# column -> aggregate name -> its value: counts and integer bounds are ints, the typeof
+# bounds (class_min, class_max) text, and an aggregate over no rows NULL.
+Figures = dict[str, dict[str, int | str | None]]
 _PROFILE_FIELDS = ("int_min", "int_max", "date_texts", "datetime_texts", "offset_texts",
                    "bool_texts", "bool_ints", "nul_texts")
 
@@ -187,8 +189,8 @@ def _scan(con: sqlite3.Connection, table: SourceTable, where: str,
     row = con.execute(f"SELECT {', '.join([*exprs, *extra])} FROM {_q(table.name)} "
                       f"WHERE {where}", params).fetchone()
     figures: Figures = {c.name: {} for c in table.columns}
-    for (col, name), value in zip(slots, row[1:len(exprs)], strict=True):
-        figures[col][name] = value
+    for (col_name, name), value in zip(slots, row[1:len(exprs)], strict=True):
+        figures[col_name][name] = value
     return int(row[0] or 0), figures, list(row[len(exprs):])
 
 
@@ -203,9 +205,9 @@ def _merge(parts: list[tuple[int, Figures]]) -> tuple[int, Figures]:
                 if v is None or old is None:
                     m[k] = v if old is None else old
                 elif k in _MERGE_MIN:
-                    m[k] = min(old, v)  # type: ignore[type-var]
+                    m[k] = min(old, v)
                 elif k in _MERGE_MAX:
-                    m[k] = max(old, v)  # type: ignore[type-var]
+                    m[k] = max(old, v)
                 else:
                     m[k] = old + v  # type: ignore[operator]
     return rows, merged
@@ -293,7 +295,7 @@ def _finish(open_connection: Callable[[], sqlite3.Connection], table: SourceTabl
         for k, v in f.items():
             if v is not None and k in _PROFILE_FIELDS:
                 setattr(cp, k, v)
-        non_null = int(f.get("non_null") or 0)  # type: ignore[call-overload]
+        non_null = int(f.get("non_null") or 0)
         cp.nulls = rows - non_null
         if "others" in f:
             if not f["others"]:

@@ -43,7 +43,8 @@ def check_schema(conn: psycopg.Connection, plan: Plan) -> list[SchemaDiff]:
             out.append(SchemaDiff(t.name, "table", "present", "missing"))
             continue
         oid = rel[0]
-        cols = {r[0]: r[1:] for r in conn.execute(
+        # name -> (type, not null, has default, identity, generated)
+        cols: dict[str, tuple[str, bool, bool, str, str]] = {r[0]: r[1:] for r in conn.execute(
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, "
             "a.atthasdef, a.attidentity, a.attgenerated FROM pg_attribute a "
             "WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped", (oid,))}

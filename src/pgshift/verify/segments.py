@@ -111,7 +111,8 @@ class TableComparer:
         row = f"({key})" if len(self.keys) > 1 else key
         ph = "%s" if pg else "?"
         params_ph = "(" + ", ".join(ph for _ in self.keys) + ")" if len(self.keys) > 1 else ph
-        parts, params = [], []
+        parts: list[str] = []
+        params: list[Any] = []
         if r.lo is not None:
             parts.append(f"{row} > {params_ph}")
             params.extend(r.lo)
