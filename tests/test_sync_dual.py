@@ -155,3 +155,29 @@ def test_a_green_write_racing_the_apply_is_a_conflict(tmp_path: Path, pg_dsn: Ds
                                      sor="sqlite", only_tables=["kv"]))
     assert back.applied == 0 and back.conflicts == 0
     check(db, pg_dsn)
+
+
+def test_a_green_write_racing_the_apply_is_a_conflict_on_single_writer_tables(
+        tmp_path: Path, pg_dsn: Dsn) -> None:
+    """The same race before the flip on a default (single-writer) table: SQLite wins,
+    and green's overwritten write is recorded, not silently replaced."""
+    from pgshift.dsn import connect
+    from sync_helpers import sync_once
+
+    db = small_synced(tmp_path, pg_dsn, pg_capture=True)
+    write(db, "update kv set v = 'blue' where k = 'a'")
+    green = connect(pg_dsn)
+    green.execute("update kv set v = 'green' where k = 'a'")  # uncommitted: holds the lock
+    timer = threading.Timer(0.5, green.commit)
+    timer.start()
+    try:
+        result = sync_once(db, pg_dsn)
+    finally:
+        timer.join()
+        green.close()
+    assert result.conflicts == 1
+    [c] = conflicts_of(pg_dsn)
+    assert c["winner"] == "sqlite" and c["policy"] == "sor-wins"
+    assert c["loser_image"] == {"k": "a", "v": "green"} and c["loser_change"] is not None
+    assert pg_exec(pg_dsn, "select count(*) from pgshift.pg_changes where tbl = 'kv'") == [(0,)]
+    check(db, pg_dsn)

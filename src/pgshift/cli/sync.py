@@ -21,7 +21,7 @@ from pgshift.cli.sync_tables import (
 from pgshift.dsn import resolve
 from pgshift.errors import ExitCode, PgshiftError, UsageError
 from pgshift.sync import ops
-from pgshift.sync.apply import DEFAULT_BATCH, SyncOptions, SyncResult, run
+from pgshift.sync.apply import DEFAULT_BATCH, SyncOptions, SyncResult, open_sqlite, run
 from pgshift.sync.metrics import MetricsServer, RunMetrics, render
 
 sync_app = typer.Typer(
@@ -217,10 +217,23 @@ def _serve_metrics(host: str, port: int | None, sqlite_path: Path | None,
     run_metrics = RunMetrics()
     if port is None:
         return run_metrics, None
+    # One SQLite connection for every scrape, scrapes one at a time: a connection opened
+    # and closed per scrape in the applier's process made the applier's own connection
+    # stop seeing new commits from the app's process now and then (measured: about one
+    # run in five under load; never with one long-lived connection).
+    reader = open_sqlite(sqlite_path) if sqlite_path is not None else None
+    lock = threading.Lock()
+
+    def status() -> dict[str, Any]:
+        with lock:
+            return ops.status(sqlite_path, opts.dsn, opts.schema, con=reader)
+
     try:
-        server = MetricsServer(host, port, lambda: render(
-            opts.schema, lambda: ops.status(sqlite_path, opts.dsn, opts.schema), run_metrics))
+        server = MetricsServer(host, port, lambda: render(opts.schema, status, run_metrics),
+                               on_stop=reader.close if reader is not None else None)
     except OSError as exc:
+        if reader is not None:
+            reader.close()
         raise UsageError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}",
                          hint="pick another --metrics-port") from exc
     server.start()

@@ -276,12 +276,16 @@ class Applier:
         self.settings = effective_settings(self.pg, self.opts.schema, list(self.tables),
                                            self.opts.settings)
         self.pg_captured = captured_on_postgres(self.pg, self.opts.schema)
-        for name, ta in self.tables.items():
-            # the tables whose queued PostgreSQL changes the to-sqlite applier carries
-            # while this one runs: dual-writer tables, and every table after the flip
-            # (ta.name: the PostgreSQL table, the mapped target of a source table)
-            if ta.name in self.pg_captured and (self.settings[name].dual
-                                             or self.opts.sor == cfg.POSTGRES):
+        for ta in self.tables.values():
+            # Every table with PostgreSQL capture (ta.name: the PostgreSQL table, the
+            # mapped target of a source table): a key with green changes this applier has
+            # not seen is a conflict even when the row equals SQLite's before-image, and a
+            # green write that commits between a change's check and its write is caught
+            # by the recheck after the batch. Dual-writer tables and every table after
+            # the flip need it for convergence (the to-sqlite applier would carry the
+            # queued change over a newer write); single-writer tables before the flip,
+            # so that no overwritten green write goes unrecorded.
+            if ta.name in self.pg_captured:
                 ta.check_pending()
         self._schema_version = self._sqlite_schema_version()
 

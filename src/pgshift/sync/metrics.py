@@ -155,8 +155,10 @@ def render(schema: str, collect: Callable[[], dict[str, Any]],
 class MetricsServer:
     """``GET /metrics`` on ``host:port`` from a daemon thread; ``port`` 0 picks one."""
 
-    def __init__(self, host: str, port: int, body: Callable[[], str]) -> None:
+    def __init__(self, host: str, port: int, body: Callable[[], str],
+                 on_stop: Callable[[], None] | None = None) -> None:
         render_body = body
+        self.on_stop = on_stop
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -190,3 +192,5 @@ class MetricsServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(5)
+        if self.on_stop is not None:
+            self.on_stop()

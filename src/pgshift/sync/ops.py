@@ -132,13 +132,20 @@ def uninstall(path: Path, dsn: Dsn | None = None, schema: str = "public") -> dic
     return out
 
 
-def status(path: Path | None, dsn: Dsn | None, schema: str = "public") -> dict[str, Any]:
-    """Capture, checkpoint, pending changes and lag, from whichever sides are given."""
+def status(path: Path | None, dsn: Dsn | None, schema: str = "public", *,
+           con: sqlite3.Connection | None = None) -> dict[str, Any]:
+    """Capture, checkpoint, pending changes and lag, from whichever sides are given.
+
+    ``con``: an open connection to ``path`` to read SQLite with (left open), for a
+    process that asks again and again (the metrics endpoint).
+    """
     out: dict[str, Any] = {"schema": schema}
     max_seq = None
     oldest: dict[int, int] = {}
+    own = con is None
     if path is not None:
-        con = open_sqlite(path)
+        if con is None:
+            con = open_sqlite(path)
         try:
             out["captured_tables"] = capture.installed(con)
             has_log = con.execute("select 1 from sqlite_schema where name = ?",
@@ -148,7 +155,8 @@ def status(path: Path | None, dsn: Dsn | None, schema: str = "public") -> dict[s
                 max_seq = con.execute(f'select max(seq) from "{CHANGELOG_TABLE}"').fetchone()[0]
                 max_seq = out["max_seq"] = max_seq or 0  # an empty log still has pending 0
         finally:
-            con.close()
+            if own:
+                con.close()
     if dsn is not None:
         conn = connect(dsn, application_name="pgshift-sync")
         try:
@@ -176,13 +184,15 @@ def status(path: Path | None, dsn: Dsn | None, schema: str = "public") -> dict[s
         finally:
             conn.close()
         if state is not None and path is not None and max_seq is not None:
-            con = open_sqlite(path)
+            reader = open_sqlite(path) if own else con
+            assert reader is not None
             try:
-                row = con.execute(
+                row = reader.execute(
                     f'select count(*), min(ts) from "{CHANGELOG_TABLE}" where seq > ?',
                     (state.last_seq,)).fetchone()
             finally:
-                con.close()
+                if own:
+                    reader.close()
             oldest = {0: row[1]} if row[1] is not None else {}
             out["pending"] = row[0]
             out["lag_ms"] = (int(time.time() * 1000) - oldest[0]) if oldest else 0

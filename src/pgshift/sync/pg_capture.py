@@ -49,6 +49,10 @@ CREATE TABLE IF NOT EXISTS pgshift.pg_changes (
     txid bigint NOT NULL DEFAULT txid_current(),
     ts bigint NOT NULL DEFAULT (extract(epoch FROM clock_timestamp()) * 1000)::bigint
 );
+-- The appliers look up a key's pending changes per change they apply (conflict checks,
+-- the recheck after each batch): without these, each lookup scans the whole queue.
+CREATE INDEX IF NOT EXISTS pg_changes_key_new ON pgshift.pg_changes (target_schema, tbl, key_new);
+CREATE INDEX IF NOT EXISTS pg_changes_key_old ON pgshift.pg_changes (target_schema, tbl, key_old);
 -- SECURITY DEFINER: green's app role writes the captured tables but has no privilege
 -- on the pgshift schema; the trigger queues its changes as the installing role.
 CREATE OR REPLACE FUNCTION pgshift.capture() RETURNS trigger
