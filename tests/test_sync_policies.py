@@ -342,6 +342,9 @@ def test_pause_and_resume_a_following_applier(tmp_path: Path, pg_dsn: Dsn,
     write(db, "update kv set v = 'later' where k = 'a'")
     assert sync_once(db, pg_dsn).paused
     assert main(["sync", "run", str(db), pg_dsn.conninfo, "--mode", "pause"]) == 0
+    # a drain of a paused sync could only time out: refused with the way out
+    assert main(["sync", "drain", str(db), pg_dsn.conninfo, "--timeout", "1"]) == 2
+    assert "is paused" in capsys.readouterr().err
     assert main(["sync", "resume", str(db), pg_dsn.conninfo]) == 0
     assert sync_once(db, pg_dsn).applied == 1
     check(db, pg_dsn)

@@ -275,6 +275,11 @@ def drain(opts: SyncOptions, timeout: float = 30.0,
     if direction not in (st.TO_POSTGRES, TO_SQLITE):
         raise UsageError(f"--direction {direction!r}: use to-postgres or to-sqlite",
                          hint="pgshift sync drain SQLITE PG --direction to-sqlite")
+    if _with_pg(opts, lambda conn: st.is_paused(conn, opts.schema)):
+        # A paused applier applies nothing: the drain could only time out.
+        raise UsageError(f"sync into schema {opts.schema!r} is paused: a drain would apply "
+                         "nothing and time out",
+                         hint=f"pgshift sync resume {opts.sqlite_path} PG, then drain again")
     started = time.perf_counter()
     deadline = time.monotonic() + timeout
     slot = _logical_slot(opts) if direction == TO_SQLITE else None
