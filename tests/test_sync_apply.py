@@ -436,6 +436,21 @@ def test_reinstalled_capture_is_refused(synced: Path, pg_dsn: Dsn) -> None:
         sync_once(synced, pg_dsn)
 
 
+def test_capture_reinstalled_between_the_snapshot_and_the_first_run_is_refused(
+        tmp_path: Path, pg_dsn: Dsn) -> None:
+    """No sync state yet: migrate's snapshot recorded the log's install id, so a log
+    reinstalled since (seq restarted) is refused instead of read from the old hwm."""
+    db = captured_seed(tmp_path)
+    write(db, *[f"update users set name = 'n{i}' where id = 1" for i in range(3)])
+    result = migrate_to(db, pg_dsn, tmp_path)
+    assert result.snapshot is not None and result.snapshot.capture_id is not None
+    ops.uninstall(db)
+    ops.install(db)
+    write(db, "update users set name = 'after reinstall' where id = 2")
+    with pytest.raises(UsageError, match="reinstalled after migrate's snapshot"):
+        sync_once(db, pg_dsn)
+
+
 def test_odd_names_generated_columns_and_unique_indexes(tmp_path: Path, pg_dsn: Dsn) -> None:
     db = tmp_path / "odd.db"
     con = sqlite3.connect(db)

@@ -321,7 +321,7 @@ def start_or_resume(conn: psycopg.Connection, opts: MigrateOptions, state: State
     state.audit("migrate", "snapshot", f"snapshot {snap.path}",
                 {"bytes": snap.bytes, "hwm": snap.hwm, "seconds": snap.seconds})
     run = RunRecord(opts.schema, uuid.uuid4().hex, str(opts.sqlite_path.resolve()),
-                    str(snap.path), snap.hwm, "new", {})
+                    str(snap.path), snap.hwm, "new", {}, snap.capture_id)
     return run, snap
 
 

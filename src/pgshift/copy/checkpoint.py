@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS pgshift.migrate_runs (
     chunks jsonb NOT NULL
 );
 ALTER TABLE pgshift.migrate_runs ADD COLUMN IF NOT EXISTS profile jsonb;
+ALTER TABLE pgshift.migrate_runs ADD COLUMN IF NOT EXISTS snapshot_capture_id text;
 CREATE TABLE IF NOT EXISTS pgshift.migrate_chunks (
     run_id text NOT NULL,
     table_name text NOT NULL,
@@ -74,6 +75,7 @@ class RunRecord:
     snapshot_hwm: int | None
     status: str
     chunks: dict[str, list[list[Any]]]
+    snapshot_capture_id: str | None = None  # the change log's install_id in the snapshot
 
 
 @dataclass
@@ -119,8 +121,9 @@ def acquire_lock(conn: psycopg.Connection, target_schema: str) -> None:
 
 def load_run(conn: psycopg.Connection, target_schema: str) -> RunRecord | None:
     row = conn.execute(
-        "SELECT target_schema, run_id, source, snapshot, snapshot_hwm, status, chunks "
-        "FROM pgshift.migrate_runs WHERE target_schema = %s", (target_schema,)).fetchone()
+        "SELECT target_schema, run_id, source, snapshot, snapshot_hwm, status, chunks, "
+        "snapshot_capture_id FROM pgshift.migrate_runs WHERE target_schema = %s",
+        (target_schema,)).fetchone()
     return RunRecord(*row) if row else None
 
 
@@ -130,9 +133,10 @@ def start_run(conn: psycopg.Connection, run: RunRecord) -> None:
                      (run.target_schema,))
         conn.execute(
             "INSERT INTO pgshift.migrate_runs (target_schema, run_id, source, snapshot, "
-            "snapshot_hwm, status, chunks) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            "snapshot_hwm, status, chunks, snapshot_capture_id) VALUES (%s, %s, %s, %s, %s, "
+            "%s, %s, %s)",
             (run.target_schema, run.run_id, run.source, run.snapshot, run.snapshot_hwm,
-             run.status, Jsonb(run.chunks)))
+             run.status, Jsonb(run.chunks), run.snapshot_capture_id))
 
 
 def save_profile(conn: psycopg.Connection, run_id: str, profile: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from pgshift.state import atomic_write
 
 # Sync's change log on the source (created by `pgshift sync install`).
 CHANGELOG_TABLE = "_pgshift_changes"
+CAPTURE_STATE_TABLE = "_pgshift_state"  # holds the change log's install_id
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
@@ -78,6 +79,8 @@ class Snapshot:
     hwm: int | None  # max(seq) of the change log in the snapshot; None when capture is absent
     source_journal_mode: str
     sqlite_version: str
+    # The change log's install_id in the snapshot: sync refuses a log reinstalled since.
+    capture_id: str | None = None
 
     @property
     def meta_path(self) -> Path:
@@ -118,6 +121,18 @@ def read_hwm(con: sqlite3.Connection) -> int | None:
     return int(value) if value is not None else 0
 
 
+def read_capture_id(con: sqlite3.Connection) -> str | None:
+    """The change log's install_id inside an open database, or None without capture."""
+    found = con.execute(
+        "select 1 from sqlite_schema where type = 'table' and name = ?", (CAPTURE_STATE_TABLE,)
+    ).fetchone()
+    if not found:
+        return None
+    row = con.execute(
+        f'select v from "{CAPTURE_STATE_TABLE}" where k = \'install_id\'').fetchone()
+    return str(row[0]) if row else None
+
+
 def take_snapshot(source: Path, dest_dir: Path, *, require_wal: bool = True) -> Snapshot:
     """Back up ``source`` into ``dest_dir`` in one step and record its high-water mark.
 
@@ -146,6 +161,7 @@ def take_snapshot(source: Path, dest_dir: Path, *, require_wal: bool = True) -> 
         # The copy inherits WAL mode from page 1; switch it to a self-contained file.
         dst.execute("pragma journal_mode=delete")
         hwm = read_hwm(dst)
+        capture_id = read_capture_id(dst)
         version = dst.execute("select sqlite_version()").fetchone()[0]
     except sqlite3.DatabaseError as exc:
         raise SourceError(f"snapshot of {source} failed: {exc}", operation="snapshot",
@@ -160,7 +176,7 @@ def take_snapshot(source: Path, dest_dir: Path, *, require_wal: bool = True) -> 
         path=dest, source=source.resolve(),
         taken_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         seconds=round(time.perf_counter() - started, 3), bytes=dest.stat().st_size,
-        hwm=hwm, source_journal_mode=mode, sqlite_version=version,
+        hwm=hwm, source_journal_mode=mode, sqlite_version=version, capture_id=capture_id,
     )
     atomic_write(snap.meta_path, json.dumps(snap.to_dict(), indent=2))
     return snap

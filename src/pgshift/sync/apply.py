@@ -219,7 +219,7 @@ class Applier:
             return existing
         start = opts.from_hwm
         if start is None:
-            migrated, hwm = st.migrate_hwm(self.pg, opts.schema)
+            migrated, hwm, snap_log = st.migrate_hwm(self.pg, opts.schema)
             if not migrated:
                 raise UsageError(
                     f"no finished pgshift migrate into schema {opts.schema!r}: sync does not "
@@ -231,6 +231,13 @@ class Applier:
                     "between the snapshot and the install are lost to sync",
                     hint=f"pgshift sync install {opts.sqlite_path}, then migrate again "
                          "(--drop)")
+            if snap_log is not None and snap_log != log_id:
+                # seq restarted at 1 in the new log: starting after migrate's hwm would
+                # skip (or misread) every change written since the reinstall
+                raise UsageError(
+                    f"capture in {opts.sqlite_path} was reinstalled after migrate's snapshot "
+                    "(its change log is not the one the snapshot's high-water mark counts)",
+                    hint="migrate again (--drop or --restart), then sync run")
             start = hwm
         new = st.SyncState(opts.schema, st.TO_POSTGRES, str(opts.sqlite_path.resolve()),
                            start, start, 0, 0, None, log_id)

@@ -43,9 +43,9 @@ from dataclasses import dataclass, field
 
 from pgshift.errors import UsageError
 from pgshift.source.catalog import PGSHIFT_PREFIX
-from pgshift.source.snapshot import CHANGELOG_TABLE
+from pgshift.source.snapshot import CAPTURE_STATE_TABLE, CHANGELOG_TABLE
 
-STATE_TABLE = "_pgshift_state"
+STATE_TABLE = CAPTURE_STATE_TABLE
 TRIGGER_PREFIX = "_pgshift_trg_"
 ORIGIN = "sqlite"
 

@@ -177,16 +177,34 @@ def create(conn: psycopg.Connection, st: SyncState) -> None:
              st.install_id))
 
 
-def migrate_hwm(conn: psycopg.Connection, target_schema: str) -> tuple[bool, int | None]:
-    """(migrate ran into this schema, the change-log high-water mark of its snapshot)."""
+def migrate_hwm(conn: psycopg.Connection, target_schema: str
+                ) -> tuple[bool, int | None, str | None]:
+    """(migrate ran into this schema, the change-log high-water mark of its snapshot, the
+    change log's install_id in that snapshot)."""
     try:
-        row = conn.execute("SELECT snapshot_hwm, status FROM pgshift.migrate_runs "
-                           "WHERE target_schema = %s", (target_schema,)).fetchone()
+        row = conn.execute("SELECT snapshot_hwm, status, snapshot_capture_id FROM "
+                           "pgshift.migrate_runs WHERE target_schema = %s",
+                           (target_schema,)).fetchone()
+    except psycopg.errors.UndefinedColumn:
+        # migrated by a pgshift that did not record the install_id: hwm and status only
+        conn.rollback()
+        done, hwm, _ = _migrate_hwm_only(conn, target_schema)
+        return done, hwm, None
     except psycopg.errors.UndefinedTable:
         conn.rollback()
-        return False, None
+        return False, None, None
     conn.commit()
-    return (row is not None and row[1] == "done"), (row[0] if row else None)
+    if row is None:
+        return False, None, None
+    return row[1] == "done", row[0], row[2]
+
+
+def _migrate_hwm_only(conn: psycopg.Connection, target_schema: str
+                      ) -> tuple[bool, int | None, None]:
+    row = conn.execute("SELECT snapshot_hwm, status FROM pgshift.migrate_runs "
+                       "WHERE target_schema = %s", (target_schema,)).fetchone()
+    conn.commit()
+    return (row is not None and row[1] == "done"), (row[0] if row else None), None
 
 
 def parked_rows(conn: psycopg.Connection, target_schema: str,
