@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from pgshift.cli.output import out_console, print_json
+from pgshift.cli.sync_args import Json, PostgresDsn, Schema, SqlitePath
 from pgshift.cli.sync_tables import (
     install_settings,
     restore_privileges,
@@ -29,10 +30,6 @@ sync_app = typer.Typer(
     no_args_is_help=True,
 )
 
-SqlitePath = Annotated[Path, typer.Argument(help="The application's SQLite file.",
-                                            show_default=False)]
-Schema = Annotated[str, typer.Option("--schema", help="Target schema.")]
-Json = Annotated[bool, typer.Option("--json", help="JSON result on stdout.")]
 MetricsPort = Annotated[int | None, typer.Option(
     "--metrics-port", help="Serve Prometheus metrics on http://HOST:PORT/metrics while "
                            "running (0 picks a free port).", show_default=False)]
@@ -114,8 +111,7 @@ def install_command(
 @sync_app.command("run", no_args_is_help=True)
 def run_command(
     sqlite_path: SqlitePath,
-    postgres_dsn: Annotated[str, typer.Argument(help="The PostgreSQL copy (URI, keywords or "
-                                                "env:VAR).", show_default=False)],
+    postgres_dsn: PostgresDsn,
     schema: Schema = "public",
     mode: Annotated[str, typer.Option(
         "--mode", help="to-postgres (SQLite is the system of record), to-sqlite (after "
@@ -255,8 +251,7 @@ def _print_run(r: SyncResult) -> None:
 @sync_app.command("drain", no_args_is_help=True)
 def drain_command(
     sqlite_path: SqlitePath,
-    postgres_dsn: Annotated[str, typer.Argument(help="The PostgreSQL copy (URI, keywords or "
-                                                "env:VAR).", show_default=False)],
+    postgres_dsn: PostgresDsn,
     schema: Schema = "public",
     timeout: Annotated[float, typer.Option("--timeout", help="Give up after this many "
                                            "seconds.")] = 30.0,
@@ -300,8 +295,7 @@ def drain_command(
 @sync_app.command("flip", no_args_is_help=True)
 def flip_command(
     sqlite_path: SqlitePath,
-    postgres_dsn: Annotated[str, typer.Argument(help="The PostgreSQL copy (URI, keywords or "
-                                                "env:VAR).", show_default=False)],
+    postgres_dsn: PostgresDsn,
     schema: Schema = "public",
     timeout: Annotated[float, typer.Option("--timeout", help="Give up draining after this "
                                            "many seconds.")] = 30.0,
@@ -345,8 +339,7 @@ def flip_command(
 @sync_app.command("trim", no_args_is_help=True)
 def trim_command(
     sqlite_path: SqlitePath,
-    postgres_dsn: Annotated[str, typer.Argument(help="The PostgreSQL copy (URI, keywords or "
-                                                "env:VAR).", show_default=False)],
+    postgres_dsn: PostgresDsn,
     schema: Schema = "public",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Rows deleted per SQLite "
                                             "transaction.")] = 500,

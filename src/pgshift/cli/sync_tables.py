@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from pgshift.cli.output import out_console, print_json
+from pgshift.cli.sync_args import Json, PostgresDsn, Schema, SqlitePath
 from pgshift.dsn import Dsn, connect, resolve
 from pgshift.errors import ExitCode, UsageError
 from pgshift.sync import settings as cfg
@@ -183,28 +184,20 @@ def _notes(s: cfg.TableSettings, name: str, pg_captured: set[str] | None) -> lis
     return notes
 
 
-schema_opt = Annotated[str, typer.Option("--schema", help="Target schema.")]
-json_opt = Annotated[bool, typer.Option("--json", help="JSON result on stdout.")]
-dsn_arg = Annotated[str, typer.Argument(help="The PostgreSQL copy (URI, keywords or "
-                                        "env:VAR).", show_default=False)]
-sqlite_arg = Annotated[Path, typer.Argument(help="The application's SQLite file.",
-                                            show_default=False)]
-
-
 def register(app: typer.Typer) -> None:
     """Add ``plan``, ``pause`` and ``resume`` to ``pgshift sync``."""
 
     @app.command("plan", no_args_is_help=True)
     def plan_command(
-        sqlite_path: sqlite_arg,
+        sqlite_path: SqlitePath,
         postgres_dsn: Annotated[str | None, typer.Argument(
             help="The PostgreSQL copy (optional: stored settings, PostgreSQL capture).",
             show_default=False)] = None,
         tables_config: Annotated[Path | None, typer.Option(
             "--tables-config", help="Per-table settings: a cutover file or a tables: "
                                     "mapping.", show_default=False)] = None,
-        schema: schema_opt = "public",
-        json_output: json_opt = False,
+        schema: Schema = "public",
+        json_output: Json = False,
     ) -> None:
         """Per table: kind, writes, conflict policy, green_writes, key, and refusals.
 
@@ -232,8 +225,8 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(int(ExitCode.USAGE))
 
     @app.command("pause", no_args_is_help=True)
-    def pause_command(sqlite_path: sqlite_arg, postgres_dsn: dsn_arg,
-                      schema: schema_opt = "public", json_output: json_opt = False) -> None:
+    def pause_command(sqlite_path: SqlitePath, postgres_dsn: PostgresDsn,
+                      schema: Schema = "public", json_output: Json = False) -> None:
         """Pause applying in both directions (captures keep accumulating).
 
         A running `sync run --follow` stops applying within one poll; status shows
@@ -245,8 +238,8 @@ def register(app: typer.Typer) -> None:
         set_paused(postgres_dsn, schema, True, json_output)
 
     @app.command("resume", no_args_is_help=True)
-    def resume_command(sqlite_path: sqlite_arg, postgres_dsn: dsn_arg,
-                       schema: schema_opt = "public", json_output: json_opt = False) -> None:
+    def resume_command(sqlite_path: SqlitePath, postgres_dsn: PostgresDsn,
+                       schema: Schema = "public", json_output: Json = False) -> None:
         """Resume applying after `pgshift sync pause`.
 
           pgshift sync resume app.db env:DATABASE_URL
