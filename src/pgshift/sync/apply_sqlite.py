@@ -295,6 +295,17 @@ def _session(opts: SyncOptions) -> psycopg.Connection:
     return pg
 
 
+def to_sqlite_error(opts: SyncOptions, exc: Exception) -> SourceError | TargetError:
+    """The one-line error for a failure of either to-sqlite applier (trigger queue or
+    logical decoding) that a retry may cure."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return SourceError(f"writing {opts.sqlite_path} failed: {exc}",
+                           hint="is blue still writing? to-sqlite runs only while blue is "
+                                "quiet")
+    return TargetError(f"PostgreSQL failed during to-sqlite: {exc}",
+                       hint="rerun: applying again is harmless")
+
+
 def run_to_sqlite(opts: SyncOptions, *, stop: threading.Event | None = None,
                   batch_lock: threading.Lock | None = None,
                   on_batch: Callable[[SyncResult], None] | None = None,
@@ -388,13 +399,8 @@ def run_to_sqlite(opts: SyncOptions, *, stop: threading.Event | None = None,
         pg.commit()
         result.seconds = time.perf_counter() - started
         return result
-    except sqlite3.OperationalError as exc:
-        raise SourceError(f"writing {opts.sqlite_path} failed: {exc}",
-                          hint="is blue still writing? to-sqlite runs only while blue is "
-                               "quiet") from exc
-    except psycopg.OperationalError as exc:
-        raise TargetError(f"PostgreSQL failed during to-sqlite: {exc}",
-                          hint="rerun: applying again is harmless") from exc
+    except (sqlite3.OperationalError, psycopg.OperationalError) as exc:
+        raise to_sqlite_error(opts, exc) from exc
     finally:
         con.close()
         if pg is not None:

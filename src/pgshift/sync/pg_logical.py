@@ -57,7 +57,7 @@ import psycopg
 from psycopg import sql as pgsql
 from psycopg.types.json import Jsonb
 
-from pgshift.errors import SourceError, TargetError, UsageError
+from pgshift.errors import UsageError
 from pgshift.sync import pg_capture
 from pgshift.sync import sqlite_capture as capture
 from pgshift.sync.apply import (
@@ -508,13 +508,8 @@ def run_logical(opts: SyncOptions, *, stop: threading.Event | None = None,
                 stop.wait(opts.poll)
         result.seconds = time.perf_counter() - started
         return result
-    except sqlite3.OperationalError as exc:
-        raise SourceError(f"writing {opts.sqlite_path} failed: {exc}",
-                          hint="is blue still writing? to-sqlite runs only while blue is "
-                               "quiet") from exc
-    except psycopg.OperationalError as exc:
-        raise TargetError(f"PostgreSQL failed during to-sqlite: {exc}",
-                          hint="rerun: applying again is harmless") from exc
+    except (sqlite3.OperationalError, psycopg.OperationalError) as exc:
+        raise back.to_sqlite_error(opts, exc) from exc
     finally:
         con.close()
         if pg is not None:
