@@ -52,6 +52,16 @@ def migrate_to(db: Path, dsn: Dsn, tmp: Path) -> MigrateResult:
     return result
 
 
+def max_seq(db: Path) -> int:
+    """The highest seq in the SQLite change log (0 when empty)."""
+    con = sqlite3.connect(db)
+    try:
+        return int(con.execute("select coalesce(max(seq), 0) from _pgshift_changes"
+                               ).fetchone()[0])
+    finally:
+        con.close()
+
+
 def sync_once(db: Path, dsn: Dsn, **kw: Any) -> SyncResult:
     return run(SyncOptions(sqlite_path=db, dsn=dsn, **kw))
 

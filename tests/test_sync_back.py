@@ -12,7 +12,7 @@ from pgshift.dsn import Dsn, connect
 from pgshift.sync import ops
 from pgshift.sync.apply import SyncOptions
 from pgshift.sync.apply_sqlite import reverse, run_to_sqlite
-from sync_helpers import captured_seed, check, migrate_to, sync_once, write
+from sync_helpers import captured_seed, check, max_seq, migrate_to, sync_once, write
 
 pytestmark = pytest.mark.data
 
@@ -27,15 +27,6 @@ def pg(dsn: Dsn, *statements: str) -> list[tuple]:
         return rows
     finally:
         conn.close()
-
-
-def max_seq(db: Path) -> int:
-    con = sqlite3.connect(db)
-    try:
-        return int(con.execute("select coalesce(max(seq), 0) from _pgshift_changes"
-                               ).fetchone()[0])
-    finally:
-        con.close()
 
 
 def pg_catalog_shape(dsn: Dsn) -> list[tuple]:

@@ -14,18 +14,18 @@ from pgshift.dsn import Dsn
 from pgshift.sync import apply_sqlite, ops, pg_logical
 from pgshift.sync.apply import SyncOptions
 from pgshift.sync.pg_logical import parse, parse_tuple, run_logical
-from sync_helpers import captured_seed, check, migrate_to, pg_exec, schema_of, sync_once, write
+from sync_helpers import (
+    captured_seed,
+    check,
+    max_seq,
+    migrate_to,
+    pg_exec,
+    schema_of,
+    sync_once,
+    write,
+)
 
 pytestmark = pytest.mark.data
-
-
-def max_seq(db: Path) -> int:
-    con = sqlite3.connect(db)
-    try:
-        return int(con.execute("select coalesce(max(seq), 0) from _pgshift_changes"
-                               ).fetchone()[0])
-    finally:
-        con.close()
 
 
 @pytest.fixture
