@@ -48,7 +48,7 @@ def root(
 
 
 def _register() -> None:
-    from pgshift.cli import demo, load, migrate, proxy, sync, traffic, verify
+    from pgshift.cli import demo, load, migrate, proxy, rollout, sync, traffic, verify
 
     app.command(name="migrate", no_args_is_help=True)(migrate.migrate_command)
     app.command(name="verify", no_args_is_help=True)(verify.verify_command)
@@ -57,6 +57,7 @@ def _register() -> None:
     app.add_typer(traffic.traffic_app, name="traffic")
     app.add_typer(load.load_app, name="load")
     app.add_typer(demo.demo_app, name="demo")
+    rollout.register(app)
 
 
 _register()

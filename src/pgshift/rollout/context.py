@@ -1,0 +1,137 @@
+"""What every step of a rollout works with: the cutover file, the journal, the router, the
+services, and one place to say, audit and notify."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pgshift.dsn import Dsn, resolve
+from pgshift.errors import UsageError
+from pgshift.rollout import hooks
+from pgshift.rollout.config import Cutover
+from pgshift.rollout.journal import Journal
+from pgshift.rollout.procs import Supervisor
+from pgshift.state import StateDir, atomic_write
+from pgshift.traffic.router import Router
+
+PROXY = "proxy"
+
+
+@dataclass
+class Context:
+    cfg: Cutover
+    cutover_path: Path
+    state: StateDir
+    journal: Journal
+    procs: Supervisor
+    confirmations: dict[str, str] = field(default_factory=dict)
+    say: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr,
+                                                                   flush=True))
+    on_event: Callable[[str, dict[str, Any]], None] | None = None
+    _router: Router | None = None
+
+    @classmethod
+    def open(cls, cutover_path: Path, cfg: Cutover, base: Path, **kw: Any) -> Context:
+        state = StateDir.for_name(base, cfg.name).ensure()
+        return cls(cfg, cutover_path, state, Journal(state), Supervisor(state.root), **kw)
+
+    def close(self) -> None:
+        if self._router is not None:
+            close = getattr(self._router, "close", None)
+            if callable(close):
+                close()
+            self._router = None
+        self.journal.close()
+
+    # -- settings as they run ----------------------------------------------------------------
+
+    def secs(self, value: float) -> float:
+        return self.cfg.seconds(value)
+
+    def dsn(self) -> Dsn:
+        return resolve(self.cfg.target.dsn)
+
+    @property
+    def schema(self) -> str:
+        return self.cfg.target.schema_
+
+    @property
+    def public_url(self) -> str:
+        r = self.cfg.router
+        if r.kind == "embedded":
+            return f"http://{r.listen}"
+        return self.cfg.apps.blue.url
+
+    def values(self) -> dict[str, str]:
+        """What hooks may substitute."""
+        return {"green_url": self.cfg.apps.green.url, "blue_url": self.cfg.apps.blue.url,
+                "url": self.public_url, "state_dir": str(self.state.root),
+                "sqlite": str(self.cfg.source.sqlite), "name": self.cfg.name}
+
+    # -- the router ----------------------------------------------------------------------------
+
+    def admin_token(self) -> str:
+        """The embedded proxy's admin token: the variable ``router.token`` names, else one
+        generated for a managed proxy and kept (0600) in the state directory so a resumed
+        engine and the operator verbs reach the same proxy."""
+        var = self.cfg.router.token[4:]
+        if os.environ.get(var):
+            return os.environ[var]
+        path = self.state.root / "procs" / "proxy.token"
+        if path.exists():
+            return path.read_text().strip()
+        if not self.cfg.router.managed:
+            raise UsageError(f"the embedded proxy's admin token is needed: ${var} is not set",
+                             hint=f"export {var}=<the proxy's --token>")
+        token = secrets.token_urlsafe(24)
+        atomic_write(path, token)
+        path.chmod(0o600)
+        return token
+
+    @property
+    def router(self) -> Router:
+        if self._router is None:
+            from pgshift.traffic.factory import open_router
+
+            r = self.cfg.router
+            if r.kind == "embedded":
+                from pgshift.traffic.embedded import EmbeddedRouter
+
+                self._router = EmbeddedRouter(f"http://{r.admin}", self.admin_token())
+            elif r.kind == "haproxy":
+                assert r.haproxy is not None
+                self._router = open_router("haproxy", socket_path=str(r.haproxy.socket),
+                                           map_file=str(r.haproxy.map_file))
+            else:
+                self._router = open_router(r.kind, options=dict(r.options))
+        return self._router
+
+    # -- telling ---------------------------------------------------------------------------------
+
+    def event(self, step: str, kind: str, message: str,
+              figures: dict[str, Any] | None = None, *, notify: bool = False) -> None:
+        """One line for the operator, one audit event; a notification when it matters."""
+        self.say(f"[{step}] {message}")
+        self.state.audit(step, kind, message, figures or {})
+        if self.on_event is not None:
+            self.on_event(kind, {"step": step, "message": message, **(figures or {})})
+        if notify and (self.cfg.notify.webhook or self.cfg.notify.apprise):
+            failures = hooks.notify(self.cfg.notify, {"cutover": self.cfg.name, "step": step,
+                                                      "kind": kind, "message": message,
+                                                      "figures": figures or {}})
+            for f in failures:
+                self.state.audit(step, "notify-failed", f)
+
+    def hook(self, step: str, command: str, *, timeout: float = 600.0) -> hooks.HookResult:
+        """Run a user hook and record it (command, exit code, output tail)."""
+        result = hooks.run_hook(command, self.values(), timeout=timeout,
+                                cwd=self.cutover_path.parent)
+        self.state.audit(step, "hook", f"`{result.command}` exited {result.exit_code}",
+                         result.to_dict())
+        return result

@@ -1,0 +1,326 @@
+"""The rollout engine: DESIGN.md's step order as a journaled, resumable state machine.
+
+    preflight -> provision -> router -> backup -> capture -> migrate (online snapshot)
+    -> verify -> sync -> deploy green -> wait healthy -> integration tests
+    -> shift (per weight: set, bake, critical paths, analyse) -> fence + flip
+    -> monitor -> approvals -> finalize
+
+The journal records each phase before it acts. ``--resume`` takes the lease (a new
+epoch), reconciles the world with the journal (router weight and system of record, a
+fence left held by a killed flip, the services), then continues from the recorded phase.
+Operator verbs reach a running engine through the journal's command queue; interrupts
+(abort, rollback, an emergency trigger, a failed step) end in :func:`_interrupted`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pgshift.errors import ExitCode, PgshiftError, UsageError
+from pgshift.rollout import steps, switch, syncing
+from pgshift.rollout.analysis import analyse
+from pgshift.rollout.config import Step
+from pgshift.rollout.context import PROXY, Context
+from pgshift.rollout.hooks import run_hook
+from pgshift.rollout.watch import Interrupt, Watcher
+from pgshift.traffic.router import Side, WriteRouting
+
+Phase = tuple[str, Callable[[], dict[str, Any]]]
+
+
+@dataclass
+class Outcome:
+    status: str  # done | rolled_back | aborted | failed
+    exit_code: int
+    message: str
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "exit_code": self.exit_code, "message": self.message,
+                **self.figures}
+
+
+def phases(ctx: Context) -> list[Phase]:
+    """Every phase of this cutover in order (the journal's ``phase_index`` counts these)."""
+    out: list[Phase] = [(s.name, _guarded(ctx, s)) for s in steps.pre_traffic(ctx)]
+    for i, step in enumerate(ctx.cfg.shift.steps):
+        out.append((f"shift-{step.weight:g}", _shift_phase(ctx, i, step)))
+    out.append(("flip", lambda: switch.flip(ctx)))
+    out.append(("monitor", lambda: monitor(ctx)))
+    out.append(("approvals", lambda: steps.Approvals().run(ctx)))
+    out.append(("finalize", lambda: steps.Finalize().run(ctx)))
+    return out
+
+
+def _shift_phase(ctx: Context, index: int, step: Step) -> Callable[[], dict[str, Any]]:
+    return lambda: shift(ctx, index, step)
+
+
+def first_shift(ctx: Context) -> int:
+    return len(steps.pre_traffic(ctx))
+
+
+def _guarded(ctx: Context, step: steps.Step) -> Callable[[], dict[str, Any]]:
+    def run() -> dict[str, Any]:
+        if step.check(ctx):
+            return {"skipped": True, "why": "already in place"}
+        return step.run(ctx)
+    return run
+
+
+def run(ctx: Context, *, resume: bool = False) -> Outcome:
+    """Run (or resume) the rollout to its end: done, rolled back, aborted or failed."""
+    j = ctx.journal
+    status = j.get("status")
+    if status is not None and not resume:
+        raise UsageError(f"this cutover already has a rollout ({status}, phase "
+                         f"{j.get('phase')})", hint=f"pgshift rollout {ctx.cutover_path} "
+                                                    "--resume")
+    if resume and status is None:
+        raise UsageError("nothing to resume: this cutover has no rollout yet",
+                         hint=f"pgshift rollout {ctx.cutover_path}")
+    if status == "done":
+        raise UsageError("this rollout is complete", hint=f"pgshift status {ctx.cutover_path}")
+    j.acquire()
+    started = time.monotonic()
+    try:
+        if resume:
+            for note in reconcile(ctx):
+                ctx.event("resume", "reconciled", note)
+            if status in ("rolled_back",):  # re-advance from the first traffic step
+                j.set(phase_index=first_shift(ctx))
+        j.set(status="running", run_started=j.get("run_started") or time.time())
+        plan = phases(ctx)
+        idx = int(j.get("phase_index", 0))
+        while idx < len(plan):
+            name, fn = plan[idx]
+            j.set(phase=name, phase_index=idx)
+            sid = j.step_started(name)
+            ctx.say(f"[{name}] ...")
+            t0 = time.monotonic()
+            try:
+                figures = fn()
+            except Interrupt as it:
+                j.step_finished(sid, name, "failed", {"interrupt": it.kind, "reason": it.reason})
+                return _interrupted(ctx, it, started)
+            except PgshiftError as exc:
+                j.step_finished(sid, name, "failed", {"error": exc.message},
+                                message=f"{name} failed: {exc.message}")
+                j.set(status="failed", failed_reason=exc.message)
+                if idx >= first_shift(ctx):
+                    # traffic has moved: a failed step is not left half done
+                    return _interrupted(ctx, Interrupt("failed", f"{name}: {exc.message}"),
+                                        started)
+                raise
+            figures = {**figures, "seconds": round(time.monotonic() - t0, 3)}
+            j.step_finished(sid, name, "done", figures)
+            idx += 1
+            j.set(phase_index=idx)
+        j.set(status="done", finished=time.time())
+        ctx.event("rollout", "done", f"rollout complete in {time.monotonic() - started:.1f}s",
+                  notify=True)
+        return Outcome("done", int(ExitCode.OK), "rollout complete",
+                       {"seconds": round(time.monotonic() - started, 3)})
+    finally:
+        j.release()
+
+
+def _interrupted(ctx: Context, it: Interrupt, started: float) -> Outcome:
+    j = ctx.journal
+    j.decide(j.get("phase", "?"), it.kind, it.reason)
+    if it.kind == "abort":
+        abort(ctx, it.reason)
+        return Outcome("aborted", int(ExitCode.ABORTED), it.reason)
+    res = switch.rollback(ctx, it.reason)
+    j.set(status="rolled_back")
+    return Outcome("rolled_back", int(ExitCode.ABORTED), it.reason,
+                   {"rollback": res.to_dict(), "seconds": round(time.monotonic() - started, 3)})
+
+
+def abort(ctx: Context, reason: str) -> dict[str, Any]:
+    """Stop advancing; all traffic to the current system of record; sync keeps running."""
+    flipped = bool(ctx.journal.get("flipped", False))
+    weight = 100 if flipped else 0
+    ctx.journal.set(weight=weight, status="aborted")
+    ctx.router.set_weight(weight)
+    ctx.event("abort", "aborted", f"aborted ({reason}): all traffic on "
+              f"{'green' if flipped else 'blue'}, the system of record; sync keeps running",
+              {"weight": weight}, notify=True)
+    return {"weight": weight, "system_of_record": "green" if flipped else "blue"}
+
+
+# -- traffic steps -------------------------------------------------------------------------------
+
+
+def _critical_paths(ctx: Context, commands: tuple[str, ...]) -> list[dict[str, Any]]:
+    failed = []
+    for cmd in commands:
+        r = run_hook(cmd, ctx.values(), timeout=ctx.cfg.checks.timeout)
+        ctx.state.audit(ctx.journal.get("phase", "?"), "critical-path",
+                        f"`{r.command}` exited {r.exit_code}", r.to_dict())
+        if not r.ok:
+            failed.append(r.to_dict())
+    return failed
+
+
+def shift(ctx: Context, index: int, step: Step) -> dict[str, Any]:
+    """Set the weight, bake (watching), run the critical paths, analyse; decide."""
+    j, r, cfg = ctx.journal, ctx.router, ctx.cfg
+    name = f"shift-{step.weight:g}"
+    j.set(weight=step.weight)  # journal first: a resumed engine re-applies it
+    r.set_weight(step.weight)
+    actual = r.weight()
+    if abs(actual - step.weight) > 0.01:
+        raise steps.StepFailed(f"the router reports weight {actual:g} after setting "
+                               f"{step.weight:g}", hint="pgshift status CUTOVER")
+    ctx.event(name, "weight", f"green weight {step.weight:g} %", {"weight": step.weight})
+    watcher = Watcher(ctx)
+    t0, extensions = time.time(), 0
+    bake = ctx.secs(step.bake)
+    decision = "pass"
+    while True:
+        if watcher.wait(bake) == "promoted":
+            decision = "promoted"
+            j.decide(name, "promoted", "bake cut short by an operator")
+            break
+        failed = _critical_paths(ctx, cfg.checks.critical_paths)
+        if failed:
+            j.decide(name, "fail", f"{len(failed)} critical-path check(s) failed",
+                     {"critical_paths": failed})
+            raise Interrupt("failed", f"{name}: critical-path check failed: "
+                                      f"`{failed[0]['command']}`")
+        window = min(3600.0, max(1.0, time.time() - t0))
+        a = analyse(r.figures(window), cfg.checks.gates)
+        j.decide(name, a.verdict, "; ".join(a.reasons) or "every check passed",
+                 {"analysis": a.to_dict(), "window_s": round(window, 1),
+                  "extensions": extensions})
+        _record_step(ctx, step, a.to_dict(), a.verdict, window)
+        if a.verdict == "pass":
+            break
+        if a.verdict == "fail":
+            if cfg.shift.on_failure == "rollback":
+                raise Interrupt("failed", f"{name}: " + "; ".join(a.reasons))
+            decision = _hold_for_operator(ctx, watcher, name, "failed: " + "; ".join(a.reasons))
+            break
+        policy = cfg.shift.on_inconclusive
+        if policy == "extend" and extensions < cfg.shift.max_extensions:
+            extensions += 1
+            ctx.event(name, "extend", f"{a.verdict}: bake extended ({extensions}/"
+                      f"{cfg.shift.max_extensions}): " + "; ".join(a.reasons))
+            continue
+        if policy == "fail":
+            raise Interrupt("failed", f"{name}: {a.verdict}: " + "; ".join(a.reasons))
+        decision = _hold_for_operator(ctx, watcher, name, f"{a.verdict}: " +
+                                      "; ".join(a.reasons))
+        break
+    if step.approval == "required":
+        _hold_for_operator(ctx, watcher, name, "manual approval required for this step")
+    out: dict[str, Any] = {"weight": step.weight, "decision": decision,
+                           "extensions": extensions}
+    if index == 0 and cfg.shift.drill and not j.get("drill"):
+        out["drill"] = drill(ctx, step)
+    return out
+
+
+def _hold_for_operator(ctx: Context, watcher: Watcher, name: str, why: str) -> str:
+    """Hold the weight until ``pgshift promote`` (or abort / rollback); checks keep running.
+    An expiring timer is never a pass (Argo Rollouts #3850)."""
+    ctx.event(name, "waiting", f"holding at {ctx.journal.get('weight')} %: {why}; "
+              "`pgshift promote` to go on, `pgshift rollback` to go back", notify=True)
+    ctx.journal.set(waiting_for="promote", waiting_reason=why)
+    watcher.wait(0, until_promoted=True)
+    ctx.journal.set(waiting_for=None, waiting_reason=None)
+    ctx.journal.decide(name, "promoted", f"an operator promoted past: {why}")
+    return "promoted"
+
+
+def _record_step(ctx: Context, step: Step, analysis: dict[str, Any], verdict: str,
+                 window: float) -> None:
+    results = [s for s in ctx.journal.get("shift_results", []) if s["weight"] != step.weight]
+    g = analysis["green"]
+    results.append({"weight": step.weight, "requests": g["requests"],
+                    "errors": g["errors"], "error_rate": g["error_rate"],
+                    "error_rate_upper": g["error_rate_upper"], "p99_ms": g["p99_ms"],
+                    "blue_p99_ms": analysis["blue"]["p99_ms"],
+                    "blue_requests": analysis["blue"]["requests"],
+                    "decision": verdict, "window_s": round(window, 1)})
+    ctx.journal.set(shift_results=results)
+
+
+def drill(ctx: Context, step: Step) -> dict[str, Any]:
+    """Roll back once on the real system (timed), then re-advance to ``step``'s weight."""
+    res = switch.rollback(ctx, "rollback drill", drill=True)
+    ctx.journal.set(drill=res.to_dict(), status="running")
+    ctx.journal.set(weight=step.weight)
+    ctx.router.set_weight(step.weight)
+    ctx.event("drill", "re-advanced", f"drill done (traffic back in {res.traffic_back_ms} ms, "
+              f"complete in {res.seconds:.2f}s); green weight {step.weight:g} % again")
+    return res.to_dict()
+
+
+def monitor(ctx: Context) -> dict[str, Any]:
+    """The window after the flip: checks every interval, emergency triggers throughout;
+    reverse sync keeps blue current so a rollback stays lossless. Resumable: the window
+    is measured from its recorded start."""
+    j, cfg = ctx.journal, ctx.cfg
+    start = j.get("monitor_started") or time.time()
+    j.set(monitor_started=start)
+    window, interval = ctx.secs(cfg.monitor.window), ctx.secs(cfg.monitor.interval)
+    watcher = Watcher(ctx)
+    rounds = []
+    while (left := window - (time.time() - start)) > 0:
+        if watcher.wait(min(interval, left)) == "promoted":
+            j.decide("monitor", "promoted", "monitoring window cut short by an operator")
+            break
+        failed = _critical_paths(ctx, cfg.monitor.checks + cfg.checks.critical_paths)
+        if failed:
+            raise Interrupt("failed", f"monitor: check `{failed[0]['command']}` failed")
+        f = ctx.router.figures(min(3600.0, max(1.0, interval)))
+        lag = syncing.status(ctx).get("to_sqlite_lag_ms")
+        rounds.append({"ts": time.time(), "green_requests": f.green.requests,
+                       "green_errors": f.green.errors, "p99_ms": f.green.p99,
+                       "to_sqlite_lag_ms": lag})
+        ctx.state.audit("monitor", "check", f"monitor check {len(rounds)}: green "
+                        f"{f.green.errors}/{f.green.requests} errors, reverse lag {lag} ms",
+                        rounds[-1])
+    return {"checks": len(rounds), "window_s": window, "last": rounds[-1] if rounds else None}
+
+
+# -- resume ---------------------------------------------------------------------------------------
+
+
+def reconcile(ctx: Context) -> list[str]:
+    """Make the world agree with the journal before acting (Argo Rollouts #4841): the
+    router and the services are read back, not assumed."""
+    j, notes = ctx.journal, []
+    if j.get("weight") is not None and ctx.cfg.router.kind == "embedded" and \
+            ctx.cfg.router.managed and ctx.procs.find(PROXY) is None:
+        steps.Router().run(ctx)
+        notes.append("the embedded proxy was not running: restarted at the journal's weight")
+    if j.get("rollback_stage") == "started":
+        switch.rollback(ctx, "completing a rollback a killed controller started")
+        j.set(status="rolled_back")
+        notes.append("completed an interrupted rollback")
+    if j.get("weight") is not None:
+        note = switch.reconcile_fence(ctx)
+        if note:
+            notes.append(note)
+        r = ctx.router
+        want = float(j.get("weight", 0))
+        have = r.weight()
+        if abs(have - want) > 0.01:
+            r.set_weight(want)
+            notes.append(f"router weight was {have:g} %, the journal's is {want:g} %: set")
+        sor: Side = "green" if j.get("flipped") else "blue"
+        if isinstance(r, WriteRouting) and r.system_of_record() != sor:
+            r.set_system_of_record(sor)
+            notes.append(f"router's system of record set back to {sor}")
+    if j.get("capture_postgres") and j.get("phase") != "finalize":
+        want_dir = syncing.TO_SQLITE if j.get("flipped") else syncing.TO_POSTGRES
+        if syncing.running_direction(ctx) != want_dir:
+            syncing.start_applier(ctx, want_dir)
+            notes.append(f"the {want_dir} applier was not running: restarted")
+    return notes

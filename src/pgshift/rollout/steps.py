@@ -1,0 +1,330 @@
+"""The steps of a rollout, in DESIGN.md's order. Each is a small class with ``run`` (do
+it, return its figures), ``check`` (is its effect already there? a resumed engine skips a
+step whose effect it finds) and ``compensate`` (undo, when a rollout is rolled back
+before traffic moved).
+
+A step that a pgshift command does not cover yet (provision, archive, optimize, report)
+runs the cutover file's hook and is recorded as a hook, or as skipped when there is
+none: the journal never says a step ran that did not.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+from pgshift.errors import ExitCode, PgshiftError, UsageError
+from pgshift.rollout import hooks, syncing
+from pgshift.rollout.context import PROXY, Context
+from pgshift.rollout.procs import pgshift_argv
+from pgshift.rollout.watch import Interrupt, probe
+
+
+class StepFailed(PgshiftError):
+    """A step's own check failed (exit 1): nothing after it runs."""
+
+    exit_code = ExitCode.DIFFERENCES
+
+
+class Step(Protocol):
+    name: str
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        """Do the step; its figures for the journal."""
+        ...
+
+    def check(self, ctx: Context) -> bool:
+        """True when the step's effect is already in place (skip it on resume)."""
+        ...
+
+    def compensate(self, ctx: Context) -> None:
+        """Undo the step's effect (before traffic moved)."""
+        ...
+
+
+class _Base:
+    name = ""
+
+    def check(self, ctx: Context) -> bool:
+        return False
+
+    def compensate(self, ctx: Context) -> None:
+        return None
+
+
+class Preflight(_Base):
+    """Everything checkable before anything changes: the source file, the target, both
+    apps' health, the table settings, and the prerequisite gates."""
+
+    name = "preflight"
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        from pgshift.dsn import connect
+        from pgshift.source.snapshot import check_sqlite_file, journal_mode
+        from pgshift.sync import settings as table_settings
+
+        cfg = ctx.cfg
+        check_sqlite_file(cfg.source.sqlite)
+        mode = journal_mode(cfg.source.sqlite)
+        if cfg.source.require_wal and mode != "wal":
+            raise StepFailed(f"{cfg.source.sqlite} is in {mode} mode; a live source must be "
+                             "in WAL mode", hint=f"sqlite3 {cfg.source.sqlite} "
+                                                 "'PRAGMA journal_mode=WAL'")
+        try:
+            table_settings.parse({"tables": cfg.tables})
+        except table_settings.TablesFileError as exc:
+            raise UsageError(f"tables: {exc}", hint="see docs/sync.md (per-table settings)"
+                             ) from None
+        conn = connect(ctx.dsn(), application_name="pgshift-rollout")
+        try:
+            version = conn.execute("SHOW server_version").fetchone()
+        finally:
+            conn.close()
+        blue = cfg.apps.blue.url.rstrip("/") + cfg.apps.blue.health
+        if not probe(blue):
+            raise StepFailed(f"blue is not healthy: GET {blue} failed",
+                             hint="the rollout starts from a healthy blue")
+        gates = [hooks.check_prerequisite(p, ctx.values(), confirmations=ctx.confirmations)
+                 for p in cfg.prerequisites]
+        for g in gates:
+            ctx.state.audit(self.name, "prerequisite", f"{g.name}: "
+                            f"{'passed' if g.passed else 'FAILED'} ({g.detail})", g.to_dict())
+        failed = [g for g in gates if not g.passed]
+        if failed:
+            raise StepFailed("prerequisite gates failed: " + "; ".join(
+                f"{g.name} ({g.detail})" for g in failed),
+                hint="fix them and run pgshift rollout CUTOVER --resume")
+        return {"journal_mode": mode, "postgres": version[0] if version else None,
+                "prerequisites": [g.to_dict() for g in gates]}
+
+
+class HookStep(_Base):
+    """A runbook step done by a user command until pgshift has its own."""
+
+    def __init__(self, name: str, command: str | None, *, what: str) -> None:
+        self.name = name
+        self.command = command
+        self.what = what
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        if not self.command:
+            return {"skipped": True, "why": f"no hook configured ({self.what})"}
+        r = ctx.hook(self.name, self.command)
+        if not r.ok:
+            raise StepFailed(f"{self.name} hook failed (exit {r.exit_code}): "
+                             f"{r.output.strip().splitlines()[-1:] or ''}",
+                             hint=f"see {ctx.state.audit_log}")
+        return {"hook": r.to_dict()}
+
+
+class Router(_Base):
+    """The router in front of both apps, at weight 0 with blue as the system of record
+    (a managed embedded proxy is started here; others must already run)."""
+
+    name = "router"
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        r = ctx.cfg.router
+        if r.kind == "embedded" and r.managed:
+            argv = pgshift_argv("proxy", "--blue", ctx.cfg.apps.blue.url,
+                                "--green", ctx.cfg.apps.green.url, "--listen", r.listen,
+                                "--admin", r.admin, "--token", r.token,
+                                "--health-path", ctx.cfg.apps.green.health,
+                                "--weight", str(ctx.journal.get("weight", 0)))
+            if r.cohort_header:
+                argv += ["--cohort-header", r.cohort_header]
+            for p in r.write_paths:
+                argv += ["--write-path", p]
+            ctx.procs.start(PROXY, argv, env={r.token[4:]: ctx.admin_token()})
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                weight = ctx.router.weight()
+                break
+            except PgshiftError:
+                if time.monotonic() > deadline:
+                    raise StepFailed("the router does not answer", hint=(
+                        f"see {ctx.procs.log(PROXY)}" if r.managed else
+                        "start it first (pgshift proxy ...)")) from None
+                time.sleep(0.1)
+        if ctx.journal.get("weight") is None:
+            ctx.journal.set(weight=0, sor="blue")
+            ctx.router.set_weight(0)
+        return {"kind": r.kind, "weight": weight, "url": ctx.public_url}
+
+
+class Capture(_Base):
+    name = "capture"
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        out = syncing.install_sqlite(ctx)
+        ctx.journal.set(capture_sqlite=True)
+        return {"tables": len(out.get("tables", [])), "created": out.get("created")}
+
+    def compensate(self, ctx: Context) -> None:
+        syncing.stop_appliers(ctx)
+        syncing.uninstall(ctx)
+
+
+class Migrate(_Base):
+    """Online snapshot of the live file, then schema and data from it."""
+
+    name = "migrate"
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        from pgshift.migrate import MigrateOptions, migrate
+
+        cfg = ctx.cfg
+        attempted = bool(ctx.journal.get("migrate_attempted"))
+        ctx.journal.set(migrate_attempted=True)
+        result = migrate(MigrateOptions(
+            sqlite_path=cfg.source.sqlite, dsn=ctx.dsn(), schema=ctx.schema,
+            jobs=cfg.migrate.jobs, allow_rejects=cfg.migrate.allow_rejects,
+            state_dir=ctx.state.root, require_wal=cfg.source.require_wal,
+            resume=attempted, into_existing=cfg.mapping is not None, mapping=cfg.mapping))
+        snap = result.snapshot
+        if snap is not None:
+            ctx.journal.set(snapshot=str(snap.path), hwm=snap.hwm)
+        figures = result.to_dict()
+        return {"rows": sum(t.rows for t in result.tables),
+                "rejects": result.rejects, "seconds": figures.get("seconds"),
+                "snapshot": str(snap.path) if snap else None, "hwm": snap.hwm if snap else None,
+                "tables": {t.name: t.rows for t in result.tables}}
+
+
+class Verify(_Base):
+    """The snapshot migrate copied against PostgreSQL, every row."""
+
+    name = "verify"
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        from pathlib import Path
+
+        from pgshift.verify.run import VerifyOptions, verify
+
+        snap = ctx.journal.get("snapshot")
+        if ctx.cfg.mapping is not None or snap is None:
+            return {"skipped": True, "why": "verify through a mapping runs after sync "
+                    "(pgshift verify --live)" if snap else "no snapshot recorded"}
+        result = verify(VerifyOptions(sqlite_path=Path(snap), dsn=ctx.dsn(),
+                                      schema=ctx.schema))
+        figures = result.to_dict()
+        if not result.identical:
+            raise StepFailed("verify found differences between the snapshot and PostgreSQL",
+                             hint=f"pgshift verify {snap} {ctx.cfg.target.dsn}")
+        return {"identical": True, "tables": len(result.tables),
+                "rows": sum(t.sqlite_rows for t in result.tables),
+                "seconds": figures.get("seconds")}
+
+
+class Sync(_Base):
+    """PostgreSQL capture for the way back, then the to-postgres applier as a service."""
+
+    name = "sync"
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        out = syncing.install_postgres(ctx)
+        ctx.journal.set(capture_postgres=True)
+        syncing.start_applier(ctx, syncing.TO_POSTGRES)
+        deadline = time.monotonic() + max(30.0, ctx.secs(ctx.cfg.flip.drain_timeout))
+        while True:  # caught up once: the lag a step starts from is known
+            s = syncing.status(ctx)
+            if s.get("pending", 1) == 0 or time.monotonic() > deadline:
+                break
+            if ctx.procs.find(syncing.SERVICE[syncing.TO_POSTGRES]) is None:
+                raise StepFailed("the sync applier exited: " +
+                                 ctx.procs.tail(syncing.SERVICE[syncing.TO_POSTGRES], 300),
+                                 hint="pgshift sync status SQLITE PG")
+            time.sleep(0.2)
+        return {"postgres_capture": out.get("postgres_capture"), "pending": s.get("pending"),
+                "lag_ms": s.get("lag_ms"), "revoked": out.get("revoked")}
+
+
+class Deploy(_Base):
+    name = "deploy-green"
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        return HookStep(self.name, ctx.cfg.apps.green.deploy,
+                        what="green is already running").run(ctx)
+
+
+class WaitHealthy(_Base):
+    name = "wait-healthy"
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        url = ctx.cfg.apps.green.url.rstrip("/") + ctx.cfg.apps.green.health
+        started = time.monotonic()
+        deadline = started + max(10.0, ctx.secs(300))
+        while not probe(url):
+            if time.monotonic() > deadline:
+                raise StepFailed(f"green never became healthy: GET {url}",
+                                 hint="check green's logs; pgshift rollout CUTOVER --resume")
+            time.sleep(0.2)
+        return {"url": url, "seconds": round(time.monotonic() - started, 3)}
+
+
+class IntegrationTests(_Base):
+    name = "integration-tests"
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        return HookStep(self.name, ctx.cfg.apps.green.integration_tests,
+                        what="no integration tests configured").run(ctx)
+
+
+class Approvals(_Base):
+    """Every role in ``finalize.approvals`` approved (``pgshift approve --as ROLE``) while
+    the monitoring checks keep running; refused after ``approval_timeout``."""
+
+    name = "approvals"
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        from pgshift.rollout.watch import Watcher
+
+        need = list(ctx.cfg.finalize.approvals)
+        watcher = Watcher(ctx)
+        deadline = time.monotonic() + ctx.secs(ctx.cfg.finalize.approval_timeout)
+        while True:
+            have = ctx.journal.approvals()
+            missing = [r for r in need if r not in have]
+            if not missing:
+                return {"approvals": {r: have[r] for r in need}}
+            if time.monotonic() > deadline:
+                raise StepFailed(f"finalize refused: no approval from {', '.join(missing)}",
+                                 hint=f"pgshift approve CUTOVER --as {missing[0]}, then "
+                                      "pgshift rollout CUTOVER --resume")
+            watcher.wait(watcher.interval)
+
+
+class Finalize(_Base):
+    """Blue retired: appliers stopped, blue and its workers stopped, archive, capture
+    removed from both sides, optimize, report (hooks until those commands exist)."""
+
+    name = "finalize"
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        f, out = ctx.cfg.finalize, {}
+        syncing.stop_appliers(ctx)
+        for key, cmd in (("stop_blue_workers", ctx.cfg.apps.blue.stop_workers),
+                         ("stop_blue", ctx.cfg.apps.blue.stop)):
+            if cmd:
+                out[key] = ctx.hook(self.name, cmd).to_dict()
+        for key, cmd in (("archive", f.archive), ("optimize", f.optimize),
+                         ("report", f.report)):
+            out[key] = (HookStep(f"finalize-{key}", cmd, what=f"pgshift {key} not run")
+                        .run(ctx))
+        if f.remove_capture:
+            out["capture_removed"] = syncing.uninstall(ctx)
+            ctx.journal.set(capture_postgres=False, capture_sqlite=False)
+        return out
+
+
+def pre_traffic(ctx: Context) -> list[Step]:
+    """The steps before any traffic moves, in order."""
+    h = ctx.cfg.hooks
+    return [Preflight(), HookStep("provision", h.provision, what="pgshift provision not run"),
+            Router(), HookStep("backup", h.backup, what="the snapshot is the backup"),
+            Capture(), Migrate(), Verify(), Sync(), Deploy(), WaitHealthy(),
+            IntegrationTests()]
+
+
+__all__ = ["Interrupt", "Step", "StepFailed", "pre_traffic"]

@@ -1,0 +1,99 @@
+"""The rollout's calls into sync: capture, the applier service per direction, drains,
+the flip and its way back.
+
+The applier runs as a service (``pgshift sync run --follow``) so it outlives the engine;
+drains and the flip are library calls made while the router holds writes (a drain with
+a running applier watches it pass the fence marker).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pgshift.dsn import connect
+from pgshift.rollout.context import Context
+from pgshift.rollout.procs import pgshift_argv
+from pgshift.sync import ops, privileges
+from pgshift.sync import settings as table_settings
+from pgshift.sync import state as st
+from pgshift.sync.apply import SyncOptions
+
+TO_POSTGRES, TO_SQLITE = "to-postgres", "to-sqlite"
+SERVICE = {TO_POSTGRES: "sync-to-postgres", TO_SQLITE: "sync-to-sqlite"}
+
+
+def options(ctx: Context) -> SyncOptions:
+    return SyncOptions(sqlite_path=ctx.cfg.source.sqlite, dsn=ctx.dsn(), schema=ctx.schema)
+
+
+def install_sqlite(ctx: Context) -> dict[str, Any]:
+    """Capture triggers and the change log on the live SQLite file (idempotent)."""
+    return ops.install(ctx.cfg.source.sqlite).to_dict()
+
+
+def install_postgres(ctx: Context) -> dict[str, Any]:
+    """Capture on the migrated PostgreSQL tables (for the way back), the per-table settings
+    from the cutover file, and green's privileges on ``green_writes: forbid`` tables."""
+    s = ctx.cfg.sync
+    result = ops.install(ctx.cfg.source.sqlite, dsn=ctx.dsn(), schema=ctx.schema,
+                         green_ids=s.green_ids, pg_capture_mode=s.capture)
+    settings = table_settings.parse(ctx.cfg.tables, [t.name for t in result.tables])
+    out: dict[str, Any] = {**result.to_dict(),
+                           "settings": {n: v.model_dump() for n, v in settings.items()}}
+    conn = connect(ctx.dsn(), application_name="pgshift-rollout")
+    try:
+        st.ensure_schema(conn)
+        st.store_settings(conn, ctx.schema, settings)
+        forbid = [n for n, v in settings.items() if v.green_writes == "forbid"]
+        if ctx.cfg.target.app_role and forbid:
+            out["revoked"] = privileges.revoke(conn, ctx.schema, ctx.cfg.target.app_role,
+                                               forbid)
+    finally:
+        conn.close()
+    return out
+
+
+def start_applier(ctx: Context, direction: str) -> None:
+    """Make sure the applier of ``direction`` runs (and the other one does not)."""
+    other = TO_SQLITE if direction == TO_POSTGRES else TO_POSTGRES
+    ctx.procs.stop(SERVICE[other])
+    ctx.procs.start(SERVICE[direction], pgshift_argv(
+        "sync", "run", str(ctx.cfg.source.sqlite), ctx.cfg.target.dsn, "--schema", ctx.schema,
+        "--follow", "--mode", direction))
+
+
+def stop_appliers(ctx: Context) -> None:
+    for name in SERVICE.values():
+        ctx.procs.stop(name)
+
+
+def running_direction(ctx: Context) -> str | None:
+    for direction, name in SERVICE.items():
+        if ctx.procs.find(name) is not None:
+            return direction
+    return None
+
+
+def status(ctx: Context) -> dict[str, Any]:
+    return ops.status(ctx.cfg.source.sqlite, ctx.dsn(), ctx.schema)
+
+
+def drain(ctx: Context, direction: str, timeout: float) -> dict[str, Any]:
+    return ops.drain(options(ctx), timeout, direction=direction)
+
+
+def flip(ctx: Context, timeout: float) -> dict[str, Any]:
+    """Drain to PostgreSQL behind a fence, rebase green's early writes, move identities past
+    every key, give green its privileges back (the router holds writes meanwhile)."""
+    out = ops.flip(options(ctx), timeout)
+    if out["flipped"]:
+        conn = connect(ctx.dsn(), application_name="pgshift-rollout")
+        try:
+            out["privileges_granted_back"] = privileges.restore(conn, ctx.schema)
+        finally:
+            conn.close()
+    return out
+
+
+def uninstall(ctx: Context) -> dict[str, Any]:
+    return ops.uninstall(ctx.cfg.source.sqlite, ctx.dsn(), ctx.schema)
