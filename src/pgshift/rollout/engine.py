@@ -14,10 +14,13 @@ Operator verbs reach a running engine through the journal's command queue; inter
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import httpx
 
 from pgshift.errors import ExitCode, PgshiftError, UsageError
 from pgshift.rollout import steps, switch, syncing
@@ -117,6 +120,9 @@ def run(ctx: Context, *, resume: bool = False) -> Outcome:
                 raise
             figures = {**figures, "seconds": round(time.monotonic() - t0, 3)}
             j.step_finished(sid, name, "done", figures)
+            ctx.say(f"[{name}] done in {figures['seconds']:.1f}s")
+            if ctx.on_event is not None:
+                ctx.on_event("step-done", {"step": name, **figures})
             idx += 1
             j.set(phase_index=idx)
         j.set(status="done", finished=time.time())
@@ -155,14 +161,31 @@ def abort(ctx: Context, reason: str) -> dict[str, Any]:
 # -- traffic steps -------------------------------------------------------------------------------
 
 
-def _critical_paths(ctx: Context, commands: tuple[str, ...]) -> list[dict[str, Any]]:
+_HTTP_CHECK = re.compile(r"^(GET|HEAD)\s+(/\S*)$")
+
+
+def _critical_paths(ctx: Context, checks: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Run each check against the live mix: ``GET /path`` through the router (2xx/3xx
+    passes), anything else as a shell command (exit 0 passes). The failures."""
     failed = []
-    for cmd in commands:
-        r = run_hook(cmd, ctx.values(), timeout=ctx.cfg.checks.timeout)
+    for check in checks:
+        m = _HTTP_CHECK.match(check.strip())
+        if m:
+            url = ctx.public_url.rstrip("/") + m[2]
+            try:
+                code: int | None = httpx.request(m[1], url, timeout=ctx.cfg.checks.timeout
+                                                 ).status_code
+            except httpx.HTTPError:
+                code = None
+            figures: dict[str, Any] = {"command": check, "url": url, "status": code}
+            ok = code is not None and code < 400
+        else:
+            r = run_hook(check, ctx.values(), timeout=ctx.cfg.checks.timeout)
+            figures, ok = r.to_dict(), r.ok
         ctx.state.audit(ctx.journal.get("phase", "?"), "critical-path",
-                        f"`{r.command}` exited {r.exit_code}", r.to_dict())
-        if not r.ok:
-            failed.append(r.to_dict())
+                        f"`{check}` {'passed' if ok else 'FAILED'}", figures)
+        if not ok:
+            failed.append(figures)
     return failed
 
 
@@ -209,9 +232,10 @@ def shift(ctx: Context, index: int, step: Step) -> dict[str, Any]:
         if policy == "extend" and extensions < cfg.shift.max_extensions:
             extensions += 1
             ctx.event(name, "extend", f"{a.verdict}: bake extended ({extensions}/"
-                      f"{cfg.shift.max_extensions}): " + "; ".join(a.reasons))
+                      f"{cfg.shift.max_extensions}): " + "; ".join(a.reasons),
+                      {"router": _router_details(ctx)})
             continue
-        if policy == "fail":
+        if policy == "fail" or (policy == "extend" and cfg.shift.after_extensions == "fail"):
             raise Interrupt("failed", f"{name}: {a.verdict}: " + "; ".join(a.reasons))
         decision = _hold_for_operator(ctx, watcher, name, f"{a.verdict}: " +
                                       "; ".join(a.reasons))
@@ -223,6 +247,15 @@ def shift(ctx: Context, index: int, step: Step) -> dict[str, Any]:
     if index == 0 and cfg.shift.drill and not j.get("drill"):
         out["drill"] = drill(ctx, step)
     return out
+
+
+def _router_details(ctx: Context) -> dict[str, Any] | None:
+    """The router's own status (backend health, ejections) for the audit trail."""
+    status = getattr(ctx.router, "status", None)
+    try:
+        return status() if callable(status) else None
+    except PgshiftError as exc:
+        return {"error": exc.message}
 
 
 def _hold_for_operator(ctx: Context, watcher: Watcher, name: str, why: str) -> str:
@@ -241,7 +274,9 @@ def _record_step(ctx: Context, step: Step, analysis: dict[str, Any], verdict: st
                  window: float) -> None:
     results = [s for s in ctx.journal.get("shift_results", []) if s["weight"] != step.weight]
     g = analysis["green"]
-    results.append({"weight": step.weight, "requests": g["requests"],
+    sync = syncing.brief(ctx)
+    results.append({"sync_lag_ms": sync.get("lag_ms"), "conflicts": sync.get("conflicts"),
+                    "weight": step.weight, "requests": g["requests"],
                     "errors": g["errors"], "error_rate": g["error_rate"],
                     "error_rate_upper": g["error_rate_upper"], "p99_ms": g["p99_ms"],
                     "blue_p99_ms": analysis["blue"]["p99_ms"],
@@ -279,7 +314,7 @@ def monitor(ctx: Context) -> dict[str, Any]:
         if failed:
             raise Interrupt("failed", f"monitor: check `{failed[0]['command']}` failed")
         f = ctx.router.figures(min(3600.0, max(1.0, interval)))
-        lag = syncing.status(ctx).get("to_sqlite_lag_ms")
+        lag = syncing.brief(ctx).get("to_sqlite_lag_ms")
         rounds.append({"ts": time.time(), "green_requests": f.green.requests,
                        "green_errors": f.green.errors, "p99_ms": f.green.p99,
                        "to_sqlite_lag_ms": lag})

@@ -227,10 +227,16 @@ class Sync(_Base):
         ctx.journal.set(capture_postgres=True)
         syncing.start_applier(ctx, syncing.TO_POSTGRES)
         deadline = time.monotonic() + max(30.0, ctx.secs(ctx.cfg.flip.drain_timeout))
-        while True:  # caught up once: the lag a step starts from is known
+        alert_ms = ctx.secs(ctx.cfg.sync.lag_alert) * 1000
+        while True:  # caught up once (under live writes "caught up" is a lag, not zero)
             s = syncing.status(ctx)
-            if s.get("pending", 1) == 0 or time.monotonic() > deadline:
+            if s.get("pending", 1) == 0 or (s.get("lag_ms") is not None and
+                                            s["lag_ms"] < min(alert_ms, 1000)):
                 break
+            if time.monotonic() > deadline:
+                raise StepFailed(f"sync did not catch up: {s.get('pending')} changes pending, "
+                                 f"lag {s.get('lag_ms')} ms",
+                                 hint="pgshift sync status SQLITE PG; then --resume")
             if ctx.procs.find(syncing.SERVICE[syncing.TO_POSTGRES]) is None:
                 raise StepFailed("the sync applier exited: " +
                                  ctx.procs.tail(syncing.SERVICE[syncing.TO_POSTGRES], 300),
@@ -303,6 +309,9 @@ class Finalize(_Base):
 
     def run(self, ctx: Context) -> dict[str, Any]:
         f, out = ctx.cfg.finalize, {}
+        # the last word on sync before its state goes with the capture
+        out["sync"] = syncing.brief(ctx)
+        ctx.journal.set(final_sync=out["sync"])
         syncing.stop_appliers(ctx)
         for key, cmd in (("stop_blue_workers", ctx.cfg.apps.blue.stop_workers),
                          ("stop_blue", ctx.cfg.apps.blue.stop)):

@@ -78,6 +78,21 @@ def status(ctx: Context) -> dict[str, Any]:
     return ops.status(ctx.cfg.source.sqlite, ctx.dsn(), ctx.schema)
 
 
+def brief(ctx: Context) -> dict[str, Any]:
+    """Lag both ways, conflicts and parked rows: what a step records (never raises)."""
+    from pgshift.errors import PgshiftError
+
+    try:
+        s = status(ctx)
+    except PgshiftError as exc:
+        return {"error": exc.message}
+    return {"lag_ms": s.get("lag_ms"), "pending": s.get("pending"),
+            "to_sqlite_lag_ms": s.get("to_sqlite_lag_ms"),
+            "to_sqlite_pending": s.get("to_sqlite_pending"),
+            "conflicts": sum((s.get("conflicts_by_direction") or {}).values()),
+            "parked": sum((s.get("parked_by_direction") or {}).values())}
+
+
 def drain(ctx: Context, direction: str, timeout: float) -> dict[str, Any]:
     return ops.drain(options(ctx), timeout, direction=direction)
 
