@@ -15,6 +15,8 @@ from pgshift.demo.seed import SeedResult, seed
 from pgshift.embedded_pg import EmbeddedPostgres
 from pgshift.migrate import MigrateOptions, MigrateResult, migrate
 from pgshift.progress import NullProgress, Progress
+from pgshift.source.snapshot import take_snapshot
+from pgshift.state import StateDir
 from pgshift.verify.counts import CountRow
 from pgshift.verify.run import VerifyOptions, VerifyResult, verify
 
@@ -63,7 +65,10 @@ def run_demo(
     keep: bool = False,
     progress: Progress | None = None,
 ) -> DemoResult:
-    """Rehearse the data path in ``workdir`` (recreated) on an embedded PostgreSQL."""
+    """Rehearse the data path in ``workdir`` (recreated) on an embedded PostgreSQL.
+
+    ``progress`` stays open: whoever made it closes it.
+    """
     progress = progress or NullProgress()
     started = time.perf_counter()
     if workdir.exists():
@@ -77,13 +82,18 @@ def run_demo(
     server.start()
     try:
         dsn = server.create_database("hyperpage")
+        # One snapshot for migrate and verify, as the rollout engine takes it: verify
+        # checks exactly the rows migrate copied.
+        progress.step("snapshot")
+        snap = take_snapshot(db, StateDir(workdir / "state").snapshots, require_wal=False)
         result = migrate(
-            MigrateOptions(sqlite_path=db, dsn=dsn, jobs=jobs, state_dir=workdir / "state"),
+            MigrateOptions(sqlite_path=db, dsn=dsn, jobs=jobs, state_dir=workdir / "state",
+                           snapshot=snap),
             progress,
         )
         # Content, not only counts: every row compared over canonical encodings.
         progress.step("verify: every row compared")
-        verified = verify(VerifyOptions(sqlite_path=db, dsn=dsn))
+        verified = verify(VerifyOptions(sqlite_path=db, dsn=dsn, snapshot=snap))
         counts = [CountRow(v.table, v.sqlite_rows, v.postgres_rows) for v in verified.tables]
         version = server.version
     finally:
