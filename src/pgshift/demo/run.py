@@ -84,7 +84,7 @@ def run_demo(
         dsn = server.create_database("hyperpage")
         # One snapshot for migrate and verify, as the rollout engine takes it: verify
         # checks exactly the rows migrate copied.
-        progress.step("snapshot")
+        progress.step("snapshot (one for migrate and verify)")
         snap = take_snapshot(db, StateDir(workdir / "state").snapshots, require_wal=False)
         result = migrate(
             MigrateOptions(sqlite_path=db, dsn=dsn, jobs=jobs, state_dir=workdir / "state",
