@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 from typing import Annotated
 
@@ -57,8 +58,9 @@ def demo(
         return
     from pgshift.demo.run import run_demo
 
-    result = run_demo(workdir, scale, jobs=jobs, keep=keep, rps=rps, bake=bake, fault=fault,
-                      progress=for_terminal(json_output))
+    with closing(for_terminal(json_output)) as progress:
+        result = run_demo(workdir, scale, jobs=jobs, keep=keep, rps=rps, bake=bake,
+                          fault=fault, progress=progress)
     out = result.to_dict()
     if json_output:
         print_json(out)

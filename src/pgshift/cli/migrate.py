@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 from typing import Annotated
 
@@ -101,7 +102,8 @@ def migrate_command(
         into_existing=into_existing, mapping=mapping, assume_tz=assume_tz, truncate=truncate,
         keep_indexes=keep_indexes,
     )
-    result = migrate(opts, for_terminal(json_output))
+    with closing(for_terminal(json_output)) as progress:
+        result = migrate(opts, progress)
     if json_output:
         print_json(result.to_dict())
     elif dry_run:

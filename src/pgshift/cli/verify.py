@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +13,7 @@ from pgshift.cli.output import out_console, print_json
 from pgshift.dsn import resolve
 from pgshift.errors import ExitCode, PgshiftError, UsageError
 from pgshift.progress import for_terminal
+from pgshift.source.snapshot import check_sqlite_file
 from pgshift.verify.run import VerifyOptions, VerifyResult, verify
 
 
@@ -60,10 +62,9 @@ def verify_command(
     opts = VerifyOptions(sqlite_path=sqlite_path, dsn=resolve(postgres_dsn), schema=schema,
                          tables=list(tables or []), exclude=list(exclude or []),
                          sample=_fraction(sample), live=live, check_schema=not no_schema)
-    from pgshift.source.snapshot import check_sqlite_file
-
     check_sqlite_file(sqlite_path)
-    result = verify(opts, for_terminal(json_output))
+    with closing(for_terminal(json_output)) as progress:
+        result = verify(opts, progress)
     if json_output:
         print_json(result.to_dict())
     else:

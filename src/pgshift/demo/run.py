@@ -14,6 +14,7 @@ reaches 25 %: the step's analysis fails and the engine rolls back on its own.
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -127,6 +128,10 @@ def _start_app(name: str, env: dict[str, str], port: int, log: Path) -> subproce
     raise UsageError(f"the {name} app did not start (see {log})")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _env() -> dict[str, str]:
     import os
 
@@ -176,6 +181,9 @@ def run_demo(workdir: Path, scale: int, *, jobs: int = 2, keep: bool = False,
                          hint="pgshift demo --fault green-errors")
     progress = progress or NullProgress()
     started = time.monotonic()
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM unwinds like Ctrl-C, so the apps, proxy, appliers and PostgreSQL stop
+        signal.signal(signal.SIGTERM, _interrupt)
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)

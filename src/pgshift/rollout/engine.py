@@ -25,7 +25,7 @@ import httpx
 from pgshift.errors import ExitCode, PgshiftError, UsageError
 from pgshift.rollout import steps, switch, syncing
 from pgshift.rollout.analysis import analyse
-from pgshift.rollout.config import Step
+from pgshift.rollout.config import Cutover, Step
 from pgshift.rollout.context import PROXY, Context
 from pgshift.rollout.hooks import run_hook
 from pgshift.rollout.watch import Interrupt, Watcher
@@ -46,9 +46,16 @@ class Outcome:
                 **self.figures}
 
 
+def phase_names(cfg: Cutover) -> list[str]:
+    """The phases' names in order, from the cutover file alone (``pgshift plan``)."""
+    return [*(s.name for s in steps.pre_traffic(cfg)),
+            *(f"shift-{s.weight:g}" for s in cfg.shift.steps),
+            "flip", "monitor", "approvals", "finalize"]
+
+
 def phases(ctx: Context) -> list[Phase]:
     """Every phase of this cutover in order (the journal's ``phase_index`` counts these)."""
-    out: list[Phase] = [(s.name, _guarded(ctx, s)) for s in steps.pre_traffic(ctx)]
+    out: list[Phase] = [(s.name, _guarded(ctx, s)) for s in steps.pre_traffic(ctx.cfg)]
     for i, step in enumerate(ctx.cfg.shift.steps):
         out.append((f"shift-{step.weight:g}", _shift_phase(ctx, i, step)))
     out.append(("flip", lambda: switch.flip(ctx)))
@@ -63,7 +70,7 @@ def _shift_phase(ctx: Context, index: int, step: Step) -> Callable[[], dict[str,
 
 
 def first_shift(ctx: Context) -> int:
-    return len(steps.pre_traffic(ctx))
+    return len(steps.pre_traffic(ctx.cfg))
 
 
 def _guarded(ctx: Context, step: steps.Step) -> Callable[[], dict[str, Any]]:

@@ -11,13 +11,16 @@ none: the journal never says a step ran that did not.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Protocol
 
 from pgshift.errors import ExitCode, PgshiftError, UsageError
 from pgshift.rollout import hooks, syncing
+from pgshift.rollout.config import Cutover
 from pgshift.rollout.context import PROXY, Context
 from pgshift.rollout.procs import pgshift_argv
 from pgshift.rollout.watch import Interrupt, probe
+from pgshift.source.snapshot import Snapshot, take_snapshot
 
 
 class StepFailed(PgshiftError):
@@ -166,8 +169,34 @@ class Capture(_Base):
         syncing.uninstall(ctx)
 
 
+def _snapshot(ctx: Context) -> Snapshot:
+    meta = ctx.journal.get("snapshot")
+    if meta is None:
+        raise StepFailed("no snapshot recorded in the journal", hint="pgshift rollout "
+                         "CUTOVER --resume runs the snapshot step again")
+    return Snapshot.load(Path(meta))
+
+
+class TakeSnapshot(_Base):
+    """One online backup of the live file (capture installed, so it carries the change
+    log's high-water mark): migrate copies it, verify compares it, sync starts after it."""
+
+    name = "snapshot"
+
+    def check(self, ctx: Context) -> bool:
+        meta = ctx.journal.get("snapshot")
+        return meta is not None and Path(meta).exists()
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        snap = take_snapshot(ctx.cfg.source.sqlite, ctx.state.snapshots,
+                             require_wal=ctx.cfg.source.require_wal)
+        ctx.journal.set(snapshot=str(snap.meta_path), hwm=snap.hwm)
+        return {"path": str(snap.path), "bytes": snap.bytes, "hwm": snap.hwm,
+                "seconds": round(snap.seconds, 3)}
+
+
 class Migrate(_Base):
-    """Online snapshot of the live file, then schema and data from it."""
+    """Schema and data from the snapshot (resumed, exactly once, after a crash)."""
 
     name = "migrate"
 
@@ -181,14 +210,11 @@ class Migrate(_Base):
             sqlite_path=cfg.source.sqlite, dsn=ctx.dsn(), schema=ctx.schema,
             jobs=cfg.migrate.jobs, allow_rejects=cfg.migrate.allow_rejects,
             state_dir=ctx.state.root, require_wal=cfg.source.require_wal,
-            resume=attempted, into_existing=cfg.mapping is not None, mapping=cfg.mapping))
-        snap = result.snapshot
-        if snap is not None:
-            ctx.journal.set(snapshot=str(snap.path), hwm=snap.hwm)
+            resume=attempted, into_existing=cfg.mapping is not None, mapping=cfg.mapping,
+            snapshot=_snapshot(ctx)))
         figures = result.to_dict()
-        return {"rows": sum(t.rows for t in result.tables),
-                "rejects": result.rejects, "seconds": figures.get("seconds"),
-                "snapshot": str(snap.path) if snap else None, "hwm": snap.hwm if snap else None,
+        return {"rows": sum(t.rows for t in result.tables), "rejects": result.rejects,
+                "migrate_seconds": figures.get("seconds"),
                 "tables": {t.name: t.rows for t in result.tables}}
 
 
@@ -198,23 +224,19 @@ class Verify(_Base):
     name = "verify"
 
     def run(self, ctx: Context) -> dict[str, Any]:
-        from pathlib import Path
-
         from pgshift.verify.run import VerifyOptions, verify
 
-        snap = ctx.journal.get("snapshot")
-        if ctx.cfg.mapping is not None or snap is None:
-            return {"skipped": True, "why": "verify through a mapping runs after sync "
-                    "(pgshift verify --live)" if snap else "no snapshot recorded"}
-        result = verify(VerifyOptions(sqlite_path=Path(snap), dsn=ctx.dsn(),
-                                      schema=ctx.schema))
-        figures = result.to_dict()
+        if ctx.cfg.mapping is not None:
+            return {"skipped": True, "why": "a mapped load is verified through the mapping: "
+                    "pgshift verify --live after sync"}
+        snap = _snapshot(ctx)
+        result = verify(VerifyOptions(sqlite_path=ctx.cfg.source.sqlite, dsn=ctx.dsn(),
+                                      schema=ctx.schema, snapshot=snap))
         if not result.identical:
             raise StepFailed("verify found differences between the snapshot and PostgreSQL",
-                             hint=f"pgshift verify {snap} {ctx.cfg.target.dsn}")
+                             hint=f"pgshift verify {snap.path} {ctx.cfg.target.dsn}")
         return {"identical": True, "tables": len(result.tables),
-                "rows": sum(t.sqlite_rows for t in result.tables),
-                "seconds": figures.get("seconds")}
+                "rows": sum(t.sqlite_rows for t in result.tables)}
 
 
 class Sync(_Base):
@@ -327,12 +349,12 @@ class Finalize(_Base):
         return out
 
 
-def pre_traffic(ctx: Context) -> list[Step]:
+def pre_traffic(cfg: Cutover) -> list[Step]:
     """The steps before any traffic moves, in order."""
-    h = ctx.cfg.hooks
+    h = cfg.hooks
     return [Preflight(), HookStep("provision", h.provision, what="pgshift provision not run"),
             Router(), HookStep("backup", h.backup, what="the snapshot is the backup"),
-            Capture(), Migrate(), Verify(), Sync(), Deploy(), WaitHealthy(),
+            Capture(), TakeSnapshot(), Migrate(), Verify(), Sync(), Deploy(), WaitHealthy(),
             IntegrationTests()]
 
 

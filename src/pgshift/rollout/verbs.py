@@ -180,11 +180,7 @@ def plan(cutover: Path) -> dict[str, Any]:
                         "write pause and sync's conflict detection")
     return {"cutover": cfg.name, "state_dir": str(StateDir.for_name(base, cfg.name).root),
             "source": str(cfg.source.sqlite), "target": cfg.target.dsn,
-            "router": cfg.router.kind, "phases": [
-                "preflight", "provision", "router", "backup", "capture", "migrate", "verify",
-                "sync", "deploy-green", "wait-healthy", "integration-tests",
-                *[f"shift-{s.weight:g}" for s in cfg.shift.steps], "flip", "monitor",
-                "approvals", "finalize"],
+            "router": cfg.router.kind, "phases": engine.phase_names(cfg),
             "steps": steps, "gates": g.model_dump(), "on_failure": cfg.shift.on_failure,
             "on_inconclusive": cfg.shift.on_inconclusive, "drill": cfg.shift.drill,
             "emergency": cfg.emergency.model_dump(), "tables": cfg.tables,

@@ -110,6 +110,21 @@ class Snapshot:
         return snap
 
 
+def check_snapshot_of(snap: Snapshot, source: Path) -> None:
+    """Raise UsageError unless ``snap`` is a snapshot of ``source`` whose file is still there.
+
+    For a snapshot taken by someone else (the rollout engine) and handed to
+    migrate or verify: copying or comparing a backup of another database would
+    be silently wrong.
+    """
+    if snap.source.resolve() != source.resolve():
+        raise UsageError(f"the snapshot {snap.path} is of {snap.source}, not {source}",
+                         hint=f"take a snapshot of {source}, or name {snap.source}")
+    if not snap.path.is_file():
+        raise UsageError(f"snapshot file {snap.path} is gone",
+                         hint="take a new snapshot (or run without one)")
+
+
 def read_hwm(con: sqlite3.Connection) -> int | None:
     """The change-log high-water mark inside an open database, or None without capture."""
     found = con.execute(

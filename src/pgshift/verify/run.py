@@ -28,7 +28,7 @@ from pgshift.progress import NullProgress, Progress
 from pgshift.schema.plan import Plan, build_plan, select_tables
 from pgshift.source.catalog import read_catalog
 from pgshift.source.profile import profile_table, profiles_from_json
-from pgshift.source.snapshot import open_source
+from pgshift.source.snapshot import Snapshot, check_snapshot_of, open_source
 from pgshift.verify.schema_check import SchemaDiff, check_schema
 from pgshift.verify.segments import ROWS_TO_COMPARE, Range, RowDiff, TableComparer
 
@@ -39,6 +39,8 @@ MAX_ROW_DIFFS = 1000  # per table: beyond this the report says "and more"
 
 @dataclass
 class VerifyOptions:
+    """Everything ``pgshift verify`` can be told."""
+
     sqlite_path: Path
     dsn: Dsn
     schema: str = "public"
@@ -50,6 +52,10 @@ class VerifyOptions:
     live_retries: int = 5
     check_schema: bool = True
     seed: int = 0
+    # A snapshot of sqlite_path (e.g. the one migrate copied, taken by the rollout
+    # engine): compared instead of the live file, so the check is of exactly what
+    # was copied, before sync carries later changes. None: the live file.
+    snapshot: Snapshot | None = None
     # Called before re-checking a differing segment in live mode (sync plugs in its
     # "lag drained" wait here); by default live mode sleeps live_wait seconds.
     wait_for_lag: Callable[[], None] | None = None
@@ -113,12 +119,20 @@ def verify(opts: VerifyOptions, progress: Progress | None = None) -> VerifyResul
     consistent view without copying the file); the PostgreSQL side in one
     REPEATABLE READ transaction. Type decisions come from the profile migrate
     stored in the target, so verify does not rescan the source to plan.
+    With ``opts.snapshot`` the SQLite side is that snapshot. ``progress`` stays
+    open: whoever made it closes it.
     """
     progress = progress or NullProgress()
     if opts.sample is not None and not 0 < opts.sample <= 1:
         raise UsageError(f"--sample must be between 0% and 100%, not {opts.sample:.0%}")
+    if opts.snapshot is not None:
+        check_snapshot_of(opts.snapshot, opts.sqlite_path)
+        if opts.live:
+            raise UsageError("--live re-reads the live file; a snapshot never changes",
+                             hint="verify the snapshot without --live, or the live file with it")
     started = time.perf_counter()
-    src = open_source(opts.sqlite_path)
+    read = opts.snapshot.path if opts.snapshot is not None else opts.sqlite_path
+    src = opts.snapshot.connect() if opts.snapshot is not None else open_source(opts.sqlite_path)
     pg = connect(opts.dsn)
     try:
         src.execute("BEGIN")
@@ -150,11 +164,10 @@ def verify(opts: VerifyOptions, progress: Progress | None = None) -> VerifyResul
     except psycopg.OperationalError as exc:
         raise TargetError(f"PostgreSQL failed during verify: {exc}") from exc
     except sqlite3.DatabaseError as exc:
-        raise SourceError(f"reading {opts.sqlite_path} failed during verify: {exc}") from exc
+        raise SourceError(f"reading {read} failed during verify: {exc}") from exc
     finally:
         src.close()
         pg.close()
-        progress.close()
     return VerifyResult(verdicts, schema_diffs, time.perf_counter() - started, opts.sample)
 
 
