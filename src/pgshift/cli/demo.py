@@ -91,7 +91,9 @@ def _print_summary(out: dict[str, object]) -> None:
         f"failed, p99 {_ms(out['p99_ms'])} ms; {out['writes_acknowledged']:,} acknowledged "
         f"writes, {out['lost_writes']} lost (ledger checked against "
         f"{out['ledger_checked_against']})")
-    con.print(f"flip: fence held {out['fence_hold_ms']} ms; rollback "
+    flip = (f"fence held {out['fence_hold_ms']} ms" if out["flipped"] else
+            "not reached (rolled back before it)")
+    con.print(f"flip: {flip}; rollback "
               f"{'drill' if out['rollback_was_drill'] else 'run'}: traffic on blue after "
               f"{out['rollback_traffic_back_ms']} ms, complete in {out['rollback_seconds']}s"
               + (f"; stranded {out['stranded']}" if out["stranded"] else ""))

@@ -234,7 +234,8 @@ def run_demo(workdir: Path, scale: int, *, jobs: int = 2, keep: bool = False,
             if kind == "step-done" and data.get("step") == "router" and loader is None:
                 start_load()
             if fault and kind == "weight" and data.get("weight") == FAULT_AT:
-                httpx.post(f"{green}/_admin/faults", json={"error_rate": 0.3}, timeout=5)
+                httpx.post(f"{green}/_admin/faults", json={"spec": "error_rate=0.3"},
+                           timeout=5).raise_for_status()
 
         ctx = Context.open(cutover_path, cfg, base, say=progress.step, on_event=on_event)
         progress.step(f"rollout {cutover_path} (load {rps:g} requests/s through the proxy)")

@@ -208,7 +208,33 @@ def shift(ctx: Context, index: int, step: Step) -> dict[str, Any]:
                                f"{step.weight:g}", hint="pgshift status CUTOVER")
     ctx.event(name, "weight", f"green weight {step.weight:g} %", {"weight": step.weight})
     watcher = Watcher(ctx)
-    t0, extensions = time.time(), 0
+    t0 = time.time()
+    try:
+        decision, extensions = _bake_and_judge(ctx, step, watcher, t0)
+    except Interrupt as it:
+        # the step's figures up to the interrupt, for the summary and the report
+        window = min(3600.0, max(1.0, time.time() - t0))
+        try:
+            a = analyse(r.figures(window), cfg.checks.gates)
+            _record_step(ctx, step, a.to_dict(), f"interrupted: {it.kind}", window)
+        except PgshiftError:
+            pass
+        raise
+    if step.approval == "required":
+        _hold_for_operator(ctx, watcher, name, "manual approval required for this step")
+    out: dict[str, Any] = {"weight": step.weight, "decision": decision,
+                           "extensions": extensions}
+    if index == 0 and cfg.shift.drill and not j.get("drill"):
+        out["drill"] = drill(ctx, step)
+    return out
+
+
+def _bake_and_judge(ctx: Context, step: Step, watcher: Watcher,
+                    t0: float) -> tuple[str, int]:
+    """Bake, check, analyse until a verdict: (decision, extensions used)."""
+    j, r, cfg = ctx.journal, ctx.router, ctx.cfg
+    name = f"shift-{step.weight:g}"
+    extensions = 0
     bake = ctx.secs(step.bake)
     decision = "pass"
     while True:
@@ -247,13 +273,7 @@ def shift(ctx: Context, index: int, step: Step) -> dict[str, Any]:
         decision = _hold_for_operator(ctx, watcher, name, f"{a.verdict}: " +
                                       "; ".join(a.reasons))
         break
-    if step.approval == "required":
-        _hold_for_operator(ctx, watcher, name, "manual approval required for this step")
-    out: dict[str, Any] = {"weight": step.weight, "decision": decision,
-                           "extensions": extensions}
-    if index == 0 and cfg.shift.drill and not j.get("drill"):
-        out["drill"] = drill(ctx, step)
-    return out
+    return decision, extensions
 
 
 def _router_details(ctx: Context) -> dict[str, Any] | None:

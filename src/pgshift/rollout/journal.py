@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sqlite3
 import time
@@ -92,6 +93,21 @@ def _alive(pid: int | None) -> bool:
     except PermissionError:
         return True
     return True
+
+
+CHAOS_ENV = "PGSHIFT_CHAOS_KILL_AT"
+
+
+def _chaos(values: dict[str, Any]) -> None:
+    """Chaos testing of the controller: ``PGSHIFT_CHAOS_KILL_AT=flip_stage=held`` kills
+    this process (SIGKILL, no cleanup) right after that state is journaled, so tests can
+    kill the engine at any state boundary and prove ``--resume`` reconciles."""
+    spec = os.environ.get(CHAOS_ENV)
+    if not spec:
+        return
+    key, _, want = spec.partition("=")
+    if key in values and str(values[key]) == want:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Journal:
@@ -190,6 +206,7 @@ class Journal:
         except BaseException:
             self._con.execute("ROLLBACK")
             raise
+        _chaos(values)
 
     # -- steps and decisions -----------------------------------------------------------------
 
