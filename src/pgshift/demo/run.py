@@ -156,7 +156,8 @@ def demo_cutover(workdir: Path, db: Path, *, blue: str, green: str, listen: int,
         "tables": {"jobs": {"kind": "queue"}, "rate_limits": {"kind": "counter"}},
         "checks": {"critical_paths": ["GET /health", "GET /jobs?limit=5"],
                    "gates": {"max_error_rate": "1%", "confidence": 0.95,
-                             "min_requests": 300, "max_p99_ms": 2000}},
+                             "min_requests": 300, "max_p99_ms": 2000,
+                             "max_p99_ratio": 3.0}},
         "shift": {"steps": [{"weight": w, "bake": bake} for w in (10, 25, 50, 100)],
                   "on_failure": "rollback", "on_inconclusive": "extend",
                   "max_extensions": 4, "after_extensions": "fail", "drill": True,
@@ -226,7 +227,8 @@ def run_demo(workdir: Path, scale: int, *, jobs: int = 2, keep: bool = False,
             def go() -> None:
                 summary.append(run_load(LoadOptions(url=f"http://{cfg.router.listen}",
                                                     rps=rps, duration=None, ledger=ledger,
-                                                    users=60, seed=1), stop=stop_load))
+                                                    users=100, seed=1, run_id="demo"),
+                                        stop=stop_load))  # 9 of these 100 users are green at 10 %
             loader = threading.Thread(target=go, name="demo-load", daemon=True)
             loader.start()
 

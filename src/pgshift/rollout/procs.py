@@ -57,7 +57,6 @@ class Supervisor:
     def __init__(self, root: Path) -> None:
         self.root = root / "procs"
         self.root.mkdir(parents=True, exist_ok=True)
-        self._children: dict[str, subprocess.Popen[bytes]] = {}
 
     def _file(self, name: str) -> Path:
         return self.root / f"{name}.json"
@@ -67,9 +66,6 @@ class Supervisor:
 
     def find(self, name: str) -> Service | None:
         """The running service ``name``, or None (dead, never started, or pid reused)."""
-        child = self._children.get(name)
-        if child is not None:
-            child.poll()  # reap our own exited children so they do not look alive
         try:
             data = json.loads(self._file(name).read_text())
         except (OSError, ValueError):
@@ -86,14 +82,16 @@ class Supervisor:
         found = self.find(name)
         if found is not None:
             return found
-        with open(self.log(name), "ab") as log:
-            log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} start\n".encode())
-            log.flush()
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    start_new_session=True, cwd=cwd,
-                                    env={**os.environ, **(env or {})})
-        self._children[name] = proc
-        svc = Service(name, proc.pid, argv, time.time())
+        log = self.log(name)
+        with open(log, "ab") as out:
+            out.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} start\n".encode())
+        # Started by a shell that exits at once: the service is nobody's child here (no
+        # zombie to reap, no Popen object to outlive), in a session of its own.
+        launcher = subprocess.run(
+            ["sh", "-c", '"$@" >>"$PGSHIFT_SERVICE_LOG" 2>&1 </dev/null & echo $!', "sh",
+             *argv], capture_output=True, text=True, cwd=cwd, start_new_session=True,
+            env={**os.environ, **(env or {}), "PGSHIFT_SERVICE_LOG": str(log)}, check=True)
+        svc = Service(name, int(launcher.stdout.strip()), argv, time.time())
         atomic_write(self._file(name), json.dumps(svc.to_dict()))
         return svc
 
@@ -114,9 +112,6 @@ class Supervisor:
                 os.kill(svc.pid, signal.SIGKILL)
             while self.find(name) is not None:
                 time.sleep(0.02)
-        child = self._children.pop(name, None)
-        if child is not None:
-            child.wait()
         with contextlib.suppress(FileNotFoundError):
             self._file(name).unlink()
         return True
@@ -126,9 +121,8 @@ class Supervisor:
         svc = self.find(name)
         if svc is not None:
             os.kill(svc.pid, signal.SIGKILL)
-            child = self._children.get(name)
-            if child is not None:
-                child.wait()
+            while self.find(name) is not None:
+                time.sleep(0.02)
 
     def tail(self, name: str, chars: int = 2000) -> str:
         try:
