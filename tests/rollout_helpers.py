@@ -86,6 +86,8 @@ class Rig:
                     break
                 except httpx.HTTPError:
                     time.sleep(0.1)
+            if stop.is_set():
+                return
             self.loads.append(run_load(LoadOptions(
                 url=url, rps=rps, duration=None, users=100, workers=1, ledger=self.ledger,
                 seed=3, run_id="t1"), stop=stop))  # run_id t1: 24 of 100 users are green at 25 %
@@ -111,10 +113,11 @@ class Rig:
                               capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, **(env or {})})
 
-    def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-m", "pgshift.cli.main", *args],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, **(env or {})})
+    def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        with open(self.tmp / "engine.log", "ab") as log:
+            return subprocess.Popen([sys.executable, "-m", "pgshift.cli.main", *args],
+                                    stdout=log, stderr=subprocess.STDOUT,
+                                    env={**os.environ, **(env or {})})
 
     def stop_services(self) -> None:
         sup = Supervisor(self.state_root)
@@ -122,6 +125,8 @@ class Rig:
             sup.stop(name)
 
     def journal_value(self, key: str) -> Any:
+        if not (self.state_root / "journal.sqlite").exists():
+            return None
         con = sqlite3.connect(self.state_root / "journal.sqlite", timeout=5)
         try:
             row = con.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()

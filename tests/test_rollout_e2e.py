@@ -175,7 +175,7 @@ def test_killed_during_flip_then_resumed(tmp_path: Path, pg_dsn: Dsn,
 def test_rollback_with_sync_process_dead(tmp_path: Path, pg_dsn: Dsn,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     over = {"monitor": {"window": "120s", "interval": "1s"}}
-    with rig(tmp_path, pg_dsn, monkeypatch, over) as r:
+    with rig(tmp_path, pg_dsn, monkeypatch, over) as r, r.load():
         t = threading.Thread(target=lambda: run_engine(r))
         t.start()
         r.wait_for("phase", lambda v: v == "monitor", timeout=150)
@@ -202,7 +202,7 @@ def test_rollback_with_postgres_down_reports_stranded(tmp_path: Path,
         dsn = server.create_database("own")
         over = {"monitor": {"window": "120s", "interval": "1s"},
                 "emergency": {"unavailable": "600s"}}
-        with rig(tmp_path, dsn, monkeypatch, over) as r:
+        with rig(tmp_path, dsn, monkeypatch, over) as r, r.load():
             t = threading.Thread(target=lambda: run_engine(r))
             t.start()
             r.wait_for("phase", lambda v: v == "monitor", timeout=150)
@@ -238,7 +238,7 @@ def test_failing_prerequisite_changes_nothing(tmp_path: Path, pg_dsn: Dsn,
 def test_finalize_refuses_without_approvals(tmp_path: Path, pg_dsn: Dsn,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     over = {"finalize": {"approvals": ["ops-lead", "tech-lead"], "approval_timeout": "2s"}}
-    with rig(tmp_path, pg_dsn, monkeypatch, over) as r:
+    with rig(tmp_path, pg_dsn, monkeypatch, over) as r, r.load():
         with pytest.raises(StepFailed, match="no approval from ops-lead, tech-lead"):
             run_engine(r)
         assert sqlite_has_capture(r.db)  # nothing finalized

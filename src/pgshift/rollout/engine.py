@@ -119,11 +119,13 @@ def run(ctx: Context, *, resume: bool = False) -> Outcome:
             except PgshiftError as exc:
                 j.step_finished(sid, name, "failed", {"error": exc.message},
                                 message=f"{name} failed: {exc.message}")
-                j.set(status="failed", failed_reason=exc.message)
-                if idx >= first_shift(ctx):
-                    # traffic has moved: a failed step is not left half done
+                if name.startswith("shift-") or name == "monitor":
+                    # green serves part of the traffic: a broken step is not left half done
                     return _interrupted(ctx, Interrupt("failed", f"{name}: {exc.message}"),
                                         started)
+                # before traffic moves, and at the flip (released on blue), approvals and
+                # finalize, the state is consistent: stop here, --resume retries the step
+                j.set(status="failed", failed_reason=exc.message)
                 raise
             figures = {**figures, "seconds": round(time.monotonic() - t0, 3)}
             j.step_finished(sid, name, "done", figures)
