@@ -246,10 +246,12 @@ def _bake_and_judge(ctx: Context, step: Step, watcher: Watcher,
             break
         failed = _critical_paths(ctx, cfg.checks.critical_paths)
         if failed:
-            j.decide(name, "fail", f"{len(failed)} critical-path check(s) failed",
-                     {"critical_paths": failed})
-            raise Interrupt("failed", f"{name}: critical-path check failed: "
-                                      f"`{failed[0]['command']}`")
+            why = f"critical-path check failed: `{failed[0]['command']}`"
+            j.decide(name, "fail", why, {"critical_paths": failed})
+            if cfg.emergency.critical_path_failing or cfg.shift.on_failure == "rollback":
+                raise Interrupt("failed", f"{name}: {why}")
+            decision = _hold_for_operator(ctx, watcher, name, why)
+            break
         window = min(3600.0, max(1.0, time.time() - t0))
         a = analyse(r.figures(window), cfg.checks.gates)
         j.decide(name, a.verdict, "; ".join(a.reasons) or "every check passed",
