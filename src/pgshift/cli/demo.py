@@ -35,7 +35,9 @@ def demo(
                     ] = 12.0,
     fault: Annotated[str | None, typer.Option(
         "--fault", help="green-errors: green fails 30 % of its requests from the 25 % "
-                        "step on; the rollout must roll back by itself.")] = None,
+                        "step on; green-errors-after-flip: from the flip on (its writes "
+                        "must come back to SQLite). The rollout must roll back by itself.")
+    ] = None,
     keep: Annotated[bool, typer.Option("--keep", help="Leave PostgreSQL running afterwards.")]
     = False,
     json_output: Annotated[bool, typer.Option("--json", help="JSON summary on stdout.")] = False,

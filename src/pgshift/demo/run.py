@@ -38,7 +38,7 @@ from pgshift.rollout import config as cfgmod
 from pgshift.rollout import engine, syncing
 from pgshift.rollout.context import PROXY, Context
 
-FAULTS = ("green-errors",)
+FAULTS = ("green-errors", "green-errors-after-flip")
 DSN_ENV = "PGSHIFT_DEMO_DSN"
 FAULT_AT = 25.0  # the weight at which --fault green-errors starts failing green
 
@@ -215,7 +215,9 @@ def run_demo(workdir: Path, scale: int, *, jobs: int = 2, keep: bool = False,
         green = f"http://127.0.0.1:{green_port}"
         cut = demo_cutover(workdir, db, blue=f"http://127.0.0.1:{blue_port}", green=green,
                            listen=_free_port(), admin=_free_port(), bake=bake,
-                           monitor=monitor)
+                           # long enough for the emergency trigger (5 s over 5 %) to fire
+                           monitor=max(monitor, 30.0) if fault == "green-errors-after-flip"
+                           else monitor)
         cutover_path = workdir / "cutover.yaml"
         cutover_path.write_text(cfgmod.dump(cut))
         cfg, base = cfgmod.load(cutover_path)
@@ -235,7 +237,9 @@ def run_demo(workdir: Path, scale: int, *, jobs: int = 2, keep: bool = False,
         def on_event(kind: str, data: dict[str, Any]) -> None:
             if kind == "step-done" and data.get("step") == "router" and loader is None:
                 start_load()
-            if fault and kind == "weight" and data.get("weight") == FAULT_AT:
+            if ((fault == "green-errors" and kind == "weight" and data.get("weight") == FAULT_AT)
+                    or (fault == "green-errors-after-flip" and kind == "step-done"
+                    and data.get("step") == "flip")):
                 httpx.post(f"{green}/_admin/faults", json={"spec": "error_rate=0.3"},
                            timeout=5).raise_for_status()
 
