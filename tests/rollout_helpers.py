@@ -101,6 +101,11 @@ class Rig:
             stop.set()
             t.join(timeout=60)
 
+    def rewrite(self, over: dict[str, Any]) -> None:
+        """Change the cutover file (before the rollout starts)."""
+        self.data = merge(self.data, over)
+        self.cutover.write_text(yaml.safe_dump(self.data))
+
     def check_ledger(self, against: str) -> LedgerCheck:
         entries = read_ledger(self.ledger)
         if against == "sqlite":

@@ -7,7 +7,9 @@ acknowledged write may be missing from the system of record.
 
 from __future__ import annotations
 
+import shutil
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -248,3 +250,50 @@ def test_finalize_refuses_without_approvals(tmp_path: Path, pg_dsn: Dsn,
         out = r.cli("rollout", str(r.cutover), "--resume", "--json")
         assert out.returncode == 0, out.stdout + out.stderr
         assert not sqlite_has_capture(r.db)
+
+
+HAPROXY = shutil.which("haproxy") or (
+    "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
+
+
+@pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed (apt-get install haproxy)")
+def test_the_same_rollout_through_haproxy(tmp_path: Path, pg_dsn: Dsn,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from pgshift.traffic.haproxy import render_config, settings_from_cli, write_map
+
+    assert HAPROXY is not None
+    with rig(tmp_path, pg_dsn, monkeypatch) as r:
+        listen = r.data["router"]["listen"]
+        sock, map_file = tmp_path / "haproxy.sock", tmp_path / "pgshift.map"
+        settings = settings_from_cli(blue=r.blue.url, green=r.green.url, listen=listen,
+                                     socket_path=str(sock), map_file=str(map_file),
+                                     cohort_header="X-User-Id", write_paths=("/rate-limits/*",),
+                                     health_path="/health")
+        (tmp_path / "haproxy.cfg").write_text(render_config(settings))
+        write_map(map_file, 0, "blue")
+        with open(tmp_path / "haproxy.log", "wb") as log:
+            proc = subprocess.Popen([HAPROXY, "-db", "-f", str(tmp_path / "haproxy.cfg")],
+                                    stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 10
+            while not sock.exists():
+                assert proc.poll() is None and time.monotonic() < deadline, \
+                    (tmp_path / "haproxy.log").read_text()
+                time.sleep(0.02)
+            # HAProxy cannot hold writes: the flip is a declared short write pause
+            # ... and reports counts, not latency distributions: no latency gate
+            r.rewrite({"router": {"kind": "haproxy", "fence": {"mode": "pause"},
+                                  "haproxy": {"socket": str(sock), "map_file": str(map_file)}},
+                       "checks": {"gates": {"max_p99_ms": None}}})
+            with r.load() as loads:
+                outcome = run_engine(r)
+            assert outcome.status == "done", outcome.message
+            assert map_file.read_text() == "threshold 10000\nsor green\n"
+            assert loads[0].total.done > 300
+            assert r.check_ledger("postgresql").violations == []
+            steps = r.journal_value("shift_results")
+            assert [s["weight"] for s in steps] == [25, 50, 100]
+            assert all(s["requests"] >= 10 for s in steps)
+        finally:
+            proc.terminate()
+            proc.wait(10)

@@ -64,9 +64,9 @@ class Context:
     @property
     def public_url(self) -> str:
         r = self.cfg.router
-        if r.kind == "embedded":
+        if r.kind in ("embedded", "haproxy"):
             return f"http://{r.listen}"
-        return self.cfg.apps.blue.url
+        return r.options.get("url", self.cfg.apps.blue.url)
 
     def values(self) -> dict[str, str]:
         """What hooks may substitute."""

@@ -178,6 +178,10 @@ def plan(cutover: Path) -> dict[str, Any]:
     if cfg.router.kind != "embedded":
         warnings.append(f"router {cfg.router.kind} cannot hold writes: the flip uses a short "
                         "write pause and sync's conflict detection")
+    if cfg.router.kind == "haproxy" and (g.max_p99_ms or g.max_p99_ratio):
+        warnings.append("HAProxy reports counts, not latency distributions: with "
+                        "max_p99_ms or max_p99_ratio set every step is inconclusive; set "
+                        "them to null")
     return {"cutover": cfg.name, "state_dir": str(StateDir.for_name(base, cfg.name).root),
             "source": str(cfg.source.sqlite), "target": cfg.target.dsn,
             "router": cfg.router.kind, "phases": engine.phase_names(cfg),
