@@ -297,3 +297,28 @@ def test_the_same_rollout_through_haproxy(tmp_path: Path, pg_dsn: Dsn,
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+def test_rollback_with_a_dead_engine_and_a_broken_journal(tmp_path: Path, pg_dsn: Dsn,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    over = {"monitor": {"window": "120s", "interval": "1s"}}
+    with rig(tmp_path, pg_dsn, monkeypatch, over) as r, r.load():
+        # the engine dies (SIGKILL) as it enters monitoring, after the flip
+        killed = r.cli("rollout", str(r.cutover), env={CHAOS_ENV: "phase=monitor"})
+        assert killed.returncode == -signal.SIGKILL
+        ids = _write_through_proxy(r, 3)
+        journal = r.state_root / "journal.sqlite"
+        for extra in ("-wal", "-shm"):
+            Path(f"{journal}{extra}").unlink(missing_ok=True)
+        journal.write_bytes(b"\x00garbage" * 512)
+        out = r.cli("rollback", str(r.cutover), "-m", "journal lost", "--json")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert _sqlite_job_ids(r.db, ids) == set(ids)
+        assert list(r.state_root.glob("journal.sqlite.broken-*"))
+        assert "journal-broken" in (r.state_root / "audit.jsonl").read_text()
+        ctx = r.context()
+        try:
+            assert ctx.router.weight() == 0
+        finally:
+            ctx.close()
