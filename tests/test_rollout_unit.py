@@ -272,3 +272,35 @@ def test_rollout_of_a_bad_file_is_exit_2(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["rollout", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "holds a password" in err and "pw1234" not in err
+
+
+def test_notifications_reach_a_webhook_and_failures_are_returned(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import http.server
+    import threading
+
+    from pgshift.rollout.config import Notify
+    from pgshift.rollout.hooks import notify
+
+    got: list[dict] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("HOOK_URL", f"http://127.0.0.1:{server.server_port}/x")
+        assert notify(Notify(webhook="env:HOOK_URL"), {"kind": "rolled-back"}) == []
+        assert got == [{"kind": "rolled-back"}]
+    finally:
+        server.shutdown()
+        server.server_close()
+    failures = notify(Notify(webhook=f"http://127.0.0.1:{server.server_port}/x"), {"k": 1})
+    assert failures and failures[0].startswith("webhook:")

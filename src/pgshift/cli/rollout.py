@@ -4,6 +4,7 @@ note``: the cutover and its operator verbs (library: ``pgshift.rollout``)."""
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -93,22 +94,42 @@ def plan_command(cutover: Cutover, json_output: Json = False) -> None:
         con.print(f"warning: {w}")
 
 
-def status_command(cutover: Cutover, json_output: Json = False) -> None:
+def status_command(
+    cutover: Cutover,
+    watch: Annotated[float | None, typer.Option(
+        "--watch", help="Redraw every this many seconds until Ctrl-C (a live view on a "
+                        "terminal, one block per interval in a log).")] = None,
+    json_output: Json = False,
+) -> None:
     """The rollout's state: phase, weight, blue/green figures, sync lag, next decision.
+
+      pgshift status cutover.yaml
+
+      pgshift status cutover.yaml --watch 2
 
       pgshift status cutover.yaml --json
     """
     from pgshift.rollout.verbs import open_context, status
 
+    if watch is not None and watch <= 0:
+        raise UsageError("--watch must be a positive number of seconds", hint="--watch 2")
     ctx = open_context(cutover, say=lambda _: None)
     try:
-        out = status(ctx)
+        while True:
+            out = status(ctx)
+            if json_output:
+                print_json(out)
+            else:
+                if watch is not None and out_console().is_terminal:
+                    out_console().clear()
+                _print_status(out)
+            if watch is None:
+                return
+            time.sleep(watch)
+    except KeyboardInterrupt:
+        return
     finally:
         ctx.close()
-    if json_output:
-        print_json(out)
-        return
-    _print_status(out)
 
 
 def _print_status(out: dict[str, Any]) -> None:
