@@ -424,8 +424,10 @@ def flip(opts: SyncOptions, timeout: float = 30.0) -> dict[str, Any]:
     2. rebase PostgreSQL's queue: green's incidental writes captured before the flip
        become the current row of each key they touched (:func:`pg_capture.rebase`), so
        the to-sqlite applier makes SQLite equal to PostgreSQL for them;
-    3. move identity/serial sequences that count down (``--green-ids negative``) to
-       ``max(id) + 1``, counting up (:func:`identity.to_positive`).
+    3. leave every identity/serial sequence counting up past every key in its table
+       (``max(id) + 1``, never backwards; :func:`identity.to_positive`): those that
+       count down (``--green-ids negative``), and those that count up but lag behind
+       the ids blue's rows brought (``--green-ids keep``).
 
     Then start ``pgshift sync run --mode to-sqlite --follow`` and release the writes.
     Running it twice is harmless.
@@ -463,5 +465,47 @@ def flip(opts: SyncOptions, timeout: float = 30.0) -> dict[str, Any]:
         conn.commit()
     finally:
         conn.close()
+    out["flipped"] = True
+    return out
+
+
+def flip_back(opts: SyncOptions, timeout: float = 30.0, *,
+              green_ids: str = "keep") -> dict[str, Any]:
+    """The way back to SQLite as the system of record, while the router holds writes.
+
+    1. drain to-sqlite behind a fence (every green write is in SQLite); when the
+       deadline comes first nothing else happens (``flipped`` false, the stranded range);
+    2. raise SQLite's AUTOINCREMENT high marks past every id green's sequences handed
+       out (:func:`identity.sqlite_past_green`), so blue's own inserts never reuse one;
+    3. with ``green_ids="negative"``, PostgreSQL's sequences count down again
+       (:func:`identity.to_negative`), for green's incidental inserts until the next
+       flip; with ``keep`` they stay, and the next flip moves them past blue's ids.
+
+    Then start ``pgshift sync run --mode to-postgres --follow`` and release the writes
+    to blue. A later :func:`flip` (the re-advance) needs nothing else. Running it
+    twice is harmless.
+    """
+    if green_ids not in GREEN_IDS:
+        raise UsageError(f"--green-ids {green_ids!r}: use keep or negative",
+                         hint="pgshift sync flip-back SQLITE PG --green-ids keep")
+    drained = drain(opts, timeout, direction=TO_SQLITE)
+    out: dict[str, Any] = {"drain": drained, "flipped": False}
+    if not drained["drained"]:
+        return out
+    con = open_sqlite(opts.sqlite_path, readonly=False)
+    conn = connect(opts.dsn, application_name="pgshift-sync")
+    try:
+        try:
+            out["sqlite_sequences"] = identity.sqlite_past_green(con, conn, opts.schema)
+        except sqlite3.OperationalError as exc:
+            raise SourceError(f"moving SQLite's AUTOINCREMENT marks in {opts.sqlite_path} "
+                              f"failed: {exc}", hint="hold blue's writes, then flip back "
+                                                     "again") from exc
+        out["identities"] = identity.to_negative(conn, opts.schema) \
+            if green_ids == "negative" else []
+        conn.commit()
+    finally:
+        conn.close()
+        con.close()
     out["flipped"] = True
     return out
