@@ -50,59 +50,81 @@ def install(path: Path, tables: list[str] | None = None,
     if green_ids != "keep" and dsn is None:
         raise UsageError("--green-ids needs the PostgreSQL DSN",
                          hint="pgshift sync install SQLITE PG --green-ids negative")
-    con = open_sqlite(path, readonly=False)
+    # PostgreSQL first: an unreachable server must stop install before SQLite is touched
+    conn = connect(dsn, application_name="pgshift-sync") if dsn is not None else None
     try:
-        result = capture.install(con, tables or None, exclude=exclude)
-    except sqlite3.OperationalError as exc:
-        raise SourceError(f"installing capture on {path} failed: {exc}",
-                          hint="retry when the app is not holding a long write transaction"
-                          ) from exc
-    finally:
-        con.close()
-    if dsn is not None:
-        conn = connect(dsn, application_name="pgshift-sync")
+        con = open_sqlite(path, readonly=False)
         try:
-            feeds = mapped.stored_feeds(conn, schema)
-            if feeds is not None:
-                # loaded --into-existing: capture the target tables the captured source
-                # tables feed, keyed by the target columns their `key:` maps to
-                if pg_capture_mode == "logical":
-                    raise UsageError("--pg-capture logical is not supported yet for a "
-                                     "schema loaded --into-existing",
-                                     hint="pgshift sync install SQLITE PG --pg-capture "
-                                          "triggers")
-                keys = mapped.capture_targets(conn, schema, feeds, result.tables)
-            else:
-                keys = {t.name: list(t.key) for t in result.tables}
-            missing = [name for name in keys if st.scalar(
-                conn, "SELECT to_regclass(%s) IS NULL",
-                (pgsql.Identifier(schema, name).as_string(),))]
-            conn.commit()
-            if missing:
-                raise UsageError(f"tables missing in PostgreSQL schema {schema!r}: "
-                                 f"{', '.join(missing)}",
-                                 hint=f"pgshift migrate {path} PG, then install again")
-            names = list(keys)
-            if pg_capture_mode == "logical":
-                result.postgres_capture = pg_logical.install(conn, schema, names)
-            else:
-                if pg_logical.installed(conn, schema):
-                    raise UsageError("logical capture is installed on this schema; one "
-                                     "PostgreSQL capture at a time",
-                                     hint="pgshift sync uninstall SQLITE PG, then install "
-                                          "again")
-                pg_capture.install(conn, schema, keys)
-                result.postgres_capture = {"mode": "triggers", "tables": names}
-            result.identities = identity.to_negative(conn, schema, names) \
-                if green_ids == "negative" else [
-                    {"table": c.table, "column": c.column, "kind": c.kind,
-                     "sequence": c.sequence, "restart": None,
-                     "state": "counts down" if c.negative else "counts up"}
-                    for c in identity.find(conn, schema, names)]
-            conn.commit()
+            fresh = capture.install_id(con) is None and not capture.installed(con)
+            try:
+                result = capture.install(con, tables or None, exclude=exclude)
+            except sqlite3.OperationalError as exc:
+                raise SourceError(f"installing capture on {path} failed: {exc}",
+                                  hint="retry when the app is not holding a long write "
+                                       "transaction") from exc
+            if conn is None:
+                return result
+            try:
+                _install_postgres(conn, path, schema, result, green_ids, pg_capture_mode)
+            except BaseException:
+                # never leave a half install: what this call added to SQLite goes again
+                if fresh:
+                    capture.uninstall(con)
+                raise
+            return result
         finally:
+            con.close()
+    finally:
+        if conn is not None:
             conn.close()
-    return result
+
+
+def _install_postgres(conn: psycopg.Connection, path: Path, schema: str,
+                      result: capture.InstallResult, green_ids: str,
+                      pg_capture_mode: str) -> None:
+    """PostgreSQL capture on the migrated tables, and ``--green-ids``."""
+    try:
+        feeds = mapped.stored_feeds(conn, schema)
+        if feeds is not None:
+            # loaded --into-existing: capture the target tables the captured source
+            # tables feed, keyed by the target columns their `key:` maps to
+            if pg_capture_mode == "logical":
+                raise UsageError("--pg-capture logical is not supported yet for a "
+                                 "schema loaded --into-existing",
+                                 hint="pgshift sync install SQLITE PG --pg-capture "
+                                      "triggers")
+            keys = mapped.capture_targets(conn, schema, feeds, result.tables)
+        else:
+            keys = {t.name: list(t.key) for t in result.tables}
+        missing = [name for name in keys if st.scalar(
+            conn, "SELECT to_regclass(%s) IS NULL",
+            (pgsql.Identifier(schema, name).as_string(),))]
+        conn.commit()
+        if missing:
+            raise UsageError(f"tables missing in PostgreSQL schema {schema!r}: "
+                             f"{', '.join(missing)}",
+                             hint=f"pgshift migrate {path} PG, then install again")
+        names = list(keys)
+        if pg_capture_mode == "logical":
+            result.postgres_capture = pg_logical.install(conn, schema, names)
+        else:
+            if pg_logical.installed(conn, schema):
+                raise UsageError("logical capture is installed on this schema; one "
+                                 "PostgreSQL capture at a time",
+                                 hint="pgshift sync uninstall SQLITE PG, then install "
+                                      "again")
+            pg_capture.install(conn, schema, keys)
+            result.postgres_capture = {"mode": "triggers", "tables": names}
+        result.identities = identity.to_negative(conn, schema, names) \
+            if green_ids == "negative" else [
+                {"table": c.table, "column": c.column, "kind": c.kind,
+                 "sequence": c.sequence, "restart": None,
+                 "state": "counts down" if c.negative else "counts up"}
+                for c in identity.find(conn, schema, names)]
+        conn.commit()
+    except psycopg.Error:
+        conn.rollback()
+        raise
 
 
 def uninstall(path: Path, dsn: Dsn | None = None, schema: str = "public") -> dict[str, Any]:
