@@ -51,3 +51,18 @@ def test_install_refused_by_postgres_undoes_the_sqlite_half(app_db: Path,
     with pytest.raises(UsageError, match="tables missing in PostgreSQL"):
         ops.install(app_db, dsn=pg_dsn)
     assert schema_of(app_db) == installed
+
+
+@pytest.mark.parametrize("verb", ["pause", "resume"])
+def test_pause_and_resume_check_the_sqlite_file(verb: str, tmp_path: Path, app_db: Path,
+                                                pg_dsn: Dsn,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(capsys, ["sync", verb, str(tmp_path / "missing.db"), pg_dsn.conninfo])
+    assert code == 2 and "SQLite file not found" in err and "Try: " in err
+    not_sqlite = tmp_path / "notes.txt"
+    not_sqlite.write_text("hello\n")
+    code, _, err = _run(capsys, ["sync", verb, str(not_sqlite), pg_dsn.conninfo])
+    assert code == 2 and "not a SQLite 3 database" in err
+    code, out, err = _run(capsys, ["sync", verb, str(app_db), pg_dsn.conninfo, "--json"])
+    assert code == 0, err
+    assert '"paused": ' + ("true" if verb == "pause" else "false") in out

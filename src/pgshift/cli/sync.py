@@ -158,7 +158,7 @@ def run_command(
         raise UsageError(f"--sor {sor!r}: use sqlite or postgres",
                          hint="pgshift sync run SQLITE PG --mode dual --sor sqlite")
     if mode == "pause":
-        set_paused(postgres_dsn, schema, True, json_output)
+        set_paused(sqlite_path, postgres_dsn, schema, True, json_output)
         return
     if trim_log and mode != "to-sqlite":
         raise UsageError("--trim applies to --mode to-sqlite only (after the flip); before "

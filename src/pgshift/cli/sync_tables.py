@@ -74,13 +74,12 @@ def restore_privileges(dsn: Dsn, schema: str) -> dict[str, Any]:
         conn.close()
 
 
-def set_paused(postgres_dsn: str, schema: str, paused: bool, json_output: bool) -> None:
+def set_paused(sqlite_path: Path, postgres_dsn: str, schema: str, paused: bool,
+               json_output: bool) -> None:
     """Set or clear the paused flag and say so."""
-    conn = connect(resolve(postgres_dsn), application_name="pgshift-sync")
-    try:
-        st.set_paused(conn, schema, paused)
-    finally:
-        conn.close()
+    from pgshift.sync import ops
+
+    ops.set_paused(sqlite_path, resolve(postgres_dsn), schema, paused)
     if json_output:
         print_json({"schema": schema, "paused": paused})
     else:
@@ -234,8 +233,7 @@ def register(app: typer.Typer) -> None:
 
           pgshift sync pause app.db env:DATABASE_URL
         """
-        del sqlite_path  # the flag lives in PostgreSQL; SQLITE keeps the usual shape
-        set_paused(postgres_dsn, schema, True, json_output)
+        set_paused(sqlite_path, postgres_dsn, schema, True, json_output)
 
     @app.command("resume", no_args_is_help=True)
     def resume_command(sqlite_path: SqlitePath, postgres_dsn: PostgresDsn,
@@ -244,5 +242,4 @@ def register(app: typer.Typer) -> None:
 
           pgshift sync resume app.db env:DATABASE_URL
         """
-        del sqlite_path
-        set_paused(postgres_dsn, schema, False, json_output)
+        set_paused(sqlite_path, postgres_dsn, schema, False, json_output)

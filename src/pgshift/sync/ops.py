@@ -244,6 +244,22 @@ def _counters(conn: psycopg.Connection, schema: str) -> dict[str, Any]:
     return out
 
 
+def set_paused(path: Path, dsn: Dsn, schema: str, paused: bool) -> None:
+    """``pgshift sync pause|resume``: set or clear the flag every applier of ``schema``
+    honours within one poll. ``path`` is checked to be a readable SQLite file (the
+    flag lives in PostgreSQL, but a wrong SQLite argument is a mistake to report)."""
+    con = open_sqlite(path)
+    try:
+        con.execute("select count(*) from sqlite_schema").fetchone()
+    finally:
+        con.close()
+    conn = connect(dsn, application_name="pgshift-sync")
+    try:
+        st.set_paused(conn, schema, paused)
+    finally:
+        conn.close()
+
+
 def fence(path: Path) -> int:
     """Write a fence marker into the SQLite change log; its seq.
 
