@@ -16,7 +16,7 @@ import pytest
 from pgshift.demo.app import AppConfig, open_database
 from pgshift.demo.db_base import Store
 from pgshift.dsn import Dsn
-from pgshift.sync import ops
+from pgshift.sync import ops, verbs
 from pgshift.sync.apply import SyncOptions
 from pgshift.sync.apply_sqlite import run_to_sqlite
 from sync_helpers import captured_seed, check, migrate_to, pg_exec, sqlite_rows, sync_once, write
@@ -63,9 +63,9 @@ def test_flip_then_flip_back_with_the_apps_default_ids(tmp_path: Path, pg_dsn: D
     write(db, f"delete from job_history where id = {top}")
     assert sync_once(db, pg_dsn).parked == 0
 
-    flipped = ops.flip(opts, timeout=20)
-    assert flipped["flipped"]
-    moved = {i["table"]: i for i in flipped["identities"]}
+    flipped = verbs.flip(opts, timeout=20)
+    assert flipped.flipped
+    moved = {i["table"]: i for i in flipped.identities}
     assert moved["job_history"]["restart"] == top + 1  # past the deleted id too
     assert moved["job_history"]["state"] == "counts up"
     # green, now the system of record, inserts with PostgreSQL's own allocation
@@ -73,15 +73,15 @@ def test_flip_then_flip_back_with_the_apps_default_ids(tmp_path: Path, pg_dsn: D
     assert run_to_sqlite(SyncOptions(sqlite_path=db, dsn=pg_dsn)).parked == 0
     check(db, pg_dsn)
     # a second flip moves nothing backwards
-    assert ops.flip(opts, timeout=20)["identities"] == []
+    assert verbs.flip(opts, timeout=20).identities == []
 
     # green inserts and deletes its newest row (never seen by SQLite as a live key)
     assert _with_store(green, lambda s: _writes(s, 10, "green2")) == []
     green_top = pg_exec(pg_dsn, "select max(id) from job_history")[0][0]
     pg_exec(pg_dsn, f"delete from job_history where id = {green_top}")
 
-    back = ops.flip_back(opts, timeout=20)
-    assert back["flipped"] and back["drain"]["drained"]
+    back = verbs.flip_back(opts, timeout=20)
+    assert back.flipped and back.drain.drained
     assert sqlite_rows(db, "select seq from sqlite_sequence where name = 'job_history'"
                        )[0][0] >= green_top
     # blue, the system of record again, inserts with SQLite's own allocation
@@ -92,7 +92,7 @@ def test_flip_then_flip_back_with_the_apps_default_ids(tmp_path: Path, pg_dsn: D
     check(db, pg_dsn)
 
     # and the re-advance: flip again, green inserts again
-    assert ops.flip(opts, timeout=20)["flipped"]
+    assert verbs.flip(opts, timeout=20).flipped
     assert _with_store(green, lambda s: _writes(s, 10, "green3")) == []
     assert run_to_sqlite(SyncOptions(sqlite_path=db, dsn=pg_dsn)).parked == 0
     check(db, pg_dsn)
@@ -104,7 +104,7 @@ def test_flip_back_moves_sqlite_past_ids_green_used_but_sqlite_never_saw(
     migrate_to(db, pg_dsn, tmp_path)
     ops.install(db, dsn=pg_dsn)
     opts = SyncOptions(sqlite_path=db, dsn=pg_dsn)
-    assert ops.flip(opts, timeout=20)["flipped"]
+    assert verbs.flip(opts, timeout=20).flipped
     before = sqlite_rows(db, "select seq from sqlite_sequence where name = 'users'")[0][0]
     # green's transactions that rolled back still took ids from the sequence
     taken = pg_exec(pg_dsn, "select nextval(pg_get_serial_sequence('users', 'id')) "
@@ -112,13 +112,13 @@ def test_flip_back_moves_sqlite_past_ids_green_used_but_sqlite_never_saw(
     highest = max(r[0] for r in taken)
     assert highest > before
 
-    back = ops.flip_back(opts, timeout=20)
-    assert back["flipped"]
-    assert [(s["table"], s["seq"], s["was"]) for s in back["sqlite_sequences"]] == [
+    back = verbs.flip_back(opts, timeout=20)
+    assert back.flipped
+    assert [(s["table"], s["seq"], s["was"]) for s in back.sqlite_sequences] == [
         ("users", highest, before)]
     write(db, "insert into users (email, name, is_admin, created_at, updated_at) "
               "values ('after@x', 'after', 0, 2, 2)")
     assert sqlite_rows(db, "select max(id) from users") == [(highest + 1,)]
-    assert ops.flip_back(opts, timeout=20)["sqlite_sequences"] == []  # nothing to move
+    assert verbs.flip_back(opts, timeout=20).sqlite_sequences == []  # nothing to move
     assert sync_once(db, pg_dsn).parked == 0
     check(db, pg_dsn)

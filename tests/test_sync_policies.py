@@ -13,8 +13,8 @@ from psycopg import conninfo
 
 from pgshift.cli.main import main
 from pgshift.dsn import Dsn, connect
-from pgshift.sync import ops
 from pgshift.sync import settings as cfg
+from pgshift.sync import verbs
 from pgshift.sync.apply import SyncOptions, run
 from pgshift.sync.apply_sqlite import run_to_sqlite
 from sync_helpers import (
@@ -324,8 +324,8 @@ def test_pause_and_resume_a_following_applier(tmp_path: Path, pg_dsn: Dsn,
         write(db, "update kv set v = 'paused' where k = 'a'")
         time.sleep(0.3)
         assert pg_exec(pg_dsn, "select v from kv where k = 'a'") == [("seed",)]
-        status = ops.status(db, pg_dsn)
-        assert status["pending"] == 1
+        status = verbs.status(db, pg_dsn)
+        assert status.pending == 1
         capsys.readouterr()
         assert main(["sync", "status", str(db), pg_dsn.conninfo]) == 0
         assert "PAUSED" in capsys.readouterr().out
