@@ -7,12 +7,14 @@ PostgreSQL's identity sequences after it), with the default ``--green-ids keep``
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pgshift.cli.main import main
 from pgshift.demo.app import AppConfig, open_database
 from pgshift.demo.db_base import Store
 from pgshift.dsn import Dsn
@@ -99,7 +101,7 @@ def test_flip_then_flip_back_with_the_apps_default_ids(tmp_path: Path, pg_dsn: D
 
 
 def test_flip_back_moves_sqlite_past_ids_green_used_but_sqlite_never_saw(
-        tmp_path: Path, pg_dsn: Dsn) -> None:
+        tmp_path: Path, pg_dsn: Dsn, capsys: pytest.CaptureFixture[str]) -> None:
     db = captured_seed(tmp_path, scale=30)
     migrate_to(db, pg_dsn, tmp_path)
     ops.install(db, dsn=pg_dsn)
@@ -120,5 +122,9 @@ def test_flip_back_moves_sqlite_past_ids_green_used_but_sqlite_never_saw(
               "values ('after@x', 'after', 0, 2, 2)")
     assert sqlite_rows(db, "select max(id) from users") == [(highest + 1,)]
     assert verbs.flip_back(opts, timeout=20).sqlite_sequences == []  # nothing to move
+    assert main(["sync", "flip-back", str(db), pg_dsn.conninfo, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["flipped"] and out["direction"] == "to-sqlite" and out["drain"]["drained"]
+    assert out["sqlite_sequences"] == [] and out["identities"] == []
     assert sync_once(db, pg_dsn).parked == 0
     check(db, pg_dsn)

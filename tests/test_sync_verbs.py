@@ -7,14 +7,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import conninfo
 
 from pgshift.demo.seed import seed
 from pgshift.dsn import Dsn, connect
 from pgshift.errors import UsageError
 from pgshift.sync import verbs
 from pgshift.sync.apply import SyncOptions
-from sync_helpers import migrate_to, pg_exec, schema_of, small_synced
+from sync_helpers import green_role, migrate_to, schema_of, small_synced
 
 pytestmark = pytest.mark.data
 
@@ -34,15 +33,10 @@ def _can_insert(dsn: Dsn) -> bool:
 def test_flip_grants_green_its_writes_back_and_flip_back_takes_them_again(
         tmp_path: Path, pg_dsn: Dsn) -> None:
     db = small_synced(tmp_path, pg_dsn)
-    role = f"greenv_{abs(hash(str(tmp_path))) % 10**8}"
-    pg_exec(pg_dsn, f"create role {role} login password 'green-pw'",
-            f"grant usage on schema public to {role}",
-            f"grant select, insert, update on all tables in schema public to {role}")
     cutover = tmp_path / "cutover.yaml"
     cutover.write_text("tables:\n  jobs:\n    kind: queue\n    green_writes: forbid\n")
-    green = Dsn(conninfo.make_conninfo(pg_dsn.conninfo, user=role, password="green-pw"))
     opts = SyncOptions(sqlite_path=db, dsn=pg_dsn)
-    try:
+    with green_role(pg_dsn, "greenv") as (role, green):
         installed = verbs.install(db, dsn=pg_dsn, tables_config=cutover, app_role=role)
         assert installed.revoked == {"jobs": ["INSERT", "UPDATE"]}
         assert installed.to_dict()["settings"]["jobs"]["green_writes"] == "forbid"
@@ -66,8 +60,6 @@ def test_flip_grants_green_its_writes_back_and_flip_back_takes_them_again(
 
         assert verbs.uninstall(db, pg_dsn).privileges_granted_back["jobs"]["role"] == role
         assert _can_insert(green)
-    finally:
-        pg_exec(pg_dsn, f"drop owned by {role}", f"drop role {role}")
 
 
 def test_install_refused_at_the_privileges_step_leaves_sqlite_as_it_was(

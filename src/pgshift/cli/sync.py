@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from pgshift.cli.output import out_console, print_json
-from pgshift.cli.sync_args import Json, PostgresDsn, Schema, SqlitePath
+from pgshift.cli.sync_args import Json, PostgresDsn, Schema, SqlitePath, Timeout
 from pgshift.cli.sync_tables import print_paused
 from pgshift.dsn import resolve
 from pgshift.errors import ExitCode, PgshiftError, UsageError
@@ -275,8 +275,7 @@ def flip_command(
     sqlite_path: SqlitePath,
     postgres_dsn: PostgresDsn,
     schema: Schema = "public",
-    timeout: Annotated[float, typer.Option("--timeout", help="Give up draining after this "
-                                           "many seconds.")] = 30.0,
+    timeout: Timeout = 30.0,
     json_output: Json = False,
 ) -> None:
     """Switch the system of record to PostgreSQL (hold the app's writes first).
@@ -323,8 +322,7 @@ def flip_back_command(
     sqlite_path: SqlitePath,
     postgres_dsn: PostgresDsn,
     schema: Schema = "public",
-    timeout: Annotated[float, typer.Option("--timeout", help="Give up draining after this "
-                                           "many seconds.")] = 30.0,
+    timeout: Timeout = 30.0,
     green_ids: Annotated[str, typer.Option(
         "--green-ids", help="negative: PostgreSQL's sequences count down again until the "
                             "next flip; keep: leave them (the next flip moves them).")
