@@ -137,3 +137,18 @@ def test_a_truncated_ledger_is_bad_input(app_db: Path, tmp_path: Path,
                                      str(app_db)])
         assert code == 2, (n, err)
         assert "line 2" in err and f"head -n 1 {ledger}" in err, (n, err)
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--mode", "bogus"], "--mode 'bogus'"),
+    (["--mode", "dual", "--trim"], "--trim applies to --mode to-sqlite only"),
+    (["--mode", "to-sqlite", "--from-hwm", "3"], "--from-hwm applies to --mode to-postgres"),
+    (["--mode", "dual", "--sor", "nope"], "--sor 'nope'"),
+    (["--once", "--follow"], "exclude each other"),
+])
+def test_run_refuses_options_that_do_not_go_together_before_connecting(
+        extra: list[str], says: str, app_db: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(capsys, ["sync", "run", str(app_db), UNREACHABLE, *extra])
+    assert code == 2 and says in err and "Try: " in err, err
+    assert "cannot connect" not in err

@@ -141,32 +141,22 @@ def run_command(
     if once and follow:
         raise UsageError("--once and --follow exclude each other",
                          hint="pgshift sync run SQLITE PG --follow")
-    if mode not in (*verbs.MODES, "pause"):
-        raise UsageError(f"--mode {mode!r}: use to-postgres, to-sqlite, dual or pause",
-                         hint="pgshift sync run SQLITE PG --mode to-postgres")
     if mode == "pause":
         print_paused(verbs.pause(sqlite_path, resolve(postgres_dsn), schema), json_output)
         return
+    verbs.check_mode(mode, trim_log=trim_log, from_hwm=from_hwm)
     opts = verbs.options(sqlite_path, resolve(postgres_dsn), schema,
                          tables_config=tables_config, from_hwm=from_hwm,
                          batch_size=batch_size, follow=follow, sor=sor)
     stop = threading.Event()
     if follow and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    if mode == verbs.DUAL:
-        both = verbs.run_dual(opts, stop=stop)
-        if json_output:
-            print_json({k: v.to_dict() for k, v in both.items()})
-        else:
-            for r in both.values():
-                _print_run(r)
-        if any(r.parked for r in both.values()):
-            raise typer.Exit(int(ExitCode.REJECTS))
-        return
     run_metrics, server = _serve_metrics(metrics_host, metrics_port, sqlite_path, opts)
     try:
-        result = verbs.run(opts, direction=mode, stop=stop, on_batch=run_metrics.observe,
-                           trim_log=trim_log)
+        # dual: the metrics serve the database figures, not per-process batch figures
+        results = verbs.run_dual(opts, stop=stop) if mode == verbs.DUAL else {
+            mode: verbs.run(opts, direction=mode, stop=stop, on_batch=run_metrics.observe,
+                            trim_log=trim_log)}
     except KeyboardInterrupt:
         stop.set()
         raise
@@ -174,10 +164,12 @@ def run_command(
         if server is not None:
             server.stop()
     if json_output:
-        print_json(result.to_dict())
+        print_json({k: v.to_dict() for k, v in results.items()} if mode == verbs.DUAL
+                   else results[mode].to_dict())
     else:
-        _print_run(result)
-    if result.parked:
+        for r in results.values():
+            _print_run(r)
+    if any(r.parked for r in results.values()):
         raise typer.Exit(int(ExitCode.REJECTS))
 
 

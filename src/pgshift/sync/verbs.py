@@ -101,6 +101,21 @@ def options(path: Path, dsn: Dsn, schema: str = "public", *,
                        from_hwm=from_hwm, batch_size=batch_size, follow=follow, sor=sor)
 
 
+def check_mode(mode: str, *, trim_log: bool = False, from_hwm: int | None = None) -> None:
+    """Refuse (``UsageError``) a run mode (a direction or ``dual``) and options that do
+    not go together, before anything is started."""
+    if mode not in MODES:
+        raise UsageError(f"--mode {mode!r}: use to-postgres, to-sqlite, dual or pause",
+                         hint="pgshift sync run SQLITE PG --mode to-postgres")
+    if trim_log and mode != TO_SQLITE:
+        raise UsageError("--trim applies to --mode to-sqlite only (after the flip); before "
+                         "it, trimming competes with blue's writes",
+                         hint="pgshift sync trim SQLITE PG, while the fence holds")
+    if mode == TO_SQLITE and from_hwm is not None:
+        raise UsageError("--from-hwm applies to --mode to-postgres only",
+                         hint="pgshift sync run SQLITE PG --mode to-sqlite")
+
+
 def run(opts: SyncOptions, *, direction: str = TO_POSTGRES,
         stop: threading.Event | None = None, on_batch: OnBatch | None = None,
         trim_log: bool = False) -> SyncResult:
@@ -118,13 +133,7 @@ def run(opts: SyncOptions, *, direction: str = TO_POSTGRES,
     if direction not in (TO_POSTGRES, TO_SQLITE):
         raise UsageError(f"direction {direction!r}: use to-postgres or to-sqlite (dual: "
                          "run_dual)", hint="pgshift sync run SQLITE PG --mode to-postgres")
-    if trim_log and direction != TO_SQLITE:
-        raise UsageError("--trim applies to --mode to-sqlite only (after the flip); before "
-                         "it, trimming competes with blue's writes",
-                         hint="pgshift sync trim SQLITE PG, while the fence holds")
-    if direction == TO_SQLITE and opts.from_hwm is not None:
-        raise UsageError("--from-hwm applies to --mode to-postgres only",
-                         hint="pgshift sync run SQLITE PG --mode to-sqlite")
+    check_mode(direction, trim_log=trim_log, from_hwm=opts.from_hwm)
     with sqlite_failures(opts.sqlite_path):
         if direction == TO_SQLITE:
             return cutover.run_back(opts, stop=stop, on_batch=on_batch, trim_log=trim_log)
