@@ -12,8 +12,8 @@ from typing import Any
 
 from pgshift.rollout.context import Context
 from pgshift.rollout.procs import pgshift_argv
-from pgshift.sync import ops, verbs
 from pgshift.sync import settings as table_settings
+from pgshift.sync import verbs
 from pgshift.sync.apply import SyncOptions
 
 TO_POSTGRES, TO_SQLITE = "to-postgres", "to-sqlite"
@@ -26,7 +26,7 @@ def options(ctx: Context) -> SyncOptions:
 
 def install_sqlite(ctx: Context) -> dict[str, Any]:
     """Capture triggers and the change log on the live SQLite file (idempotent)."""
-    return ops.install(ctx.cfg.source.sqlite).to_dict()
+    return verbs.install(ctx.cfg.source.sqlite).to_dict()
 
 
 def install_postgres(ctx: Context) -> dict[str, Any]:
