@@ -31,6 +31,7 @@ from pgshift.sync import cutover, ops, planning
 from pgshift.sync import settings as cfg
 from pgshift.sync import state as st
 from pgshift.sync.apply import DEFAULT_BATCH, SyncOptions, SyncResult
+from pgshift.sync.apply import run as run_to_postgres
 from pgshift.sync.results import (
     DrainResult,
     FlipResult,
@@ -137,8 +138,6 @@ def run(opts: SyncOptions, *, direction: str = TO_POSTGRES,
     with sqlite_failures(opts.sqlite_path):
         if direction == TO_SQLITE:
             return cutover.run_back(opts, stop=stop, on_batch=on_batch, trim_log=trim_log)
-        from pgshift.sync.apply import run as run_to_postgres
-
         return run_to_postgres(opts, stop=stop, on_batch=None if on_batch is None
                                else lambda r, _batch: on_batch(r))
 
