@@ -47,7 +47,7 @@ from typing import Any
 from _common import fresh_database, log, scratch_dir, seeded_sqlite, start_server, text_table
 from pgshift.dsn import connect
 from pgshift.migrate import MigrateOptions, migrate
-from pgshift.sync import ops
+from pgshift.sync import ops, verbs
 from pgshift.sync.apply import SyncOptions, SyncResult, run
 from pgshift.sync.apply_sqlite import run_to_sqlite
 from pgshift.sync.tables import Change
@@ -241,7 +241,7 @@ def main() -> int:
                 base = write_latency(db, args.writes, one_txn=mode == "one-txn")
                 ops.install(db)
                 cap = write_latency(db, args.writes, one_txn=mode == "one-txn")
-                ops.uninstall(db)
+                verbs.uninstall(db)
                 out[f"capture_{mode}"] = {"without": base, "with": cap,
                                           "overhead_p50_us": cap["p50_us"] - base["p50_us"],
                                           "overhead_p99_us": cap["p99_us"] - base["p99_us"]}
@@ -265,7 +265,7 @@ def main() -> int:
                 if t.error is not None:
                     raise t.error
             deadline = time.monotonic() + 30
-            while ops.status(db, dsn).get("pending", 1) and time.monotonic() < deadline:
+            while verbs.status(db, dsn).pending != 0 and time.monotonic() < deadline:
                 time.sleep(0.05)
             stop.set()
             applier.join()
@@ -277,7 +277,7 @@ def main() -> int:
             w = Writer(db, args.rate, args.backlog_seconds)
             w.start()
             w.join()
-            pending = ops.status(db, dsn)["pending"]
+            pending = verbs.status(db, dsn).pending
             t0 = time.perf_counter()
             res = run(SyncOptions(sqlite_path=db, dsn=dsn))
             drain = time.perf_counter() - t0
@@ -285,10 +285,10 @@ def main() -> int:
                             "changes_per_s": round(res.applied / drain, 1),
                             "parked": res.parked}
             log("flip, green's writes carried back, verify")
-            flipped = ops.flip(SyncOptions(sqlite_path=db, dsn=dsn), timeout=30)
+            flipped = verbs.flip(SyncOptions(sqlite_path=db, dsn=dsn), timeout=30)
             back = run_to_sqlite(SyncOptions(sqlite_path=db, dsn=dsn))
             v = verify(VerifyOptions(sqlite_path=db, dsn=dsn))
-            out["flip"] = {"flipped": flipped["flipped"], "carried_back": back.applied,
+            out["flip"] = {"flipped": flipped.flipped, "carried_back": back.applied,
                            "parked": back.parked, "conflicts": conflicts(dsn)}
             out["verify_identical"] = v.identical
             log("after the flip: PostgreSQL TPS without and with capture (second copy)")

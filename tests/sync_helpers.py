@@ -6,7 +6,9 @@ No tests here; the ``test_sync_`` name keeps it among the sync test files.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -157,3 +159,19 @@ def sqlite_rows(db: Path, query: str, params: Sequence[Any] = ()) -> list[tuple[
         return con.execute(query, params).fetchall()
     finally:
         con.close()
+
+
+@contextmanager
+def green_role(dsn: Dsn, label: str) -> Iterator[tuple[str, Dsn]]:
+    """A login role like green's app role (SELECT, INSERT, UPDATE on every table of
+    public), and a DSN that connects as it; dropped afterwards."""
+    from psycopg import conninfo
+
+    role = f"{label}_{uuid.uuid4().hex[:8]}"
+    pg_exec(dsn, f"create role {role} login password 'green-pw'",
+            f"grant usage on schema public to {role}",
+            f"grant select, insert, update on all tables in schema public to {role}")
+    try:
+        yield role, Dsn(conninfo.make_conninfo(dsn.conninfo, user=role, password="green-pw"))
+    finally:
+        pg_exec(dsn, f"drop owned by {role}", f"drop role {role}")

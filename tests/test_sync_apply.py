@@ -11,7 +11,7 @@ import pytest
 from pgshift.cli.main import main
 from pgshift.dsn import Dsn, connect
 from pgshift.errors import LockedError, UsageError
-from pgshift.sync import ops
+from pgshift.sync import ops, verbs
 from pgshift.sync import state as st
 from pgshift.sync.apply import SchemaChangedError, SyncOptions, run
 from sync_helpers import captured_seed, check, migrate_to, schema_of, sync_once, write
@@ -133,8 +133,8 @@ def test_unconvertible_and_refused_rows_are_parked(synced: Path, pg_dsn: Dsn) ->
     reasons = [r[0] for r in pg_rows(pg_dsn, "select reason from pgshift.sync_parked "
                                              "order by id")]
     assert "no_x" in reasons[1]
-    out = ops.status(synced, pg_dsn)
-    assert out["to_postgres"]["parked"] == 2 and out["pending"] == 0
+    out = verbs.status(synced, pg_dsn)
+    assert out.to_postgres is not None and out.to_postgres.parked == 2 and out.pending == 0
 
 
 def test_schema_change_stops_the_applier(synced: Path, pg_dsn: Dsn) -> None:
@@ -289,8 +289,8 @@ def test_follow_applies_new_writes_until_stopped(synced: Path, pg_dsn: Dsn) -> N
                 break
             time.sleep(0.02)
         assert got == [("follow 4",)]
-        out = ops.status(synced, pg_dsn)
-        assert out["pending"] == 0 and out["lag_ms"] == 0
+        out = verbs.status(synced, pg_dsn)
+        assert out.pending == 0 and out.lag_ms == 0
     finally:
         stop.set()
         t.join(10)
@@ -313,10 +313,10 @@ def _wait_pending_zero(db: Path, dsn: Dsn, seconds: float = 20) -> None:
 
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if ops.status(db, dsn).get("pending") == 0:
+        if verbs.status(db, dsn).pending == 0:
             return
         time.sleep(0.05)
-    raise AssertionError(ops.status(db, dsn))
+    raise AssertionError(verbs.status(db, dsn))
 
 
 def test_follow_survives_a_lost_connection_and_live_writers(synced: Path, pg_dsn: Dsn) -> None:
@@ -392,11 +392,11 @@ def test_drain_behind_a_fence_while_writes_go_on(synced: Path, pg_dsn: Dsn,
     t = threading.Thread(target=writer)
     t.start()
     try:
-        out = ops.drain(SyncOptions(sqlite_path=synced, dsn=pg_dsn), timeout=20)
+        out = verbs.drain(SyncOptions(sqlite_path=synced, dsn=pg_dsn), timeout=20)
     finally:
         stop.set()
         t.join()
-    assert out["drained"] and out["last_seq"] >= out["fence_seq"] > 50
+    assert out.drained and out.last_seq >= out.fence_seq > 50
     assert pg_rows(pg_dsn, "select name from users where id = 1") == [("pre 49",)]
     assert main(["sync", "drain", str(synced), pg_dsn.conninfo, "--json"]) == 0
     assert '"drained": true' in capsys.readouterr().out
@@ -429,7 +429,7 @@ def test_green_writes_are_conflicts_and_sqlite_wins(synced: Path, pg_dsn: Dsn) -
 def test_reinstalled_capture_is_refused(synced: Path, pg_dsn: Dsn) -> None:
     write(synced, *[f"update users set name = 'n{i}' where id = 1" for i in range(5)])
     assert sync_once(synced, pg_dsn).last_seq == 5
-    ops.uninstall(synced)  # SQLite only: the PostgreSQL checkpoint stays at 5
+    verbs.uninstall(synced)  # SQLite only: the PostgreSQL checkpoint stays at 5
     ops.install(synced)
     write(synced, "update users set name = 'after reinstall' where id = 1")  # seq 1 again
     with pytest.raises(UsageError, match="capture was reinstalled"):
@@ -444,7 +444,7 @@ def test_capture_reinstalled_between_the_snapshot_and_the_first_run_is_refused(
     write(db, *[f"update users set name = 'n{i}' where id = 1" for i in range(3)])
     result = migrate_to(db, pg_dsn, tmp_path)
     assert result.snapshot is not None and result.snapshot.capture_id is not None
-    ops.uninstall(db)
+    verbs.uninstall(db)
     ops.install(db)
     write(db, "update users set name = 'after reinstall' where id = 2")
     with pytest.raises(UsageError, match="reinstalled after migrate's snapshot"):

@@ -12,7 +12,7 @@ import pytest
 
 from pgshift.cli.main import main
 from pgshift.dsn import Dsn, connect
-from pgshift.sync import ops, pg_capture
+from pgshift.sync import pg_capture, verbs
 from pgshift.sync import state as st
 from pgshift.sync.apply import SyncOptions
 from pgshift.sync.apply_sqlite import run_to_sqlite
@@ -32,10 +32,10 @@ def test_rollback_drain_carries_green_writes_to_sqlite(flipped: Path, pg_dsn: Ds
     pg_exec(pg_dsn, "update users set name = 'green 1' where id = 1",
             "delete from job_history where id = (select min(id) from job_history)",
             "update app_state set value = 'green' where key = (select min(key) from app_state)")
-    out = ops.drain(SyncOptions(sqlite_path=flipped, dsn=pg_dsn), timeout=20,
+    out = verbs.drain(SyncOptions(sqlite_path=flipped, dsn=pg_dsn), timeout=20,
                     direction="to-sqlite")
-    assert out["drained"] and out["applied"] == 3 and out["parked"] == 0
-    assert out["stranded"]["count"] == 0 and not out["by_running_applier"]
+    assert out.drained and out.applied == 3 and out.parked == 0
+    assert out.stranded.count == 0 and not out.by_running_applier
     assert pg_exec(pg_dsn, "select count(*) from pgshift.pg_changes") == [(0,)]
     check(flipped, pg_dsn)
     pg_exec(pg_dsn, "update users set name = 'green 2' where id = 1")
@@ -57,14 +57,14 @@ def test_rollback_drain_times_out_and_reports_the_stranded_range(
     blue.execute("begin immediate")
     try:
         t0 = time.monotonic()
-        out = ops.drain(SyncOptions(sqlite_path=flipped, dsn=pg_dsn), timeout=1.5,
+        out = verbs.drain(SyncOptions(sqlite_path=flipped, dsn=pg_dsn), timeout=1.5,
                         direction="to-sqlite")
         assert time.monotonic() - t0 < 6  # the deadline holds despite the busy file
-        assert not out["drained"] and out["applied"] == 0
-        s = out["stranded"]
-        assert (s["count"], s["first"], s["last"]) == (3, first, last)
-        assert s["tables"] == {"app_state": 1, "users": 2}
-        assert s["oldest_age_ms"] is not None and s["oldest_age_ms"] >= 1000
+        assert not out.drained and out.applied == 0
+        s = out.stranded
+        assert (s.count, s.first, s.last) == (3, first, last)
+        assert s.tables == {"app_state": 1, "users": 2}
+        assert s.oldest_age_ms is not None and s.oldest_age_ms >= 1000
         assert main(["sync", "drain", str(flipped), pg_dsn.conninfo, "--direction",
                      "to-sqlite", "--timeout", "0.5", "--json"]) == 1
         cli = json.loads(capsys.readouterr().out)
@@ -73,9 +73,9 @@ def test_rollback_drain_times_out_and_reports_the_stranded_range(
         blue.execute("rollback")
         blue.close()
     # the markers of the timed-out drains stay queued and are passed over, not applied
-    out = ops.drain(SyncOptions(sqlite_path=flipped, dsn=pg_dsn), timeout=20,
+    out = verbs.drain(SyncOptions(sqlite_path=flipped, dsn=pg_dsn), timeout=20,
                     direction="to-sqlite")
-    assert out["drained"] and out["applied"] == 3
+    assert out.drained and out.applied == 3
     assert pg_exec(pg_dsn, "select count(*) from pgshift.pg_changes") == [(0,)]
     check(flipped, pg_dsn)
 
@@ -99,9 +99,9 @@ def test_fence_waits_for_a_transaction_that_queued_a_lower_id(flipped: Path,
     finally:
         late.close()
     assert got and got[0] > pending_id
-    out = ops.drain(SyncOptions(sqlite_path=flipped, dsn=pg_dsn), timeout=20,
+    out = verbs.drain(SyncOptions(sqlite_path=flipped, dsn=pg_dsn), timeout=20,
                     direction="to-sqlite")
-    assert out["drained"] and out["applied"] == 1
+    assert out.drained and out.applied == 1
     check(flipped, pg_dsn)
 
 
@@ -117,19 +117,19 @@ def test_drain_waits_for_the_running_follower(flipped: Path, pg_dsn: Dsn) -> Non
             time.sleep(0.02)
         time.sleep(0.3)  # the follower holds the to-sqlite lock by now
         pg_exec(pg_dsn, "update users set name = 'followed' where id = 1")
-        out = ops.drain(SyncOptions(sqlite_path=flipped, dsn=pg_dsn), timeout=20,
+        out = verbs.drain(SyncOptions(sqlite_path=flipped, dsn=pg_dsn), timeout=20,
                         direction="to-sqlite")
     finally:
         stop.set()
         follower.join(20)
-    assert out["drained"] and out["by_running_applier"]
+    assert out.drained and out.by_running_applier
     check(flipped, pg_dsn)
 
 
 def test_to_postgres_drain_reports_the_stranded_range(tmp_path: Path, pg_dsn: Dsn) -> None:
     db = captured_seed(tmp_path)
     migrate_to(db, pg_dsn, tmp_path)
-    ops.drain(SyncOptions(sqlite_path=db, dsn=pg_dsn), timeout=20)  # creates the state
+    verbs.drain(SyncOptions(sqlite_path=db, dsn=pg_dsn), timeout=20)  # creates the state
     write(db, "update users set name = 'a' where id = 1",
           "update users set name = 'b' where id = 2")
     write(db, "delete from app_state where key = (select min(key) from app_state)")
@@ -137,13 +137,13 @@ def test_to_postgres_drain_reports_the_stranded_range(tmp_path: Path, pg_dsn: Ds
     holder = connect(pg_dsn, autocommit=True)
     try:
         st.acquire_lock(holder, "public", st.TO_POSTGRES)
-        out = ops.drain(SyncOptions(sqlite_path=db, dsn=pg_dsn), timeout=1)
+        out = verbs.drain(SyncOptions(sqlite_path=db, dsn=pg_dsn), timeout=1)
     finally:
         holder.close()
-    assert not out["drained"] and out["by_running_applier"]
-    s = out["stranded"]
-    assert s["count"] == 3 and s["tables"] == {"app_state": 1, "users": 2}
-    assert s["last"] < out["fence_seq"] and s["last"] - s["first"] == 2
-    out = ops.drain(SyncOptions(sqlite_path=db, dsn=pg_dsn), timeout=20)
-    assert out["drained"] and out["stranded"]["count"] == 0 and out["applied"] >= 3
+    assert not out.drained and out.by_running_applier
+    s = out.stranded
+    assert s.count == 3 and s.tables == {"app_state": 1, "users": 2}
+    assert s.last < out.fence_seq and s.last - s.first == 2
+    out = verbs.drain(SyncOptions(sqlite_path=db, dsn=pg_dsn), timeout=20)
+    assert out.drained and out.stranded.count == 0 and out.applied >= 3
     check(db, pg_dsn)

@@ -10,7 +10,7 @@ import pytest
 
 from pgshift.cli.main import main
 from pgshift.dsn import Dsn, connect
-from pgshift.sync import identity, ops
+from pgshift.sync import identity, ops, verbs
 from pgshift.sync.apply import SyncOptions
 from pgshift.sync.apply_sqlite import run_to_sqlite
 from sync_helpers import captured_seed, check, migrate_to, pg_exec, sync_once, write
@@ -66,13 +66,13 @@ def test_green_inserts_before_the_flip_reach_sqlite(tmp_path: Path, pg_dsn: Dsn,
     assert pg_exec(pg_dsn, f"select name from users where id = {blue_max + 1}") == [("blue",)]
 
     # the flip: drain, rebase green's early queue, identities count up from max + 1
-    out = ops.flip(SyncOptions(sqlite_path=db, dsn=pg_dsn), timeout=20)
-    assert out["flipped"] and out["postgres_capture"] and out["drain"]["drained"]
+    out = verbs.flip(SyncOptions(sqlite_path=db, dsn=pg_dsn), timeout=20)
+    assert out.flipped and out.postgres_capture and out.drain.drained
     floor = sqlite_rows(db, "select seq from sqlite_sequence where name = 'users'")[0][0]
-    moved = {i["table"]: i["restart"] for i in out["identities"]}
+    moved = {i["table"]: i["restart"] for i in out.identities}
     assert moved["users"] == max(blue_max + 1, floor) + 1
     assert pg_exec(pg_dsn, USER.format("after")) == [(moved["users"],)]
-    assert ops.flip(SyncOptions(sqlite_path=db, dsn=pg_dsn), timeout=20)["identities"] == []
+    assert verbs.flip(SyncOptions(sqlite_path=db, dsn=pg_dsn), timeout=20).identities == []
 
     # the way back carries everything green wrote, before and after the flip
     back = run_to_sqlite(SyncOptions(sqlite_path=db, dsn=pg_dsn))
@@ -107,8 +107,8 @@ def test_install_is_idempotent_and_uninstall_counts_up_again(tmp_path: Path,
     finally:
         conn.close()
     high = pg_exec(pg_dsn, "select max(id) from users")[0][0]
-    out = ops.uninstall(db, pg_dsn)
-    assert [i["table"] for i in out["identities_restored"]] == ["users"]
+    out = verbs.uninstall(db, pg_dsn)
+    assert [i["table"] for i in out.identities_restored or []] == ["users"]
     assert pg_exec(pg_dsn, USER.format("d")) == [(high + 1,)]
 
 
@@ -130,7 +130,5 @@ def test_serial_columns_and_the_plain_install(pg_conn, tmp_path: Path, pg_dsn: D
     db = captured_seed(tmp_path, scale=30)
     migrate_to(db, pg_dsn, tmp_path)
     assert {i["state"] for i in ops.install(db, dsn=pg_dsn).identities} == {"counts up"}
-    from pgshift.cli.sync_tables import plan
-
-    notes = {r["table"]: r["notes"] for r in plan(db, pg_dsn, "public", None)["tables"]}
+    notes = {r.table: r.notes for r in verbs.plan(db, pg_dsn, "public", None).tables}
     assert any("--green-ids negative avoids it" in n for n in notes["job_history"])

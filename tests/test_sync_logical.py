@@ -11,7 +11,7 @@ import pytest
 
 from pgshift.cli.main import main
 from pgshift.dsn import Dsn
-from pgshift.sync import apply_sqlite, ops, pg_logical
+from pgshift.sync import apply_sqlite, ops, pg_logical, verbs
 from pgshift.sync.apply import SyncOptions
 from pgshift.sync.pg_logical import parse, parse_tuple, run_logical
 from sync_helpers import (
@@ -40,7 +40,7 @@ def logical(tmp_path: Path, pg_dsn: Dsn) -> Iterator[Path]:
         assert sync_once(db, pg_dsn).applied == 1
         yield db
     finally:
-        ops.uninstall(db, pg_dsn)  # the slot must go before the database is dropped
+        verbs.uninstall(db, pg_dsn)  # the slot must go before the database is dropped
 
 
 def back(db: Path, dsn: Dsn, **kw: object) -> apply_sqlite.SyncResult:
@@ -94,8 +94,9 @@ def test_postgres_writes_flow_back_through_the_slot(logical: Path, pg_dsn: Dsn) 
     assert max_seq(db) == before  # the applier's SQLite writes were not captured
     again = back(db, pg_dsn)
     assert again.applied == 0  # the slot was advanced past everything applied
-    status = ops.status(db, pg_dsn)
-    assert status["to_sqlite_logical"]["lag_bytes"] < 100_000
+    status = verbs.status(db, pg_dsn)
+    assert status.to_sqlite_logical is not None
+    assert status.to_sqlite_logical["lag_bytes"] < 100_000
 
 
 def test_unchanged_toast_values_are_taken_from_the_before_image(logical: Path,
@@ -148,13 +149,13 @@ def test_drain_behind_a_logical_fence(logical: Path, pg_dsn: Dsn,
     blue = sqlite3.connect(logical, isolation_level=None)
     blue.execute("begin immediate")  # blue was not stopped: the drain times out
     try:
-        out = ops.drain(SyncOptions(sqlite_path=logical, dsn=pg_dsn), timeout=1,
+        out = verbs.drain(SyncOptions(sqlite_path=logical, dsn=pg_dsn), timeout=1,
                         direction="to-sqlite")
     finally:
         blue.execute("rollback")
         blue.close()
-    assert not out["drained"] and out["stranded"]["count"] == 2
-    assert out["stranded"]["tables"] == {"app_state": 1, "users": 1}
+    assert not out.drained and out.stranded.count == 2
+    assert out.stranded.tables == {"app_state": 1, "users": 1}
     assert main(["sync", "drain", str(logical), pg_dsn.conninfo, "--direction", "to-sqlite",
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["applied"] == 2
@@ -210,9 +211,10 @@ def test_green_writes_before_the_flip_are_rebased_at_the_flip(tmp_path: Path,
                 "delete from app_state where key = (select min(key) from app_state)")
         write(db, "update users set name = 'blue wins' where id = 2")
         assert sync_once(db, pg_dsn).conflicts == 1  # sor-wins: SQLite's version in PG
-        out = ops.flip(SyncOptions(sqlite_path=db, dsn=pg_dsn), timeout=20)
-        assert out["flipped"] and out["postgres_capture"] == "logical"
-        assert out["rebased"]["changes"] == 4 and out["rebased"]["deletes"] == 1
+        out = verbs.flip(SyncOptions(sqlite_path=db, dsn=pg_dsn), timeout=20)
+        assert out.flipped and out.postgres_capture == "logical"
+        assert out.rebased is not None
+        assert out.rebased["changes"] == 4 and out.rebased["deletes"] == 1
         # a replayed history would have put 'green loses' back over SQLite's version
         con = sqlite3.connect(db)
         assert con.execute("select id, name from users where id in (-1, 2, 3) order by id"
@@ -231,7 +233,7 @@ def test_green_writes_before_the_flip_are_rebased_at_the_flip(tmp_path: Path,
         assert trim(db, pg_dsn)["plan"]["reasons"]["users"].startswith("logical capture")
         check(db, pg_dsn)
     finally:
-        ops.uninstall(db, pg_dsn)
+        verbs.uninstall(db, pg_dsn)
 
 
 def test_kill_9_of_the_logical_applier(logical: Path, pg_dsn: Dsn) -> None:

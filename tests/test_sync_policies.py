@@ -9,17 +9,17 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import conninfo
 
 from pgshift.cli.main import main
 from pgshift.dsn import Dsn, connect
-from pgshift.sync import ops
 from pgshift.sync import settings as cfg
+from pgshift.sync import verbs
 from pgshift.sync.apply import SyncOptions, run
 from pgshift.sync.apply_sqlite import run_to_sqlite
 from sync_helpers import (
     check,
     conflicts_of,
+    green_role,
     pg_exec,
     small_synced,
     sqlite_rows,
@@ -324,8 +324,8 @@ def test_pause_and_resume_a_following_applier(tmp_path: Path, pg_dsn: Dsn,
         write(db, "update kv set v = 'paused' where k = 'a'")
         time.sleep(0.3)
         assert pg_exec(pg_dsn, "select v from kv where k = 'a'") == [("seed",)]
-        status = ops.status(db, pg_dsn)
-        assert status["pending"] == 1
+        status = verbs.status(db, pg_dsn)
+        assert status.pending == 1
         capsys.readouterr()
         assert main(["sync", "status", str(db), pg_dsn.conninfo]) == 0
         assert "PAUSED" in capsys.readouterr().out
@@ -356,14 +356,9 @@ def test_pause_and_resume_a_following_applier(tmp_path: Path, pg_dsn: Dsn,
 def test_forbid_revokes_writes_from_the_app_role_and_gives_them_back(
         tmp_path: Path, pg_dsn: Dsn, capsys: pytest.CaptureFixture[str]) -> None:
     db = small_synced(tmp_path, pg_dsn)
-    role = f"green_{abs(hash(str(tmp_path))) % 10**8}"
-    pg_exec(pg_dsn, f"create role {role} login password 'green-pw'",
-            f"grant usage on schema public to {role}",
-            f"grant select, insert, update on all tables in schema public to {role}")
     cutover = tmp_path / "cutover.yaml"
     cutover.write_text("tables:\n  jobs:\n    kind: queue\n    green_writes: forbid\n")
-    green = Dsn(conninfo.make_conninfo(pg_dsn.conninfo, user=role, password="green-pw"))
-    try:
+    with green_role(pg_dsn, "green") as (role, green):
         assert main(["sync", "install", str(db), pg_dsn.conninfo, "--tables-config",
                      str(cutover), "--app-role", role]) == 0
         assert f"revoked INSERT, UPDATE on jobs from {role}" in capsys.readouterr().out
@@ -386,8 +381,6 @@ def test_forbid_revokes_writes_from_the_app_role_and_gives_them_back(
                                f"has_table_privilege('{role}', 'jobs', 'UPDATE'), "
                                f"has_table_privilege('{role}', 'jobs', 'DELETE')") == \
             [(True, True, False)]
-    finally:
-        pg_exec(pg_dsn, f"drop owned by {role}", f"drop role {role}")
 
 
 def test_forbid_refuses_a_role_that_writes_through_public(tmp_path: Path,

@@ -32,7 +32,7 @@ import psycopg
 import pytest
 
 from pgshift.dsn import Dsn, connect
-from pgshift.sync import ops
+from pgshift.sync import ops, verbs
 from pgshift.sync.apply import SyncOptions
 from pgshift.sync.apply_sqlite import run_dual
 from sync_helpers import check, migrate_to, pg_exec
@@ -280,8 +280,8 @@ def run_seed(tmp_path: Path, dsn: Dsn, seed: int, rounds: int) -> None:
         dsn, "select tbl, count(*) from pgshift.pg_changes where op <> 'F' group by tbl")}
     counted_before = {r[0]: int(r[1]) for r in pg_exec(
         dsn, "select tbl, n from pgshift_test.captured where origin = 'rebase'")}
-    flipped = ops.flip(SyncOptions(sqlite_path=db, dsn=dsn), timeout=30)
-    assert flipped["flipped"], flipped
+    flipped = verbs.flip(SyncOptions(sqlite_path=db, dsn=dsn), timeout=30)
+    assert flipped.flipped, flipped
     rebased_in = {r[0]: int(r[1]) - counted_before.get(r[0], 0) for r in pg_exec(
         dsn, "select tbl, n from pgshift_test.captured where origin = 'rebase'")}
     after = Applier(db, dsn, ["--sor", "postgres"])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pgshift.dsn import Dsn
-from pgshift.sync import ops
+from pgshift.sync import ops, verbs
 from sync_helpers import check, migrate_to, sync_once
 
 pytestmark = pytest.mark.data
@@ -211,8 +211,8 @@ def test_random_writes_with_a_flip_in_the_middle(tmp_path: Path, pg_dsn: Dsn,
             assert sync_once(db, pg_dsn, batch_size=rnd.choice([2, 50])).parked == 0
     con.close()
     # the flip: blue stops, drain behind a fence, PostgreSQL becomes the system of record
-    drained = ops.drain(SyncOptions(sqlite_path=db, dsn=pg_dsn), timeout=20)
-    assert drained["drained"] and drained["parked"] == 0
+    drained = verbs.drain(SyncOptions(sqlite_path=db, dsn=pg_dsn), timeout=20)
+    assert drained.drained and drained.parked == 0
     check(db, pg_dsn)
     ops.install(db, dsn=pg_dsn)
     conn = connect(pg_dsn, autocommit=True)

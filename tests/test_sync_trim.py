@@ -13,7 +13,7 @@ from pgshift.cli.main import main
 from pgshift.dsn import Dsn
 from pgshift.errors import UsageError
 from pgshift.source.snapshot import read_hwm
-from pgshift.sync import ops
+from pgshift.sync import ops, verbs
 from pgshift.sync.apply import SyncOptions
 from pgshift.sync.apply_sqlite import run_to_sqlite
 from pgshift.sync.trim import trim
@@ -102,7 +102,7 @@ def test_tables_whose_decisions_read_the_history_keep_it(both: Path, pg_dsn: Dsn
     write(both, "update users set name = 'x' where id = 1",
           "update app_state set value = 'x' where key = (select min(key) from app_state)",
           "update users set name = 'y' where id = 2")
-    ops.drain(SyncOptions(sqlite_path=both, dsn=pg_dsn), timeout=20)  # fence row, applied
+    verbs.drain(SyncOptions(sqlite_path=both, dsn=pg_dsn), timeout=20)  # fence row, applied
     assert main(["sync", "trim", str(both), pg_dsn.conninfo, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["plan"]["keep"] == ["app_state"] and out["deleted"] == 2
@@ -146,7 +146,7 @@ def test_trim_gives_way_to_the_app(both: Path, pg_dsn: Dsn,
 def test_to_sqlite_applier_trims_after_the_flip(tmp_path: Path, pg_dsn: Dsn) -> None:
     db = flipped_seed(tmp_path, pg_dsn, scale=100)
     write(db, *[f"update users set name = 'pre flip {i}' where id = 3" for i in range(20)])
-    assert ops.flip(SyncOptions(sqlite_path=db, dsn=pg_dsn), timeout=20)["flipped"]
+    assert verbs.flip(SyncOptions(sqlite_path=db, dsn=pg_dsn), timeout=20).flipped
     before = log_rows(db)
     assert len(before) > 20
     pg_exec(pg_dsn, "update users set name = 'green' where id = 4",

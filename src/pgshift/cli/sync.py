@@ -11,19 +11,14 @@ from typing import Annotated, Any
 import typer
 
 from pgshift.cli.output import out_console, print_json
-from pgshift.cli.sync_args import Json, PostgresDsn, Schema, SqlitePath
-from pgshift.cli.sync_tables import (
-    install_settings,
-    restore_privileges,
-    set_paused,
-    settings_file,
-    status_settings,
-)
+from pgshift.cli.sync_args import Json, PostgresDsn, Schema, SqlitePath, Timeout
+from pgshift.cli.sync_tables import print_paused
 from pgshift.dsn import resolve
 from pgshift.errors import ExitCode, PgshiftError, UsageError
-from pgshift.sync import ops
-from pgshift.sync.apply import DEFAULT_BATCH, SyncOptions, SyncResult, open_sqlite, run
+from pgshift.sync import verbs
+from pgshift.sync.apply import DEFAULT_BATCH, SyncOptions, SyncResult, open_sqlite
 from pgshift.sync.metrics import MetricsServer, RunMetrics, render
+from pgshift.sync.results import DrainResult, FlipResult, SyncStatus
 
 sync_app = typer.Typer(
     help="Keep PostgreSQL converged with SQLite while SQLite takes writes (to-postgres).",
@@ -78,20 +73,15 @@ def install_command(
 
       pgshift sync install app.db env:DATABASE_URL
     """
-    if app_role and not (postgres_dsn and tables_config):
-        raise UsageError("--app-role needs the PostgreSQL DSN and --tables-config",
-                         hint="pgshift sync install SQLITE PG --tables-config cutover.yaml "
-                              "--app-role ROLE")
-    if tables_config is not None:
-        settings_file(tables_config, None)  # a bad file stops before anything is installed
-    result = ops.install(sqlite_path, list(tables or []), list(exclude or []),
-                         dsn=resolve(postgres_dsn) if postgres_dsn else None, schema=schema,
-                         green_ids=green_ids, pg_capture_mode=pg_capture_mode)
-    extra = install_settings(result, postgres_dsn, schema, tables_config, app_role)
+    result = verbs.install(sqlite_path, list(tables or []), list(exclude or []),
+                           dsn=resolve(postgres_dsn) if postgres_dsn else None,
+                           schema=schema, green_ids=green_ids,
+                           pg_capture_mode=pg_capture_mode, tables_config=tables_config,
+                           app_role=app_role)
     if json_output:
-        print_json({**result.to_dict(), **extra})
+        print_json(result.to_dict())
         return
-    for table, privileges in extra.get("revoked", {}).items():
+    for table, privileges in (result.revoked or {}).items():
         out_console().print(f"green_writes forbid: revoked {', '.join(privileges) or 'nothing'}"
                             f" on {table} from {app_role}")
     names = ", ".join(t.name for t in result.tables) or "(none)"
@@ -151,48 +141,22 @@ def run_command(
     if once and follow:
         raise UsageError("--once and --follow exclude each other",
                          hint="pgshift sync run SQLITE PG --follow")
-    if mode not in ("to-postgres", "to-sqlite", "dual", "pause"):
-        raise UsageError(f"--mode {mode!r}: use to-postgres, to-sqlite, dual or pause",
-                         hint="pgshift sync run SQLITE PG --mode to-postgres")
-    if sor not in (None, "sqlite", "postgres"):
-        raise UsageError(f"--sor {sor!r}: use sqlite or postgres",
-                         hint="pgshift sync run SQLITE PG --mode dual --sor sqlite")
     if mode == "pause":
-        set_paused(postgres_dsn, schema, True, json_output)
+        print_paused(verbs.pause(sqlite_path, resolve(postgres_dsn), schema), json_output)
         return
-    if trim_log and mode != "to-sqlite":
-        raise UsageError("--trim applies to --mode to-sqlite only (after the flip); before "
-                         "it, trimming competes with blue's writes",
-                         hint="pgshift sync trim SQLITE PG, while the fence holds")
-    if mode == "to-sqlite" and from_hwm is not None:
-        raise UsageError("--from-hwm applies to --mode to-postgres only",
-                         hint="pgshift sync run SQLITE PG --mode to-sqlite")
-    opts = SyncOptions(sqlite_path=sqlite_path, dsn=resolve(postgres_dsn), schema=schema,
-                       from_hwm=from_hwm, batch_size=batch_size, follow=follow, sor=sor,
-                       settings=settings_file(tables_config, sqlite_path)
-                       if tables_config is not None else None)
+    verbs.check_mode(mode, trim_log=trim_log, from_hwm=from_hwm)
+    opts = verbs.options(sqlite_path, resolve(postgres_dsn), schema,
+                         tables_config=tables_config, from_hwm=from_hwm,
+                         batch_size=batch_size, follow=follow, sor=sor)
     stop = threading.Event()
     if follow and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
     run_metrics, server = _serve_metrics(metrics_host, metrics_port, sqlite_path, opts)
     try:
-        if mode == "dual":
-            from pgshift.sync.apply_sqlite import run_dual
-
-            both = run_dual(opts, stop=stop)
-            if json_output:
-                print_json({k: v.to_dict() for k, v in both.items()})
-            else:
-                for r in both.values():
-                    _print_run(r)
-            if any(r.parked for r in both.values()):
-                raise typer.Exit(int(ExitCode.REJECTS))
-            return
-        if mode == "to-sqlite":
-            result = ops.run_back(opts, stop=stop, on_batch=run_metrics.observe,
-                                  trim_log=trim_log)
-        else:
-            result = run(opts, stop=stop, on_batch=lambda r, _b: run_metrics.observe(r))
+        # dual: the metrics serve the database figures, not per-process batch figures
+        results = verbs.run_dual(opts, stop=stop) if mode == verbs.DUAL else {
+            mode: verbs.run(opts, direction=mode, stop=stop, on_batch=run_metrics.observe,
+                            trim_log=trim_log)}
     except KeyboardInterrupt:
         stop.set()
         raise
@@ -200,10 +164,12 @@ def run_command(
         if server is not None:
             server.stop()
     if json_output:
-        print_json(result.to_dict())
+        print_json({k: v.to_dict() for k, v in results.items()} if mode == verbs.DUAL
+                   else results[mode].to_dict())
     else:
-        _print_run(result)
-    if result.parked:
+        for r in results.values():
+            _print_run(r)
+    if any(r.parked for r in results.values()):
         raise typer.Exit(int(ExitCode.REJECTS))
 
 
@@ -222,7 +188,7 @@ def _serve_metrics(host: str, port: int | None, sqlite_path: Path | None,
 
     def status() -> dict[str, Any]:
         with lock:
-            return ops.status(sqlite_path, opts.dsn, opts.schema, con=reader)
+            return verbs.status(sqlite_path, opts.dsn, opts.schema, con=reader).to_dict()
 
     try:
         server = MetricsServer(host, port, lambda: render(opts.schema, status, run_metrics),
@@ -273,23 +239,27 @@ def drain_command(
       pgshift sync drain app.db env:DATABASE_URL --direction to-sqlite --timeout 30
     """
     opts = SyncOptions(sqlite_path=sqlite_path, dsn=resolve(postgres_dsn), schema=schema)
-    out = ops.drain(opts, timeout, direction=direction)
+    out = verbs.drain(opts, timeout, direction=direction)
     if json_output:
-        print_json(out)
+        print_json(out.to_dict())
     else:
-        state = "drained" if out["drained"] else "NOT drained"
-        out_console().print(f"{direction} {state}: fence {out['fence_seq']}, reached "
-                            f"{out['last_seq']}, applied {out['applied']} in {out['seconds']}s")
-        s = out["stranded"]
-        if s["count"]:
-            out_console().print(
-                f"stranded: {s['count']} changes, {s['first']}..{s['last']}, oldest "
-                f"{s['oldest_age_ms']} ms, tables "
-                + ", ".join(f"{k} ({v})" for k, v in s["tables"].items()))
-    if not out["drained"]:
+        _print_drain(out)
+    if not out.drained:
         raise typer.Exit(int(ExitCode.DIFFERENCES))
-    if out["parked"]:
+    if out.parked:
         raise typer.Exit(int(ExitCode.REJECTS))
+
+
+def _print_drain(out: DrainResult) -> None:
+    state = "drained" if out.drained else "NOT drained"
+    out_console().print(f"{out.direction} {state}: fence {out.fence_seq}, reached "
+                        f"{out.last_seq}, applied {out.applied} in {out.seconds}s")
+    s = out.stranded
+    if s.count:
+        out_console().print(
+            f"stranded: {s.count} changes, {s.first}..{s.last}, oldest "
+            f"{s.oldest_age_ms} ms, tables "
+            + ", ".join(f"{k} ({v})" for k, v in s.tables.items()))
 
 
 @sync_app.command("flip", no_args_is_help=True)
@@ -297,42 +267,82 @@ def flip_command(
     sqlite_path: SqlitePath,
     postgres_dsn: PostgresDsn,
     schema: Schema = "public",
-    timeout: Annotated[float, typer.Option("--timeout", help="Give up draining after this "
-                                           "many seconds.")] = 30.0,
+    timeout: Timeout = 30.0,
     json_output: Json = False,
 ) -> None:
     """Switch the system of record to PostgreSQL (hold the app's writes first).
 
     Drains to-postgres behind a fence, turns green's incidental writes queued before
-    the flip into the current rows (for the way back), and moves identity columns
-    that count down (--green-ids negative) to max(id) + 1. Then run
+    the flip into the current rows (for the way back), leaves every identity/serial
+    sequence past every key in its table (max(id) + 1, never backwards, whatever
+    --green-ids), and grants green's role back what --app-role revoked. Then run
     `pgshift sync run --mode to-sqlite --follow` and release the writes.
     Exit 1 when the drain timed out (nothing was switched).
 
       pgshift sync flip app.db env:DATABASE_URL --timeout 10
     """
     opts = SyncOptions(sqlite_path=sqlite_path, dsn=resolve(postgres_dsn), schema=schema)
-    out = ops.flip(opts, timeout)
-    if out["flipped"]:
-        # green_writes: forbid holds while SQLite is the system of record only
-        out["privileges_granted_back"] = restore_privileges(opts.dsn, schema)
+    out = verbs.flip(opts, timeout)
     if json_output:
-        print_json(out)
-    else:
-        d = out["drain"]
+        print_json(out.to_dict())
+    elif not _print_not_flipped(out):
         con = out_console()
-        if not out["flipped"]:
-            con.print(f"NOT flipped: the drain did not reach fence {d['fence_seq']} in "
-                      f"{d['seconds']}s; stranded {d['stranded']['count']} changes")
-        else:
-            rebased = out.get("rebased") or {}
-            con.print(f"flipped: drained to fence {d['fence_seq']}; {rebased.get('changes', 0)} "
-                      f"queued PostgreSQL changes rebased onto {rebased.get('keys', 0)} keys; "
-                      f"{len(out['identities'])} identity columns now count up")
-            if out.get("postgres_capture") is None:
-                con.print("warning: PostgreSQL capture is not installed: green's writes will "
-                          "not flow back (pgshift sync install SQLITE PG)")
-    if not out["flipped"]:
+        rebased = out.rebased or {}
+        con.print(f"flipped: drained to fence {out.drain.fence_seq}; "
+                  f"{rebased.get('changes', 0)} queued PostgreSQL changes rebased onto "
+                  f"{rebased.get('keys', 0)} keys; {len(out.identities)} identity sequences "
+                  "moved past every key")
+        if out.postgres_capture is None:
+            con.print("warning: PostgreSQL capture is not installed: green's writes will "
+                      "not flow back (pgshift sync install SQLITE PG)")
+    if not out.flipped:
+        raise typer.Exit(int(ExitCode.DIFFERENCES))
+
+
+def _print_not_flipped(out: FlipResult) -> bool:
+    """Say so when the drain missed its deadline; True then."""
+    if out.flipped:
+        return False
+    d = out.drain
+    out_console().print(f"NOT flipped: the drain did not reach fence {d.fence_seq} in "
+                        f"{d.seconds}s; stranded {d.stranded.count} changes")
+    return True
+
+
+@sync_app.command("flip-back", no_args_is_help=True)
+def flip_back_command(
+    sqlite_path: SqlitePath,
+    postgres_dsn: PostgresDsn,
+    schema: Schema = "public",
+    timeout: Timeout = 30.0,
+    green_ids: Annotated[str, typer.Option(
+        "--green-ids", help="negative: PostgreSQL's sequences count down again until the "
+                            "next flip; keep: leave them (the next flip moves them).")
+    ] = "keep",
+    app_role: Annotated[str | None, typer.Option(
+        "--app-role", help="Green's role: revoke its writes again on green_writes: forbid "
+                           "tables.")] = None,
+    json_output: Json = False,
+) -> None:
+    """Switch the system of record back to SQLite (the rollback; hold green's writes first).
+
+    Drains green's writes into SQLite behind a fence and moves SQLite's AUTOINCREMENT
+    marks past every id green used. Then run `pgshift sync run --mode to-postgres
+    --follow` and release the writes to blue. Exit 1 when the drain timed out
+    (nothing was switched; the stranded range is printed).
+
+      pgshift sync flip-back app.db env:DATABASE_URL --timeout 30
+    """
+    opts = SyncOptions(sqlite_path=sqlite_path, dsn=resolve(postgres_dsn), schema=schema)
+    out = verbs.flip_back(opts, timeout, green_ids=green_ids, app_role=app_role)
+    if json_output:
+        print_json(out.to_dict())
+    elif not _print_not_flipped(out):
+        out_console().print(
+            f"flipped back: drained to fence {out.drain.fence_seq} ({out.drain.applied} "
+            f"changes); {len(out.sqlite_sequences)} SQLite AUTOINCREMENT marks moved past "
+            "green's ids")
+    if not out.flipped:
         raise typer.Exit(int(ExitCode.DIFFERENCES))
 
 
@@ -356,22 +366,20 @@ def trim_command(
 
       pgshift sync trim app.db env:DATABASE_URL
     """
-    from pgshift.sync.trim import trim
-
-    out = trim(sqlite_path, resolve(postgres_dsn), schema, batch=batch_size,
-               max_seconds=max_seconds)
+    out = verbs.trim(sqlite_path, resolve(postgres_dsn), schema, batch=batch_size,
+                     max_seconds=max_seconds)
     if json_output:
-        print_json(out)
+        print_json(out.to_dict())
     else:
-        p = out["plan"]
+        p = out.plan
         if p is None:
             out_console().print("nothing applied yet: nothing to trim")
         else:
             out_console().print(
-                f"trimmed {out['deleted']} change-log rows at or below seq {p['upto']} in "
-                f"{out['batches']} batches ({out['seconds']}s); {out['left']} rows left"
+                f"trimmed {out.deleted} change-log rows at or below seq {p['upto']} in "
+                f"{out.batches} batches ({out.seconds}s); {out.left} rows left"
                 + (f"; kept the history of {', '.join(p['keep'])}" if p["keep"] else ""))
-    if not out["complete"]:
+    if not out.complete:
         raise typer.Exit(int(ExitCode.DIFFERENCES))
 
 
@@ -399,9 +407,6 @@ def status_command(
 
       pgshift sync status app.db env:DATABASE_URL --serve 9187
     """
-    if sqlite_path is None and postgres_dsn is None:
-        raise UsageError("give the SQLite file, the PostgreSQL DSN or both",
-                         hint="pgshift sync status app.db env:DATABASE_URL")
     if serve is not None:
         if postgres_dsn is None:
             raise UsageError("--serve needs the PostgreSQL DSN",
@@ -420,21 +425,21 @@ def status_command(
             if server is not None:
                 server.stop()
         return
-    out = ops.status(sqlite_path, resolve(postgres_dsn) if postgres_dsn else None, schema)
-    if postgres_dsn:
-        out.update(status_settings(resolve(postgres_dsn), schema))
+    status = verbs.status(sqlite_path, resolve(postgres_dsn) if postgres_dsn else None,
+                          schema)
     if prometheus:
         from pgshift.sync.metrics import prometheus as render
 
-        sys.stdout.write(render(out))
+        sys.stdout.write(render(status.to_dict()))
         return
     if json_output:
-        print_json(out)
+        print_json(status.to_dict())
         return
-    _print_status(out)
+    _print_status(status)
 
 
-def _print_status(out: dict[str, Any]) -> None:
+def _print_status(status: SyncStatus) -> None:
+    out = status.to_dict()
     con = out_console()
     if "capture_installed" in out:
         con.print(f"capture: {'installed' if out['capture_installed'] else 'not installed'}"
@@ -483,14 +488,13 @@ def uninstall_command(
 
       pgshift sync uninstall app.db env:DATABASE_URL
     """
-    granted = restore_privileges(resolve(postgres_dsn), schema) if postgres_dsn else {}
-    out = ops.uninstall(sqlite_path, resolve(postgres_dsn) if postgres_dsn else None, schema)
-    out["privileges_granted_back"] = granted
+    out = verbs.uninstall(sqlite_path, resolve(postgres_dsn) if postgres_dsn else None,
+                          schema)
     if json_output:
-        print_json(out)
+        print_json(out.to_dict())
         return
     con = out_console()
-    con.print("capture removed from SQLite" if out["sqlite_removed"]
+    con.print("capture removed from SQLite" if out.sqlite_removed
               else "capture was not installed in SQLite")
     if postgres_dsn:
         con.print("sync state removed from PostgreSQL")

@@ -13,3 +13,5 @@ PostgresDsn = Annotated[str, typer.Argument(help="The PostgreSQL copy (URI, keyw
                                             "env:VAR).", show_default=False)]
 Schema = Annotated[str, typer.Option("--schema", help="Target schema.")]
 Json = Annotated[bool, typer.Option("--json", help="JSON result on stdout.")]
+Timeout = Annotated[float, typer.Option("--timeout", help="Give up draining after this many "
+                                        "seconds (nothing is switched then).")]

@@ -167,13 +167,28 @@ def read_ledger(path: Path | str) -> list[Entry]:
                          hint="pgshift load run --url URL --rps 50 --duration 30 --ledger "
                               f"{path}")
     entries: list[Entry] = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
+    hint = "the ledger must be the file written by pgshift load run --ledger"
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            # a ledger cut short (a crash, a full disk) ends in a partial line
+            partial = not raw.endswith(b"\n")
+            if partial:
+                hint = (f"the last line is incomplete (a truncated ledger?): keep the "
+                        f"whole lines: head -n {n - 1} {path} > whole.jsonl")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UsageError(f"ledger {path} line {n} is not UTF-8 text"
+                                 + (" (it is cut short)" if partial else ""),
+                                 hint=hint) from None
             if not line.strip():
                 continue
             try:
                 d = json.loads(line)
-                entries.append(Entry(op=str(d["op"]), table=str(d["table"]), key=d["key"],
+                key = d["key"]
+                if isinstance(key, bool) or not isinstance(key, str | int | None):
+                    raise ValueError(f"key {key!r} is not a string, an integer or null")
+                entries.append(Entry(op=str(d["op"]), table=str(d["table"]), key=key,
                                      sent=float(d["sent"]), ts=float(d["ts"]),
                                      values=dict(d.get("values") or {}),
                                      delta={k: int(v) for k, v in (d.get("delta") or {}).items()},
@@ -182,8 +197,7 @@ def read_ledger(path: Path | str) -> list[Entry]:
                                      served_by=d.get("served_by"), line=n))
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise UsageError(f"ledger {path} line {n} is not a ledger entry: {exc}",
-                                 hint="the ledger must be the file written by "
-                                      "pgshift load run --ledger") from None
+                                 hint=hint) from None
             if entries[-1].table not in KEY_COLUMNS:
                 raise UsageError(f"ledger {path} line {n}: unknown table "
                                  f"{entries[-1].table!r}",

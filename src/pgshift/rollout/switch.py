@@ -169,7 +169,8 @@ def rollback(ctx: Context, reason: str, *, drill: bool = False) -> RollbackResul
         res.problems.append(f"weight 0: {exc.message}")
     if j.get("capture_postgres"):
         try:
-            d = syncing.drain(ctx, syncing.TO_SQLITE, ctx.secs(ctx.cfg.rollback.drain_deadline))
+            # the rollback drain, and SQLite's AUTOINCREMENT marks past green's ids
+            d = syncing.flip_back(ctx, ctx.secs(ctx.cfg.rollback.drain_deadline))["drain"]
             res.drain = {k: d.get(k) for k in ("fence_seq", "drained", "seconds", "applied",
                                                "conflicts", "parked")}
             if not d.get("drained"):

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pgshift.dsn import connect
 from pgshift.rollout.context import Context
 from pgshift.rollout.procs import pgshift_argv
-from pgshift.sync import ops, privileges
 from pgshift.sync import settings as table_settings
-from pgshift.sync import state as st
+from pgshift.sync import verbs
 from pgshift.sync.apply import SyncOptions
 
 TO_POSTGRES, TO_SQLITE = "to-postgres", "to-sqlite"
@@ -28,29 +26,17 @@ def options(ctx: Context) -> SyncOptions:
 
 def install_sqlite(ctx: Context) -> dict[str, Any]:
     """Capture triggers and the change log on the live SQLite file (idempotent)."""
-    return ops.install(ctx.cfg.source.sqlite).to_dict()
+    return verbs.install(ctx.cfg.source.sqlite).to_dict()
 
 
 def install_postgres(ctx: Context) -> dict[str, Any]:
     """Capture on the migrated PostgreSQL tables (for the way back), the per-table settings
     from the cutover file, and green's privileges on ``green_writes: forbid`` tables."""
     s = ctx.cfg.sync
-    result = ops.install(ctx.cfg.source.sqlite, dsn=ctx.dsn(), schema=ctx.schema,
-                         green_ids=s.green_ids, pg_capture_mode=s.capture)
-    settings = table_settings.parse(ctx.cfg.tables, [t.name for t in result.tables])
-    out: dict[str, Any] = {**result.to_dict(),
-                           "settings": {n: v.model_dump() for n, v in settings.items()}}
-    conn = connect(ctx.dsn(), application_name="pgshift-rollout")
-    try:
-        st.ensure_schema(conn)
-        st.store_settings(conn, ctx.schema, settings)
-        forbid = [n for n, v in settings.items() if v.green_writes == "forbid"]
-        if ctx.cfg.target.app_role and forbid:
-            out["revoked"] = privileges.revoke(conn, ctx.schema, ctx.cfg.target.app_role,
-                                               forbid)
-    finally:
-        conn.close()
-    return out
+    return verbs.install(ctx.cfg.source.sqlite, dsn=ctx.dsn(), schema=ctx.schema,
+                         green_ids=s.green_ids, pg_capture_mode=s.capture,
+                         tables_config=table_settings.parse({"tables": ctx.cfg.tables}),
+                         app_role=ctx.cfg.target.app_role).to_dict()
 
 
 def start_applier(ctx: Context, direction: str) -> None:
@@ -75,7 +61,7 @@ def running_direction(ctx: Context) -> str | None:
 
 
 def status(ctx: Context) -> dict[str, Any]:
-    return ops.status(ctx.cfg.source.sqlite, ctx.dsn(), ctx.schema)
+    return verbs.status(ctx.cfg.source.sqlite, ctx.dsn(), ctx.schema).to_dict()
 
 
 def brief(ctx: Context) -> dict[str, Any]:
@@ -94,21 +80,21 @@ def brief(ctx: Context) -> dict[str, Any]:
 
 
 def drain(ctx: Context, direction: str, timeout: float) -> dict[str, Any]:
-    return ops.drain(options(ctx), timeout, direction=direction)
+    return verbs.drain(options(ctx), timeout, direction=direction).to_dict()
 
 
 def flip(ctx: Context, timeout: float) -> dict[str, Any]:
     """Drain to PostgreSQL behind a fence, rebase green's early writes, move identities past
     every key, give green its privileges back (the router holds writes meanwhile)."""
-    out = ops.flip(options(ctx), timeout)
-    if out["flipped"]:
-        conn = connect(ctx.dsn(), application_name="pgshift-rollout")
-        try:
-            out["privileges_granted_back"] = privileges.restore(conn, ctx.schema)
-        finally:
-            conn.close()
-    return out
+    return verbs.flip(options(ctx), timeout).to_dict()
+
+
+def flip_back(ctx: Context, timeout: float) -> dict[str, Any]:
+    """Drain green's writes into SQLite behind a fence, move SQLite's AUTOINCREMENT marks
+    past green's ids, take green's forbid privileges again (the router holds writes)."""
+    return verbs.flip_back(options(ctx), timeout, green_ids=ctx.cfg.sync.green_ids,
+                           app_role=ctx.cfg.target.app_role).to_dict()
 
 
 def uninstall(ctx: Context) -> dict[str, Any]:
-    return ops.uninstall(ctx.cfg.source.sqlite, ctx.dsn(), ctx.schema)
+    return verbs.uninstall(ctx.cfg.source.sqlite, ctx.dsn(), ctx.schema).to_dict()

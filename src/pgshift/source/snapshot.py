@@ -33,15 +33,29 @@ def check_sqlite_file(path: Path) -> None:
     if path.is_dir():
         raise UsageError(f"{path} is a directory, not a SQLite file",
                          hint=f"name the database file inside it: ls {path}")
-    try:
-        with path.open("rb") as fh:
-            head = fh.read(16)
-    except PermissionError as exc:
+    if not os.access(path, os.R_OK):
         raise UsageError(f"cannot read {path}: permission denied",
-                         hint="run as a user that can read the file") from exc
-    if head != SQLITE_MAGIC:
-        what = "an empty file" if not head else "not a SQLite 3 database (bad header)"
-        raise UsageError(f"{path} is {what}", hint="point pgshift at the application's .db file")
+                         hint="run as a user that can read the file")
+    # The header is read through SQLite, never with open()/close() of our own: closing any
+    # descriptor of the file drops every POSIX lock this process holds on it, those of
+    # SQLite connections to it included (an app or an applier in the same process); another
+    # process may then checkpoint and reset the WAL under them (seen: SQLITE_IOERR_SHORT_READ
+    # in a process that ran the reference app and the rollout engine). SQLite defers closing
+    # its own descriptors while another connection of the process holds a lock.
+    if path.stat().st_size == 0:
+        raise UsageError(f"{path} is an empty file",
+                         hint="point pgshift at the application's .db file")
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            con.execute("pragma schema_version").fetchone()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        if "not a database" not in str(exc):
+            return  # a readable header; a damaged body is reported where it is read
+        raise UsageError(f"{path} is not a SQLite 3 database (bad header)",
+                         hint="point pgshift at the application's .db file") from exc
 
 
 def open_source(path: Path, *, immutable: bool = False) -> sqlite3.Connection:

@@ -12,7 +12,11 @@ applier (which upserts SQLite's rows by key) never overwrites one.
 At the switch (:func:`to_positive`, called by ``pgshift sync flip``) they move
 to ``max(id) + 1`` (past SQLite's AUTOINCREMENT high mark, and past any
 positive value the sequence already gave out) with ``INCREMENT BY 1``; the
-negative rows stay as they are and travel to SQLite like any other row.
+negative rows stay as they are and travel to SQLite like any other row. In
+every mode the flip also moves a sequence that counts up but lags behind the
+ids blue's rows brought (``--green-ids keep``), never backwards. The way back
+(:func:`sqlite_past_green`) raises SQLite's AUTOINCREMENT marks past the ids
+green's sequences handed out.
 
 Risk: an app that assumes ids are positive (``id > 0`` checks, unsigned
 columns in another system, ids parsed as unsigned, "newest = highest id"
@@ -99,31 +103,108 @@ def to_negative(conn: psycopg.Connection, schema: str,
 
 def to_positive(conn: psycopg.Connection, schema: str,
                 floors: dict[str, int] | None = None) -> list[dict[str, Any]]:
-    """Move the sequences that count down to ``max(id) + 1``, counting up (the flip).
+    """Leave every identity/serial sequence of ``schema`` counting up, past every key
+    (the flip); the sequences it moved.
 
-    ``floors`` (SQLite's ``sqlite_sequence``: AUTOINCREMENT never reuses an id) are
-    respected too. (A positive id the sequence gave out before it turned negative and
-    whose row is deleted since could be handed out again; migrate restarts the
-    sequences at max(id) + 1 just before, so only green's inserts between migrate and
+    A sequence that counts down (``--green-ids negative``) turns to count up; one
+    that counts up but whose next value is not past ``max(id)`` is moved forward:
+    with the default ``--green-ids keep`` the to-postgres applier carried blue's
+    rows with SQLite's ids, and the sequence stayed where migrate left it, behind
+    them: green's first default-id inserts after the flip would fail with duplicate
+    keys. The next value becomes ``max(max(id), floor, 0) + 1``, where ``floors``
+    (SQLite's ``sqlite_sequence``: AUTOINCREMENT never reuses an id, even one whose
+    row is deleted) are respected too. A sequence is never moved backwards: one
+    already past every key is left alone (so a second call moves nothing).
+
+    (A positive id a sequence gave out before it turned negative and whose row is
+    deleted since could be handed out again; migrate restarts the sequences at
+    max(id) + 1 just before, so only green's inserts between migrate and
     ``sync install --green-ids negative`` are concerned.)
-    Sequences already counting up are left alone. Each table is locked against
-    writes (``SHARE ROW EXCLUSIVE``) between reading max(id) and the restart.
+    Each table is locked against writes (``SHARE ROW EXCLUSIVE``) between reading
+    max(id) and the restart, all in one transaction.
     """
     out = []
     with conn.transaction():
         for col in find(conn, schema):
-            if not col.negative:
-                continue
             rel = pgsql.Identifier(schema, col.table)
             conn.execute(pgsql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(rel))
             high = conn.execute(pgsql.SQL("SELECT max({}) FROM {}").format(
                 pgsql.Identifier(col.column), rel)).fetchone()
             start = max(0, int(high[0]) if high and high[0] is not None else 0,
                         (floors or {}).get(col.table, 0)) + 1
+            if not col.negative:
+                upcoming = next_value(conn, col)
+                if upcoming >= start:
+                    continue  # already past every key: never backwards
+                start = max(start, upcoming)
             conn.execute(pgsql.SQL(
                 "ALTER SEQUENCE {} INCREMENT BY 1 MINVALUE 1 NO MAXVALUE START WITH {} "
                 "RESTART").format(pgsql.SQL(col.sequence), pgsql.Literal(start)))
             out.append(_report(col, start, "counts up"))
+    return out
+
+
+def next_value(conn: psycopg.Connection, col: IdentityColumn) -> int:
+    """The value the next ``nextval`` of ``col``'s sequence returns (read, not taken)."""
+    row = conn.execute(pgsql.SQL("SELECT last_value, is_called FROM {}").format(
+        pgsql.SQL(col.sequence))).fetchone()
+    assert row is not None
+    return int(row[0]) + (col.increment if row[1] else 0)
+
+
+def sqlite_past_green(con: sqlite3.Connection, conn: psycopg.Connection,
+                      schema: str) -> list[dict[str, Any]]:
+    """Move SQLite's AUTOINCREMENT high marks past every id PostgreSQL handed out (the
+    way back, while blue takes no writes); the tables whose mark moved.
+
+    An ``INTEGER PRIMARY KEY`` table allocates ``max(rowid) + 1``: past every key green
+    created that still exists (the drain brought them over). An AUTOINCREMENT table
+    allocates past ``sqlite_sequence``, which never goes back: it is raised to the
+    highest id green's sequence gave out (rows green inserted and deleted, or whose
+    transaction rolled back, included), so blue never reuses an id green used.
+    Only sequences counting up are read (negative ids are never allocated by SQLite).
+    Tables are matched by name (a schema loaded ``--into-existing`` may name them
+    differently: those are left alone).
+    """
+    auto = _autoincrement_tables(con)
+    given: dict[str, int] = {}
+    for col in find(conn, schema):
+        if col.negative or col.table not in auto or auto[col.table] != col.column:
+            continue
+        given[col.table] = max(given.get(col.table, 0), next_value(conn, col) - 1)
+    conn.commit()
+    marks = sqlite_floors(con)
+    out = []
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        for table, high in sorted(given.items()):
+            rowid = con.execute(f'SELECT max("{auto[table]}") FROM "{table}"').fetchone()[0]
+            want = max(high, int(rowid or 0))
+            if want <= marks.get(table, 0):
+                continue
+            if table in marks:
+                con.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = ?", (want, table))
+            else:
+                con.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)",
+                            (table, want))
+            out.append({"table": table, "column": auto[table], "seq": want,
+                        "was": marks.get(table)})
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return out
+
+
+def _autoincrement_tables(con: sqlite3.Connection) -> dict[str, str]:
+    """{table: its INTEGER PRIMARY KEY column} for the AUTOINCREMENT tables."""
+    out = {}
+    for (name,) in con.execute("SELECT name FROM sqlite_schema WHERE type = 'table' "
+                               "AND sql LIKE '%AUTOINCREMENT%'").fetchall():
+        pk = [r for r in con.execute("SELECT name, type, pk FROM pragma_table_info(?)",
+                                     (name,)) if r[2]]
+        if len(pk) == 1 and str(pk[0][1]).upper() == "INTEGER":
+            out[str(name)] = str(pk[0][0])
     return out
 
 

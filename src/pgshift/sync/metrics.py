@@ -1,6 +1,6 @@
 """Sync figures as Prometheus metrics: text format, and an HTTP endpoint.
 
-- :func:`prometheus` renders :func:`pgshift.sync.ops.status` (``pgshift sync status
+- :func:`prometheus` renders :func:`pgshift.sync.verbs.status` (``pgshift sync status
   --prometheus``, for a textfile collector);
 - :class:`RunMetrics` holds what only the running applier knows (batches, the
   duration of the last one), fed by the apply loops' ``on_batch`` callbacks;
@@ -91,7 +91,7 @@ def _status_lines(lines: _Lines, status: dict[str, Any]) -> None:
 
 
 def prometheus(status: dict[str, Any]) -> str:
-    """Render :func:`pgshift.sync.ops.status` as Prometheus metrics (one scrape)."""
+    """Render :func:`pgshift.sync.verbs.status` (its ``to_dict()``) as Prometheus metrics."""
     lines = _Lines(status.get("schema", "public"))
     _status_lines(lines, status)
     return lines.text()

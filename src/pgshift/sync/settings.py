@@ -168,6 +168,8 @@ def load(path: Path, captured: list[str] | None = None, *,
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise TablesFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise TablesFileError(f"{path} is not a text file (UTF-8 YAML expected)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -152,12 +152,22 @@ class InstallResult:
     # PostgreSQL identity/serial sequences and what install did to them (--green-ids)
     identities: list[dict[str, object]] = field(default_factory=list)
     postgres_capture: dict[str, object] | None = None  # with PG: triggers or logical slot
+    # with per-table settings: those stored (every captured table), and with an app
+    # role, the privileges revoked from it per green_writes: forbid table
+    settings: dict[str, dict[str, object]] | None = None
+    revoked: dict[str, list[str]] | None = None
 
     def to_dict(self) -> dict[str, object]:
-        return {"tables": [{"table": t.name, "key": list(t.key), "columns": len(t.columns),
-                            "schema_version": t.fingerprint} for t in self.tables],
-                "created": self.created, "identities": self.identities,
-                "postgres_capture": self.postgres_capture}
+        out: dict[str, object] = {
+            "tables": [{"table": t.name, "key": list(t.key), "columns": len(t.columns),
+                        "schema_version": t.fingerprint} for t in self.tables],
+            "created": self.created, "identities": self.identities,
+            "postgres_capture": self.postgres_capture}
+        if self.settings is not None:
+            out["settings"] = self.settings
+        if self.revoked is not None:
+            out["revoked"] = self.revoked
+        return out
 
 
 def install(con: sqlite3.Connection, tables: list[str] | None = None, *,
