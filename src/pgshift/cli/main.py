@@ -48,6 +48,7 @@ def root(
 
 
 def _register() -> None:
+    import pgshift.cli.provision as provision_cli
     from pgshift.cli import demo, load, migrate, proxy, rollout, sync, traffic, verify
 
     app.command(name="migrate", no_args_is_help=True)(migrate.migrate_command)
@@ -57,6 +58,7 @@ def _register() -> None:
     app.add_typer(traffic.traffic_app, name="traffic")
     app.add_typer(load.load_app, name="load")
     app.add_typer(demo.demo_app, name="demo")
+    app.command(name="provision", no_args_is_help=True)(provision_cli.provision_command)
     rollout.register(app)
 
 
