@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psycopg
 from psycopg import conninfo, sql
+from psycopg.sql import SQL, Composable, Composed
 
 from pgshift.dsn import Dsn, connect
 from pgshift.errors import ConnectError, TargetError, UsageError
@@ -38,7 +39,7 @@ class Statement:
     sql: str
     reason: str
     scope: str  # "server" (runs in the admin DSN's database) or "database" (the app's)
-    query: sql.Composable | None = field(default=None, repr=False, compare=False)
+    query: Composed | SQL | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, object]:
         return {"sql": self.sql, "reason": self.reason, "scope": self.scope}
@@ -189,7 +190,7 @@ def _need(admin: _Admin, privilege: str, what: str) -> None:
         )
 
 
-def _add(result: ProvisionResult, conn: psycopg.Connection | None, query: sql.Composable,
+def _add(result: ProvisionResult, conn: psycopg.Connection | None, query: Composed | SQL,
          reason: str, scope: str, shown: sql.Composable | None = None) -> None:
     text = (shown or query).as_string(conn)
     result.statements.append(Statement(text, reason, scope, query))
@@ -218,7 +219,7 @@ def _plan_role(conn: psycopg.Connection, admin: _Admin, admin_dsn: Dsn, app_user
     can_login, current_limit, is_super = bool(row[0]), int(row[1]), bool(row[2])
     if is_super:
         result.notes.append(f"role {app_user!r} is a superuser: the app should not be")
-    changes = []
+    changes: list[Composable] = []
     if not can_login:
         changes.append(sql.SQL("LOGIN"))
     if current_limit != limit:
