@@ -122,7 +122,7 @@ def test_consistent_while_the_app_writes(tmp_path: Path) -> None:
     con.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT)")
     con.execute("CREATE TABLE totals (n INTEGER NOT NULL)")
     con.execute("INSERT INTO totals VALUES (0)")
-    stop = threading.Event()
+    stop, started = threading.Event(), threading.Event()
 
     def write() -> None:
         while not stop.is_set():
@@ -130,10 +130,12 @@ def test_consistent_while_the_app_writes(tmp_path: Path) -> None:
             con.executemany("INSERT INTO items (v) VALUES (?)", [("x" * 100,)] * 20)
             con.execute("UPDATE totals SET n = n + 20")
             con.execute("COMMIT")
+            started.set()
 
     writer = threading.Thread(target=write)
     writer.start()
     try:
+        assert started.wait(10)
         results = [archive(db, str(tmp_path / "out"), require_wal=True) for _ in range(3)]
     finally:
         stop.set()
