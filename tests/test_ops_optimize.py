@@ -196,7 +196,11 @@ def test_foreign_keys_without_index_and_the_tuning_report(pg_conn: psycopg.Conne
                                                          pg_dsn: Dsn) -> None:
     pg_conn.execute("CREATE TABLE orders (id int PRIMARY KEY)")
     pg_conn.execute("CREATE TABLE order_lines (id int PRIMARY KEY, order_id int NOT NULL "
-                    "REFERENCES orders(id), qty int NOT NULL) WITH (autovacuum_enabled = false)")
+                    "REFERENCES orders(id), qty int NOT NULL, "
+                    "replaces int REFERENCES order_lines(id)) WITH (autovacuum_enabled = false)")
+    # A partial index on NOT NULL serves that foreign key (as the seed's idx_jobs_user does).
+    pg_conn.execute("CREATE INDEX order_lines_replaces ON order_lines (replaces) "
+                    "WHERE replaces IS NOT NULL")
     pg_conn.execute("INSERT INTO orders SELECT generate_series(1, 2000)")
     pg_conn.execute("INSERT INTO order_lines SELECT g, 1 + g % 2000, 1 "
                     "FROM generate_series(1, 20000) g")

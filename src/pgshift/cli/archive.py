@@ -74,7 +74,7 @@ def create_command(
     if json_output:
         print_json(result.to_dict())
         return
-    con = out_console()
+    con = out_console(markup=False)
     con.print(f"archived {sqlite_path} -> {result.location} ({result.bytes:,} bytes, "
               f"{result.seconds:.2f} s, integrity_check {result.integrity_check})")
     for m in result.members:
@@ -102,7 +102,7 @@ def verify_command(
     if json_output:
         print_json(result.to_dict())
     else:
-        con = out_console()
+        con = out_console(markup=False)
         for m in result.members:
             con.print(f"  {m.name}: {'ok' if m.ok else 'FAILED: ' + str(m.problem)}")
         if result.restored_integrity is not None:

@@ -89,7 +89,7 @@ def optimize_command(
 
 
 def _print(result: OptimizeResult) -> None:
-    con = out_console()
+    con = out_console(markup=False)
     con.print(f"pgshift optimize: database {result.database} (pg_stat_statements: "
               f"{'yes' if result.pg_stat_statements else 'no'})")
     if not result.proposals and not result.planned:
@@ -131,12 +131,12 @@ def _print_sample(s: HealthSample) -> None:
     lag = f"{s.replay_lag_s:.1f}s" if s.replay_lag_s is not None else "-"
     archived = f"{s.archived_age_s:.0f}s ago" if s.archived_age_s is not None else "-"
     oldest = f"{s.oldest_transaction_s:.0f}s" if s.oldest_transaction_s is not None else "-"
-    out_console().print(
+    out_console(markup=False).print(
         f"{s.ts} connections {s.connections}/{s.max_connections} (active {s.active}, idle in "
         f"tx {s.idle_in_transaction}), oldest tx {oldest}, replicas {s.replicas} lag {lag}, "
         f"WAL archived {archived} (failures {s.archive_failures}), slow {len(s.slow_queries)}")
     for q in s.slow_queries:
-        out_console().print(f"  slow: {q.mean_ms:.1f} ms x {q.calls}: {q.query[:160]}")
+        out_console(markup=False).print(f"  slow: {q.mean_ms:.1f} ms x {q.calls}: {q.query[:160]}")
 
 
 def _print_sample_json(s: HealthSample) -> None:

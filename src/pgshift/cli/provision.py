@@ -86,7 +86,7 @@ def provision_command(
 
 
 def _print(result: ProvisionResult) -> None:
-    con = out_console()
+    con = out_console(markup=False)
     if result.applied:
         head = ("provisioned" if result.changed else
                 "nothing to change: already provisioned")

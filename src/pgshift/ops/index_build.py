@@ -113,21 +113,36 @@ def build(conn: psycopg.Connection, proposal: IndexProposal, lock_timeout: str) 
 def probe_query(conn: psycopg.Connection, proposal: IndexProposal) -> sql.Composed | None:
     """A query the index is for: its predicate and an equality on its first column.
 
-    The value is taken from a row that satisfies the predicate, so the probe finds
-    something. None when the first key is an expression or the table is empty.
+    The value is the least common of the column's most common values (pg_stats) that
+    a row satisfying the predicate holds, so the probe is selective the way the app's
+    lookups are; failing that, any such row's value. None when the first key is an
+    expression or no row qualifies.
     """
-    first = proposal.columns[0]
-    if not first.replace('"', "").replace("_", "").isalnum():
+    first = proposal.columns[0].strip('"')
+    if not first.replace("_", "").isalnum():
         return None
     table = sql.Identifier(proposal.schema, proposal.table)
-    pred = sql.SQL(proposal.predicate) if proposal.predicate else sql.SQL("true")
-    col = sql.Identifier(first.strip('"'))
-    row = conn.execute(sql.SQL("SELECT {} FROM {} WHERE {} AND {} IS NOT NULL LIMIT 1").format(
-        col, table, pred, col)).fetchone()
+    col = sql.Identifier(first)
+    where = sql.SQL("({}) AND ").format(sql.SQL(proposal.predicate)) if proposal.predicate \
+        else sql.SQL("")
+    stats = conn.execute(
+        "SELECT most_common_vals::text::text[], most_common_freqs FROM pg_stats "
+        "WHERE schemaname = %s AND tablename = %s AND attname = %s",
+        (proposal.schema, proposal.table, first)).fetchone()
+    candidates = [v for _, v in sorted(zip(stats[1], stats[0], strict=True))][:5] \
+        if stats and stats[0] else []
+    for value in candidates:
+        probe = sql.SQL("SELECT count(*) FROM {} WHERE {}{} = {}").format(
+            table, where, col, sql.Literal(value))
+        if conn.execute(sql.SQL("SELECT 1 FROM {} WHERE {}{} = {} LIMIT 1").format(
+                table, where, col, sql.Literal(value))).fetchone():
+            return probe
+    row = conn.execute(sql.SQL("SELECT {} FROM {} WHERE {}{} IS NOT NULL LIMIT 1").format(
+        col, table, where, col)).fetchone()
     if row is None:
         return None
-    return sql.SQL("SELECT count(*) FROM {} WHERE ({}) AND {} = {}").format(
-        table, pred, col, sql.Literal(row[0]))
+    return sql.SQL("SELECT count(*) FROM {} WHERE {}{} = {}").format(
+        table, where, col, sql.Literal(row[0]))
 
 
 def run_probe(conn: psycopg.Connection, query: sql.Composed) -> Probe:

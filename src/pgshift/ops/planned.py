@@ -168,9 +168,8 @@ def check_planned(conn: psycopg.Connection, path: Path, schema: str) -> list[Pla
         error = _try_on_empty_copy(conn, proposal)
         if error is None:
             out.append(PlannedIndex(statement, proposal))
-        elif isinstance(error, psycopg.errors.InvalidObjectDefinition) and proposal.predicate \
-                and _try_on_empty_copy(conn, proposal, predicate=None) is None:
-            out.append(_non_immutable(conn, statement, proposal, error))
+        elif proposal.predicate and _try_on_empty_copy(conn, proposal, predicate=None) is None:
+            out.append(_bad_predicate(conn, statement, proposal, error))
         else:
             out.append(PlannedIndex(statement, None,
                                     refused=f"PostgreSQL refuses it: "
@@ -178,9 +177,13 @@ def check_planned(conn: psycopg.Connection, path: Path, schema: str) -> list[Pla
     return out
 
 
-def _non_immutable(conn: psycopg.Connection, statement: str, p: IndexProposal,
+def _bad_predicate(conn: psycopg.Connection, statement: str, p: IndexProposal,
                    error: psycopg.Error) -> PlannedIndex:
-    """Refuse a predicate that is not IMMUTABLE and build the alternative that works."""
+    """Refuse a predicate PostgreSQL rejects and build the alternative that works.
+
+    The usual case is a predicate that is not IMMUTABLE; a comparison of a column with
+    the wrong type (an epoch-integer ``reset_at > NOW()``) gets the same alternative.
+    """
     keep, moved = _split_predicate(conn, p)
     columns = list(p.columns)
     columns += [c for c in moved if c not in columns and f'"{c}"' not in columns]
@@ -188,9 +191,13 @@ def _non_immutable(conn: psycopg.Connection, statement: str, p: IndexProposal,
     alt = IndexProposal(p.name, p.schema, p.table, columns, p.reason, p.source,
                         predicate=predicate, unique=False, using=p.using, tail=p.tail)
     works = _try_on_empty_copy(conn, alt) is None
-    why = (f"index predicates must be IMMUTABLE ({error.diag.message_primary}): "
-           f"WHERE {p.predicate} depends on the time or session, while an index's contents "
-           "are fixed when each row is written")
+    if isinstance(error, psycopg.errors.InvalidObjectDefinition):
+        why = (f"index predicates must be IMMUTABLE ({error.diag.message_primary}): "
+               f"WHERE {p.predicate} depends on the time or session, while an index's "
+               "contents are fixed when each row is written")
+    else:
+        why = f"PostgreSQL refuses the predicate WHERE {p.predicate}: " \
+              f"{error.diag.message_primary or error}"
     if not works:
         return PlannedIndex(statement, None, refused=why)
     advice = (f"{alt.definition()} — the time condition stays in the query "

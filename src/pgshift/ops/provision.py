@@ -157,7 +157,8 @@ def provision(
     if not print_sql:
         result.connectivity = _test_as_app(admin_dsn, app_user, database, password, schema)
     server = result.connectivity.server if result.connectivity else None
-    result.findings = setting_findings(server or admin_server, planned)
+    # The admin's view: the app role may not see superuser-only settings.
+    result.findings = setting_findings(admin_server, planned)
     if pgbouncer_path is not None:
         if not (app_instances and pool_size):
             raise UsageError("--pgbouncer needs the planned pools",

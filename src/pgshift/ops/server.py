@@ -42,11 +42,11 @@ class ServerInfo:
     max_connections: int
     reserved_connections: int
     shared_buffers_pages: int
-    preload: tuple[str, ...]
+    preload: tuple[str, ...] | None  # None: not visible to this role (superuser-only setting)
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
-        d["preload"] = list(self.preload)
+        d["preload"] = list(self.preload) if self.preload is not None else None
         return d
 
     @property
@@ -54,9 +54,10 @@ class ServerInfo:
         return self.shared_buffers_pages * 8 / 1024
 
 
-def _setting(conn: psycopg.Connection, name: str) -> str:
+def _setting(conn: psycopg.Connection, name: str) -> str | None:
+    """A setting's value; None when this role may not see it (pg_settings hides the row)."""
     row = conn.execute("SELECT setting FROM pg_settings WHERE name = %s", (name,)).fetchone()
-    return str(row[0]) if row else ""
+    return str(row[0]) if row else None
 
 
 def round_trip_ms(conn: psycopg.Connection, samples: int = 5) -> float:
@@ -74,10 +75,10 @@ def server_info(conn: psycopg.Connection) -> ServerInfo:
     reserved = int(_setting(conn, "superuser_reserved_connections") or 0)
     # PostgreSQL 16 added reserved_connections (for pg_use_reserved_connections); absent before.
     reserved += int(_setting(conn, "reserved_connections") or 0)
-    preload = tuple(p.strip() for p in _setting(conn, "shared_preload_libraries").split(",")
-                    if p.strip())
+    raw = _setting(conn, "shared_preload_libraries")
+    preload = None if raw is None else tuple(p.strip() for p in raw.split(",") if p.strip())
     return ServerInfo(
-        version=_setting(conn, "server_version"),
+        version=_setting(conn, "server_version") or "",
         version_num=int(_setting(conn, "server_version_num") or 0),
         latency_ms=round_trip_ms(conn),
         max_connections=int(_setting(conn, "max_connections") or 0),
@@ -106,7 +107,7 @@ def setting_findings(info: ServerInfo, planned_connections: int | None = None) -
             f"shared_buffers is {info.shared_buffers_mb:.0f} MB, PostgreSQL's untuned default",
             "set shared_buffers to about 25% of the server's memory (needs a restart)",
         ))
-    if "pg_stat_statements" not in info.preload:
+    if info.preload is not None and "pg_stat_statements" not in info.preload:
         found.append(Finding(
             "setting", "shared_preload_libraries",
             "pg_stat_statements is not preloaded: pgshift optimize cannot see which queries "

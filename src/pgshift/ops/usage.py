@@ -27,6 +27,9 @@ TOP_STATEMENTS = 200
 # A table is "scanned sequentially" when this many full scans were seen since the reset.
 MIN_SEQ_SCANS = 10
 _RANGE_OPS = (exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Between)
+# "col IS NOT NULL" as PostgreSQL prints it back: either spelling, any parentheses, ANDed.
+_NOT_NULL_TERM = r'\(*(?:"?\w+"? IS NOT NULL|NOT \(*"?\w+"? IS NULL\)*)\)*'
+_NOT_NULL_ONLY = re.compile(rf"{_NOT_NULL_TERM}(?: AND {_NOT_NULL_TERM})*")
 
 
 @dataclass(frozen=True)
@@ -153,17 +156,24 @@ def _is_value(e: exp.Expression) -> bool:
 
 
 def _index_leads(conn: psycopg.Connection, schema: str, table: str) -> list[list[str]]:
-    """The column lists of the table's valid indexes (expressions as their text)."""
+    """The column lists of the table's valid indexes (expressions as their text).
+
+    A partial index counts only when its predicate is nothing but ``col IS NOT NULL``
+    (as the seed's ``idx_jobs_user``): an equality on the column implies it, so the
+    planner uses such an index for every query and foreign-key check we look at.
+    """
     rows = conn.execute(
         "SELECT array(SELECT pg_get_indexdef(i.indexrelid, k, true) "
-        "             FROM generate_series(1, i.indnkeyatts) k ORDER BY k)::text[] "
+        "             FROM generate_series(1, i.indnkeyatts) k ORDER BY k)::text[], "
+        "pg_get_expr(i.indpred, i.indrelid) "
         "FROM pg_index i "
         "JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = %s AND i.indisvalid AND i.indpred IS NULL",
+        "WHERE n.nspname = %s AND c.relname = %s AND i.indisvalid",
         (schema, table)).fetchall()
     out = []
-    for (cols,) in rows:
-        out.append([str(c).strip('"') for c in cols])
+    for cols, predicate in rows:
+        if predicate is None or _NOT_NULL_ONLY.fullmatch(str(predicate)):
+            out.append([str(c).strip('"') for c in cols])
     return out
 
 
