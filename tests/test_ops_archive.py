@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import sqlite3
 import tarfile
 import threading
@@ -172,3 +173,12 @@ def test_not_an_archive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         verify_archive(str(junk))
     assert main(["archive", "verify", str(tmp_path / "missing.tar")]) == 2
     assert capsys.readouterr().err.startswith("Error: archive not found")
+
+
+def test_cli_create_is_the_default_and_json(seeded: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["archive", "--keep", "1", str(seeded), str(tmp_path), "--json"]) == 0
+    made = json.loads(capsys.readouterr().out)
+    assert made["integrity_check"] == "ok" and Path(made["location"]).is_file()
+    assert main(["archive", "verify", made["location"], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True

@@ -3,6 +3,7 @@ builds while writes run, a failed build cleaned up, the non-immutable predicate 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -234,3 +235,12 @@ def test_watch_reports_a_slow_statement_between_samples(pg_conn: psycopg.Connect
     assert first.slow_queries == [] and first.max_connections > 0
     assert [q.query for q in second.slow_queries] == ["SELECT pg_sleep($1)"]
     assert second.slow_queries[0].mean_ms >= 150
+
+
+def test_json_output(events: Dsn, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["optimize", events.conninfo, "--min-rows", "1000", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [p["columns"] for p in result["proposals"]] == [["account_id"]]
+    assert main(["optimize", events.conninfo, "--watch", "--count", "1", "--json"]) == 0
+    sample = json.loads(capsys.readouterr().out)
+    assert sample["max_connections"] > 0 and sample["slow_queries"] == []

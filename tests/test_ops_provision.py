@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,3 +186,23 @@ def test_pgbouncer_config_and_pool_warning(admin: Dsn, names: dict[str, str],
     again = provision(admin, names["app"], names["db"], password=PASSWORD, app_instances=40,
                       pool_size=10, pgbouncer_path=ini)
     assert not again.changed and not again.pgbouncer_written
+
+
+def test_an_unavailable_extension_is_bad_input(admin: Dsn, names: dict[str, str]) -> None:
+    with pytest.raises(UsageError, match="not available on the server: no_such_ext"):
+        provision(admin, names["app"], names["db"], password=PASSWORD,
+                  extensions=["no_such_ext"])
+
+
+def test_json_output(admin: Dsn, names: dict[str, str], capsys: pytest.CaptureFixture[str],
+                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADMIN_URL", admin.conninfo)
+    monkeypatch.setenv("PGSHIFT_APP_PASSWORD", PASSWORD)
+    argv = ["provision", "env:ADMIN_URL", "--app-user", names["app"], "--database",
+            names["db"], "--json"]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["changed"] and first["connectivity"]["ok"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out)["statements"] == [] and PASSWORD not in out

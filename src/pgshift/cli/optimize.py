@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -68,8 +69,10 @@ def optimize_command(
     """
     dsn = resolve(postgres_dsn)
     if watch_mode:
-        watch(dsn, _print_sample_json if json_output else _print_sample, interval=interval,
-              count=count, slow_ms=slow_ms)
+        # Ctrl-C is how --watch normally ends: exit 0, not "aborted".
+        with contextlib.suppress(KeyboardInterrupt):
+            watch(dsn, _print_sample_json if json_output else _print_sample,
+                  interval=interval, count=count, slow_ms=slow_ms)
         return
     result = optimize(dsn, apply=apply, planned_sql=planned_file, schema=schema,
                       min_rows=min_rows, lock_timeout=lock_timeout,

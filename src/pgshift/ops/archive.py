@@ -216,7 +216,9 @@ def archive(sqlite_path: Path, dest: str, *, config_files: Sequence[Path] = (),
                                    str(cfg.resolve()), level, redacted))
         manifest = {
             "format": FORMAT, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "source": str(sqlite_path.resolve()), "snapshot": snap.to_dict(),
+            "source": str(sqlite_path.resolve()),
+            # The snapshot's own path was a temporary file: only its facts are kept.
+            "snapshot": {k: v for k, v in snap.to_dict().items() if k not in ("path", "source")},
             "integrity_check": integrity, "row_counts": counts,
             "secrets_included": include_secrets,
             "members": [m.to_dict() for m, _ in members],
