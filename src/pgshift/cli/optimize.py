@@ -84,7 +84,8 @@ def optimize_command(
     if result.refused:
         first = result.refused[0]
         raise UsageError(f"planned index refused: {first.refused}",
-                         hint=first.alternative or "fix the statement in the file")
+                         hint=f"replace it in {planned_file} with: {first.alternative};"
+                         if first.alternative else f"fix the statement in {planned_file}")
     if result.failed:
         raise TargetError("index build failed (the INVALID index was dropped): " + "; ".join(
             f"{b.name}: {b.error}" for b in result.failed),
@@ -105,7 +106,7 @@ def _print(result: OptimizeResult) -> None:
         if planned.refused:
             con.print(f"\nREFUSED: {planned.statement}\n  why: {planned.refused}")
             if planned.alternative:
-                con.print(f"  instead: {planned.alternative}")
+                con.print(f"  instead: {planned.alternative};\n  ({planned.advice})")
         elif planned.proposal:
             con.print(f"\n{planned.proposal.definition()};\n  why: planned (--file)")
     for b in result.builds:

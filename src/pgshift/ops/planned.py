@@ -40,11 +40,12 @@ class PlannedIndex:
     statement: str
     proposal: IndexProposal | None
     refused: str | None = None
-    alternative: str | None = None
+    alternative: str | None = None  # a statement PostgreSQL accepts (checked)
+    advice: str | None = None  # how the alternative serves the same queries
 
     def to_dict(self) -> dict[str, object]:
         return {"statement": self.statement, "refused": self.refused,
-                "alternative": self.alternative,
+                "alternative": self.alternative, "advice": self.advice,
                 "definition": self.proposal.definition() if self.proposal else None}
 
 
@@ -200,11 +201,11 @@ def _bad_predicate(conn: psycopg.Connection, statement: str, p: IndexProposal,
               f"{error.diag.message_primary or error}"
     if not works:
         return PlannedIndex(statement, None, refused=why)
-    advice = (f"{alt.definition()} — the time condition stays in the query "
-              f"(e.g. WHERE {p.predicate}), which this index serves as a range scan"
-              + (f" on {', '.join(moved)}" if moved else "")
+    advice = (f"the condition stays in the query (WHERE {p.predicate}), which this index "
+              "serves" + (f" as a range scan on {', '.join(moved)}" if moved else "")
               + "; or use a fixed cutoff literal in the predicate and rebuild it periodically")
-    return PlannedIndex(statement, None, refused=why, alternative=advice)
+    return PlannedIndex(statement, None, refused=why, alternative=alt.definition(),
+                        advice=advice)
 
 
 def _split_predicate(conn: psycopg.Connection, p: IndexProposal) -> tuple[list[str], list[str]]:
