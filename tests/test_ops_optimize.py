@@ -108,8 +108,31 @@ def test_failed_concurrent_build_is_cleaned_up(events: Dsn, tmp_path: Path,
     assert main(["optimize", events.conninfo, "--file", str(planned), "--planned-only",
                  "--apply"]) == 5
     err = capsys.readouterr().err
-    assert "Error: index build failed (the INVALID index was dropped): events_kind_key" in err
+    assert "Error: index build failed: events_kind_key: 23505" in err
+    assert "(its INVALID index was dropped)" in err
     assert "password=" not in err or "password=***" in err
+
+
+def test_lock_timeout_bounds_the_wait_for_a_blocking_transaction(events: Dsn,
+                                                                 tmp_path: Path) -> None:
+    planned = tmp_path / "planned.sql"
+    planned.write_text("CREATE INDEX events_kind_idx ON events (kind)")
+    with connect(events) as blocker:  # an uncommitted write: the build must wait for it
+        blocker.execute("INSERT INTO events (account_id, kind) VALUES (1, 'open')")
+        started = time.perf_counter()
+        [outcome] = optimize(events, apply=True, planned_sql=planned, auto=False,
+                             lock_timeout="300ms").builds
+        waited = time.perf_counter() - started
+        assert outcome.status == "failed" and outcome.error
+        assert outcome.error.startswith("55P03")  # lock_not_available
+        assert waited < 5
+        # The drop of the INVALID index waits for the same transaction: it is left for later.
+        assert outcome.invalid_left and not outcome.dropped_invalid
+        blocker.rollback()
+    [again] = optimize(events, apply=True, planned_sql=planned, auto=False).builds
+    assert again.status == "built" and again.dropped_invalid
+    with connect(events, autocommit=True) as conn:
+        assert index_state(conn, "public", "events_kind_idx") is True
 
 
 def test_an_invalid_leftover_is_dropped_and_rebuilt(events: Dsn, tmp_path: Path) -> None:

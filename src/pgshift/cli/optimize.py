@@ -87,9 +87,12 @@ def optimize_command(
                          hint=f"replace it in {planned_file} with: {first.alternative};"
                          if first.alternative else f"fix the statement in {planned_file}")
     if result.failed:
-        raise TargetError("index build failed (the INVALID index was dropped): " + "; ".join(
-            f"{b.name}: {b.error}" for b in result.failed),
-            hint="fix the cause and rerun with --apply (built indexes are skipped)")
+        raise TargetError("index build failed: " + "; ".join(
+            f"{b.name}: {b.error}" + (" (its INVALID index was dropped)" if b.dropped_invalid
+                                      else " (its INVALID index remains)" if b.invalid_left
+                                      else "") for b in result.failed),
+            hint="fix the cause and rerun with --apply (built indexes are skipped, INVALID "
+                 "ones dropped first)")
 
 
 def _print(result: OptimizeResult) -> None:
@@ -117,6 +120,8 @@ def _print(result: OptimizeResult) -> None:
             line += f": {b.error}"
         if b.dropped_invalid:
             line += " (an INVALID index was dropped)"
+        if b.invalid_left:
+            line += " (the INVALID index remains: the next --apply drops it first)"
         con.print(line)
         if b.before and b.after:
             con.print(f"  {b.before.query}\n  before: {b.before.ms:.3f} ms ({b.before.plan}); "

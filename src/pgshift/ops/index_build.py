@@ -46,6 +46,7 @@ class BuildOutcome:
     finished_at: float = 0.0
     error: str | None = None
     dropped_invalid: bool = False  # an INVALID leftover (ours or an earlier run's) was dropped
+    invalid_left: bool = False  # the INVALID index could not be dropped (the next run will)
     before: Probe | None = None
     after: Probe | None = None
 
@@ -65,17 +66,29 @@ def index_state(conn: psycopg.Connection, schema: str, name: str) -> bool | None
     return None if row is None else bool(row[0])
 
 
-def _drop_invalid(conn: psycopg.Connection, schema: str, name: str) -> None:
-    conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}").format(
-        sql.Identifier(schema), sql.Identifier(name)))
+def _drop_invalid(conn: psycopg.Connection, schema: str, name: str) -> str | None:
+    """Drop an INVALID index concurrently; the server's error when that fails, else None.
+
+    The drop waits for the same transactions the build waited for, so the blocker that
+    made the build time out can make the drop time out too.
+    """
+    try:
+        conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}").format(
+            sql.Identifier(schema), sql.Identifier(name)))
+    except psycopg.errors.InsufficientPrivilege:
+        raise
+    except psycopg.Error as exc:
+        return f"{exc.sqlstate}: {exc.diag.message_primary or exc}"
+    return None
 
 
 def build(conn: psycopg.Connection, proposal: IndexProposal, lock_timeout: str) -> BuildOutcome:
     """Build ``proposal`` concurrently on an autocommit connection, then ANALYZE its table.
 
     A failed build does not raise: the outcome says ``failed`` with the server's
-    message, after the INVALID index it left was dropped. A missing privilege
-    (``psycopg.errors.InsufficientPrivilege``) does.
+    message, after the INVALID index it left was dropped (or, when the drop is blocked
+    too, ``invalid_left``: the next run drops it before building). A missing privilege
+    (``psycopg.errors.InsufficientPrivilege``) does raise.
     """
     outcome = BuildOutcome(proposal.name, "built")
     state = index_state(conn, proposal.schema, proposal.name)
@@ -85,7 +98,12 @@ def build(conn: psycopg.Connection, proposal: IndexProposal, lock_timeout: str) 
     conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(lock_timeout)))
     try:
         if state is False:
-            _drop_invalid(conn, proposal.schema, proposal.name)
+            error = _drop_invalid(conn, proposal.schema, proposal.name)
+            if error is not None:
+                outcome.status, outcome.invalid_left = "failed", True
+                outcome.error = f"the INVALID index an earlier build left could not be " \
+                                f"dropped: {error}"
+                return outcome
             outcome.dropped_invalid = True
         outcome.started_at = time.time()
         started = time.perf_counter()
@@ -97,8 +115,12 @@ def build(conn: psycopg.Connection, proposal: IndexProposal, lock_timeout: str) 
             outcome.status = "failed"
             outcome.error = f"{exc.sqlstate}: {exc.diag.message_primary or exc}"
             if index_state(conn, proposal.schema, proposal.name) is False:
-                _drop_invalid(conn, proposal.schema, proposal.name)
-                outcome.dropped_invalid = True
+                error = _drop_invalid(conn, proposal.schema, proposal.name)
+                outcome.dropped_invalid = error is None
+                outcome.invalid_left = error is not None
+                if error is not None:
+                    outcome.error += f"; the INVALID index it left could not be dropped " \
+                                     f"({error})"
             return outcome
         finally:
             outcome.finished_at = time.time()
