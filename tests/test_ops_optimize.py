@@ -4,12 +4,14 @@ builds while writes run, a failed build cleaned up, the non-immutable predicate 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from psycopg import conninfo, sql
@@ -17,6 +19,7 @@ from psycopg import conninfo, sql
 from pgshift.cli.main import main
 from pgshift.dsn import Dsn, connect
 from pgshift.errors import UsageError
+from pgshift.ops.exporter import HealthExporter, prometheus_text
 from pgshift.ops.index_build import index_state
 from pgshift.ops.optimize import optimize
 from pgshift.ops.watch import HealthSample, watch
@@ -268,3 +271,24 @@ def test_json_output(events: Dsn, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["optimize", events.conninfo, "--watch", "--count", "1", "--json"]) == 0
     sample = json.loads(capsys.readouterr().out)
     assert sample["max_connections"] > 0 and sample["slow_queries"] == []
+
+
+def test_watch_as_a_prometheus_exporter(pg_dsn: Dsn) -> None:
+    exporter = HealthExporter("127.0.0.1", 0).start()
+    try:
+        url = f"http://127.0.0.1:{exporter.port}/metrics"
+        assert httpx.get(url).text == prometheus_text(None)
+        assert "pgshift_db_up 0" in prometheus_text(None)
+        watch(pg_dsn, exporter.update, interval=0.05, count=1)
+        body = httpx.get(url).text
+    finally:
+        exporter.stop()
+    assert "pgshift_db_up 1" in body
+    assert re.search(r"^pgshift_db_connections_max [1-9]\d*$", body, re.M)
+    assert "# TYPE pgshift_db_wal_archive_failures_total counter" in body
+    assert "pgshift_db_replay_lag_seconds" not in body  # no replica: no value, not a zero
+
+
+def test_metrics_port_needs_watch(pg_dsn: Dsn, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["optimize", pg_dsn.conninfo, "--metrics-port", "0"]) == 2
+    assert capsys.readouterr().err.startswith("Error: --metrics-port serves the --watch")

@@ -11,8 +11,9 @@ from typing import Annotated
 import typer
 
 from pgshift.cli.output import out_console, print_json
-from pgshift.dsn import resolve
+from pgshift.dsn import Dsn, resolve
 from pgshift.errors import TargetError, UsageError
+from pgshift.ops.exporter import HealthExporter
 from pgshift.ops.optimize import DEFAULT_MIN_ROWS, OptimizeResult, optimize
 from pgshift.ops.watch import HealthSample, watch
 
@@ -46,6 +47,11 @@ def optimize_command(
                                               "samples.")] = None,
     slow_ms: Annotated[float, typer.Option("--slow-ms", help="--watch: a statement slower "
                                            "than this on average is reported.")] = 100.0,
+    metrics_port: Annotated[int | None, typer.Option(
+        "--metrics-port", help="--watch: also serve the samples as Prometheus metrics on "
+        "this port (GET /metrics).")] = None,
+    metrics_host: Annotated[str, typer.Option("--metrics-host", help="Address for "
+                                              "--metrics-port.")] = "127.0.0.1",
     json_output: Annotated[bool, typer.Option("--json", help="JSON on stdout (--watch: one "
                                               "line per sample).")] = False,
 ) -> None:
@@ -65,15 +71,15 @@ def optimize_command(
 
       pgshift optimize env:DATABASE_URL --file planned-indexes.sql --apply
 
-      pgshift optimize env:DATABASE_URL --watch --interval 30
+      pgshift optimize env:DATABASE_URL --watch --interval 30 --metrics-port 9188
     """
     dsn = resolve(postgres_dsn)
     if watch_mode:
-        # Ctrl-C is how --watch normally ends: exit 0, not "aborted".
-        with contextlib.suppress(KeyboardInterrupt):
-            watch(dsn, _print_sample_json if json_output else _print_sample,
-                  interval=interval, count=count, slow_ms=slow_ms)
+        _watch(dsn, json_output, interval, count, slow_ms, metrics_host, metrics_port)
         return
+    if metrics_port is not None:
+        raise UsageError("--metrics-port serves the --watch samples",
+                         hint="add --watch")
     result = optimize(dsn, apply=apply, planned_sql=planned_file, schema=schema,
                       min_rows=min_rows, lock_timeout=lock_timeout,
                       app_instances=app_instances, pool_size=pool_size, auto=not planned_only)
@@ -93,6 +99,31 @@ def optimize_command(
                                       else "") for b in result.failed),
             hint="fix the cause and rerun with --apply (built indexes are skipped, INVALID "
                  "ones dropped first)")
+
+
+def _watch(dsn: Dsn, json_output: bool, interval: float, count: int | None, slow_ms: float,
+           metrics_host: str, metrics_port: int | None) -> None:
+    show = _print_sample_json if json_output else _print_sample
+    exporter = None
+    if metrics_port is not None:
+        try:
+            exporter = HealthExporter(metrics_host, metrics_port).start()
+        except OSError as exc:
+            raise UsageError(f"cannot serve metrics on {metrics_host}:{metrics_port}: "
+                             f"{exc.strerror}", hint="choose another --metrics-port") from exc
+
+    def on_sample(s: HealthSample) -> None:
+        if exporter is not None:
+            exporter.update(s)
+        show(s)
+
+    try:
+        # Ctrl-C is how --watch normally ends: exit 0, not "aborted".
+        with contextlib.suppress(KeyboardInterrupt):
+            watch(dsn, on_sample, interval=interval, count=count, slow_ms=slow_ms)
+    finally:
+        if exporter is not None:
+            exporter.stop()
 
 
 def _print(result: OptimizeResult) -> None:
