@@ -54,7 +54,7 @@ class ServerInfo:
         return self.shared_buffers_pages * 8 / 1024
 
 
-def _setting(conn: psycopg.Connection, name: str) -> str | None:
+def setting(conn: psycopg.Connection, name: str) -> str | None:
     """A setting's value; None when this role may not see it (pg_settings hides the row)."""
     row = conn.execute("SELECT setting FROM pg_settings WHERE name = %s", (name,)).fetchone()
     return str(row[0]) if row else None
@@ -72,18 +72,18 @@ def round_trip_ms(conn: psycopg.Connection, samples: int = 5) -> float:
 
 def server_info(conn: psycopg.Connection) -> ServerInfo:
     """Read the version, latency and the settings the checks below judge."""
-    reserved = int(_setting(conn, "superuser_reserved_connections") or 0)
+    reserved = int(setting(conn, "superuser_reserved_connections") or 0)
     # PostgreSQL 16 added reserved_connections (for pg_use_reserved_connections); absent before.
-    reserved += int(_setting(conn, "reserved_connections") or 0)
-    raw = _setting(conn, "shared_preload_libraries")
+    reserved += int(setting(conn, "reserved_connections") or 0)
+    raw = setting(conn, "shared_preload_libraries")
     preload = None if raw is None else tuple(p.strip() for p in raw.split(",") if p.strip())
     return ServerInfo(
-        version=_setting(conn, "server_version") or "",
-        version_num=int(_setting(conn, "server_version_num") or 0),
+        version=setting(conn, "server_version") or "",
+        version_num=int(setting(conn, "server_version_num") or 0),
         latency_ms=round_trip_ms(conn),
-        max_connections=int(_setting(conn, "max_connections") or 0),
+        max_connections=int(setting(conn, "max_connections") or 0),
         reserved_connections=reserved,
-        shared_buffers_pages=int(_setting(conn, "shared_buffers") or 0),
+        shared_buffers_pages=int(setting(conn, "shared_buffers") or 0),
         preload=preload,
     )
 

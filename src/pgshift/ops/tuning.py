@@ -19,9 +19,10 @@ DEAD_ROWS_MIN = 10_000
 DEAD_RATIO = 0.10
 
 
-def _setting(conn: psycopg.Connection, name: str) -> str:
-    row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
-    return str(row[0]) if row else ""
+def _shown(conn: psycopg.Connection, name: str) -> str:
+    """A setting as SHOW prints it (with its unit: '4MB', not pg_settings' '4096')."""
+    row = conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()
+    return str(row[0]) if row else "?"
 
 
 def connection_findings(conn: psycopg.Connection, info: ServerInfo,
@@ -61,7 +62,7 @@ def work_mem_findings(conn: psycopg.Connection) -> list[Finding]:
     files, size = (int(row[0]), int(row[1])) if row else (0, 0)
     if not files:
         return []
-    current = _setting(conn, "work_mem")
+    current = _shown(conn, "work_mem")
     return [Finding("setting", "work_mem",
                     f"{files:,} temporary files ({size / 1048576:,.1f} MB) written by sorts "
                     f"and hashes that did not fit in work_mem={current}",
@@ -80,7 +81,7 @@ def shared_buffers_findings(conn: psycopg.Connection) -> list[Finding]:
         return []
     return [Finding("setting", "shared_buffers",
                     f"buffer cache hit ratio {hit / (hit + read):.3f} ({read:,} blocks read "
-                    f"from disk) with shared_buffers={_setting(conn, 'shared_buffers')} and "
+                    f"from disk) with shared_buffers={_shown(conn, 'shared_buffers')} and "
                     f"a {size / 1048576:,.0f} MB database",
                     "raise shared_buffers towards 25% of memory (needs a restart)")]
 
