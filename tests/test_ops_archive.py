@@ -182,3 +182,14 @@ def test_cli_create_is_the_default_and_json(seeded: Path, tmp_path: Path,
     assert made["integrity_check"] == "ok" and Path(made["location"]).is_file()
     assert main(["archive", "verify", made["location"], "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["ok"] is True
+
+
+def test_an_unwritable_destination_is_bad_input(seeded: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert main(["archive", str(seeded), str(blocker / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"Error: cannot write the archive to {blocker / 'sub'}")
+    assert main(["archive", str(seeded), str(blocker)]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err

@@ -206,3 +206,13 @@ def test_json_output(admin: Dsn, names: dict[str, str], capsys: pytest.CaptureFi
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert json.loads(out)["statements"] == [] and PASSWORD not in out
+
+
+def test_missing_createdb_is_named(admin: Dsn, names: dict[str, str]) -> None:
+    with connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEROLE PASSWORD 'weak-pw-4'").format(
+            sql.Identifier(names["weak"])))
+    weak = _as(admin, names["weak"], "weak-pw-4", "postgres")
+    with pytest.raises(UsageError, match=f"role '{names['weak']}' lacks CREATEDB, needed to "
+                                         f"create the database '{names['db']}'"):
+        provision(weak, names["app"], names["db"], password=PASSWORD)

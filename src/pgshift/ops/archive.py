@@ -189,7 +189,10 @@ def archive(sqlite_path: Path, dest: str, *, config_files: Sequence[Path] = (),
     started = time.perf_counter()
     store = Store(dest)
     name = archive_name(sqlite_path.stem)
-    staging = store.staging_dir()
+    try:
+        staging = store.staging_dir()
+    except OSError as exc:
+        raise _unwritable(dest, exc) from exc
     with tempfile.TemporaryDirectory(prefix="pgshift-archive-") as tmp_name:
         tmp = Path(tmp_name)
         snap = take_snapshot(sqlite_path, tmp / "snapshot", require_wal=require_wal)
@@ -203,7 +206,11 @@ def archive(sqlite_path: Path, dest: str, *, config_files: Sequence[Path] = (),
             members.append(_member(fh, tmp / "db.zst", f"database/{sqlite_path.name}.zst",
                                    "database", str(sqlite_path.resolve()), level, None))
         for i, cfg in enumerate(config_files):
-            data = cfg.read_bytes()
+            try:
+                data = cfg.read_bytes()
+            except OSError as exc:
+                raise UsageError(f"cannot read {cfg}: {exc.strerror or exc}",
+                                 hint="run as a user that can read it") from exc
             redacted: int | None = None
             if not include_secrets:
                 try:
@@ -225,15 +232,25 @@ def archive(sqlite_path: Path, dest: str, *, config_files: Sequence[Path] = (),
             "members": [m.to_dict() for m, _ in members],
         }
         out = (staging or tmp) / (name + ".partial")
-        _write_tar(out, manifest, members)
-        size = out.stat().st_size
-        store.put(out, name)
+        try:
+            _write_tar(out, manifest, members)
+            size = out.stat().st_size
+            store.put(out, name)
+        except OSError as exc:
+            out.unlink(missing_ok=True)  # never leave a half-written archive beside good ones
+            raise _unwritable(dest, exc) from exc
     removed = _retain(store, sqlite_path.stem, keep) if keep else []
     return ArchiveResult(location=store.address(name), name=name, bytes=size,
                          seconds=round(time.perf_counter() - started, 3),
                          members=[m for m, _ in members], row_counts=counts,
                          integrity_check=integrity, snapshot_taken_at=snap.taken_at,
                          removed=removed)
+
+
+def _unwritable(dest: str, exc: OSError) -> UsageError:
+    return UsageError(f"cannot write the archive to {dest}: {exc.strerror or exc}",
+                      hint="check the destination's permissions and free space",
+                      operation="archive")
 
 
 def _member(src: IO[bytes], path: Path, name: str, kind: str, source: str, level: int,
