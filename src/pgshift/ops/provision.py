@@ -131,6 +131,9 @@ def provision(
     if connection_limit < -1 or connection_limit == 0:
         raise UsageError(f"connection limit {connection_limit} would lock the app out",
                          hint="--connection-limit 50 (or -1 for no limit)")
+    if pgbouncer_path is not None and not (app_instances and pool_size):
+        raise UsageError("--pgbouncer needs the planned pools",
+                         hint="add --app-instances N --pool-size M")
     result = ProvisionResult(admin=admin_dsn.safe, app_user=app_user, database=database,
                              statements=[], applied=not print_sql)
     planned = app_instances * pool_size if app_instances and pool_size else None
@@ -156,16 +159,11 @@ def provision(
         _plan_inside_new(admin, app_user, schema, extensions, result)
     if not print_sql:
         result.connectivity = _test_as_app(admin_dsn, app_user, database, password, schema)
-    server = result.connectivity.server if result.connectivity else None
     # The admin's view: the app role may not see superuser-only settings.
     result.findings = setting_findings(admin_server, planned)
-    if pgbouncer_path is not None:
-        if not (app_instances and pool_size):
-            raise UsageError("--pgbouncer needs the planned pools",
-                             hint="add --app-instances N --pool-size M")
-        info = server or admin_server
-        result.pgbouncer = plan_pgbouncer(app_instances, pool_size,
-                                          info.max_connections - info.reserved_connections)
+    if pgbouncer_path is not None and app_instances and pool_size:
+        usable = admin_server.max_connections - admin_server.reserved_connections
+        result.pgbouncer = plan_pgbouncer(app_instances, pool_size, usable)
         result.pgbouncer_path = str(pgbouncer_path)
         if not print_sql:
             text = render_pgbouncer(admin_dsn, database, app_user, result.pgbouncer)
