@@ -48,6 +48,9 @@ def root(
 
 
 def _register() -> None:
+    import pgshift.cli.archive as archive_cli
+    import pgshift.cli.optimize as optimize_cli
+    import pgshift.cli.provision as provision_cli
     from pgshift.cli import demo, load, migrate, proxy, rollout, sync, traffic, verify
 
     app.command(name="migrate", no_args_is_help=True)(migrate.migrate_command)
@@ -57,6 +60,9 @@ def _register() -> None:
     app.add_typer(traffic.traffic_app, name="traffic")
     app.add_typer(load.load_app, name="load")
     app.add_typer(demo.demo_app, name="demo")
+    app.command(name="provision", no_args_is_help=True)(provision_cli.provision_command)
+    app.add_typer(archive_cli.archive_app, name="archive")
+    app.command(name="optimize", no_args_is_help=True)(optimize_cli.optimize_command)
     rollout.register(app)
 
 

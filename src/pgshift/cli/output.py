@@ -16,8 +16,9 @@ def err_console() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def out_console() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+def out_console(*, markup: bool = True) -> Console:
+    """Stdout; ``markup=False`` for text that may hold brackets (SQL, ``[scope]``)."""
+    return Console(highlight=False, soft_wrap=True, markup=markup)
 
 
 def print_error(exc: PgshiftError) -> None:
