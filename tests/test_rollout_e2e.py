@@ -12,6 +12,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,15 @@ def sqlite_has_capture(db: Path) -> bool:
 
 def test_clean_rollout_to_100(tmp_path: Path, pg_dsn: Dsn, monkeypatch: pytest.MonkeyPatch
                               ) -> None:
-    with rig(tmp_path, pg_dsn, monkeypatch, {"shift": {"drill": True}}) as r:
+    suffix = uuid.uuid4().hex[:8]
+    monkeypatch.setenv("T_APP_PASSWORD", "app-pw-" + suffix)
+    over = {"shift": {"drill": True},
+            "provision": {"admin_dsn": "env:PGSHIFT_TEST_ROLLOUT_DSN",
+                          "app_user": f"t_app_{suffix}", "database": f"t_prov_{suffix}",
+                          "password_env": "T_APP_PASSWORD"},
+            "finalize": {"archive": {"dest": str(tmp_path / "archives"), "keep": 2},
+                         "optimize": {"apply": False}}}
+    with rig(tmp_path, pg_dsn, monkeypatch, over) as r:
         events: list[str] = []
         with r.load() as loads:
             outcome = run_engine(r, on_event=lambda kind, data: events.append(kind))
@@ -69,6 +78,25 @@ def test_clean_rollout_to_100(tmp_path: Path, pg_dsn: Dsn, monkeypatch: pytest.M
         with psycopg.connect(pg_dsn.conninfo) as conn:
             assert conn.execute("SELECT to_regclass('pgshift.pg_changes')").fetchone()[0] is None
         assert r.journal_value("status") == "done"
+        # the ops steps ran as library calls, not hooks
+        steps_done = {s["name"]: s["figures"] for s in _journal_steps(r)}
+        assert steps_done["provision"]["provision"]["app_user"] == f"t_app_{suffix}"
+        fin = steps_done["finalize"]
+        assert fin["archive"]["verified"] and Path(fin["archive"]["location"]).exists()
+        assert "proposals" in fin["optimize"]
+        assert fin["report"]["skipped"]
+
+
+def _journal_steps(r: Rig) -> list[dict[str, Any]]:
+    import json
+    import sqlite3
+
+    con = sqlite3.connect(r.state_root / "journal.sqlite")
+    try:
+        return [{"name": n, "figures": json.loads(f)} for n, f in con.execute(
+            "SELECT name, figures FROM steps WHERE status = 'done' ORDER BY id")]
+    finally:
+        con.close()
 
 
 def test_failing_step_rolls_back_automatically(tmp_path: Path, pg_dsn: Dsn,

@@ -216,18 +216,56 @@ class Rollback(_Model):
     drain_deadline: Duration = 60.0
 
 
+class Archive(_Model):
+    """``pgshift archive`` of blue at finalize: the SQLite file and blue's config files."""
+
+    dest: str  # a local directory or an fsspec URL (s3://...)
+    files: tuple[Path, ...] = ()
+    keep: int | None = Field(default=None, ge=1)
+    include_secrets: bool = False
+
+
+class Optimize(_Model):
+    """``pgshift optimize`` at finalize: proposals from real usage, planned indexes."""
+
+    apply: bool = False  # build the proposals (CONCURRENTLY); false: report them only
+    planned_sql: Path | None = None  # planned CREATE INDEX statements (runbook 5.9)
+    lock_timeout: str = "5s"
+
+
 class Finalize(_Model):
     approvals: tuple[str, ...] = ()
     approval_timeout: Duration = 7 * 86400.0
     remove_capture: bool = True
-    archive: str | None = None  # a command (hook) until `pgshift archive` lands
-    optimize: str | None = None
-    report: str | None = None
+    archive: Archive | None = None
+    optimize: Optimize | None = None
+
+
+class Provision(_Model):
+    """``pgshift provision`` as the rollout's first change (runbook 5.1)."""
+
+    admin_dsn: str = Field(description="env:VAR")
+    app_user: str
+    database: str
+    password_env: str | None = None  # the app role's password, from this variable
+    extensions: tuple[str, ...] = ()
+    connection_limit: int = Field(default=50, ge=1)
+
+    @model_validator(mode="after")
+    def _env_only(self) -> Provision:
+        if not self.admin_dsn.startswith("env:"):
+            raise ValueError("provision.admin_dsn must be env:VAR")
+        return self
 
 
 class Hooks(_Model):
-    provision: str | None = None
+    """Commands for what pgshift does not do itself (or, where it does, in addition)."""
+
+    provision: str | None = None  # runs after `provision:` when both are given
     backup: str | None = None
+    archive: str | None = None
+    optimize: str | None = None
+    report: str | None = None
 
 
 class Sync(_Model):
@@ -256,6 +294,7 @@ class Cutover(_Model):
     apps: Apps
     router: Router = Router()
     prerequisites: tuple[Prerequisite, ...] = ()
+    provision: Provision | None = None
     hooks: Hooks = Hooks()
     tables: dict[str, dict[str, Any]] = Field(default_factory=dict)
     migrate: MigrateSettings = MigrateSettings()
@@ -316,6 +355,13 @@ def _absolute(model: Cutover, base: Path) -> Cutover:
         update={"sqlite": rel(model.source.sqlite)})}
     if model.mapping is not None:
         updates["mapping"] = rel(model.mapping)
+    f = model.finalize
+    if f.archive is not None or f.optimize is not None:
+        updates["finalize"] = f.model_copy(update={
+            "archive": f.archive and f.archive.model_copy(
+                update={"files": tuple(rel(p) for p in f.archive.files)}),
+            "optimize": f.optimize and f.optimize.model_copy(
+                update={"planned_sql": rel(f.optimize.planned_sql)})})
     return model.model_copy(update=updates)
 
 

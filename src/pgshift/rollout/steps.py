@@ -324,13 +324,15 @@ class Approvals(_Base):
 
 
 class Finalize(_Base):
-    """Blue retired: appliers stopped, blue and its workers stopped, archive, capture
-    removed from both sides, optimize, report (hooks until those commands exist)."""
+    """Blue retired (runbook 5.7, 5.9, 5.10): appliers stopped, blue's workers and blue
+    stopped, capture removed from both sides, blue's database and config archived (and the
+    archive verified), PostgreSQL optimized, then the report hook."""
 
     name = "finalize"
 
     def run(self, ctx: Context) -> dict[str, Any]:
-        f, out = ctx.cfg.finalize, {}
+        f, hooks_ = ctx.cfg.finalize, ctx.cfg.hooks
+        out: dict[str, Any] = {}
         # the last word on sync before its state goes with the capture
         out["sync"] = syncing.brief(ctx)
         ctx.journal.set(final_sync=out["sync"])
@@ -339,20 +341,77 @@ class Finalize(_Base):
                          ("stop_blue", ctx.cfg.apps.blue.stop)):
             if cmd:
                 out[key] = ctx.hook(self.name, cmd).to_dict()
-        for key, cmd in (("archive", f.archive), ("optimize", f.optimize),
-                         ("report", f.report)):
-            out[key] = (HookStep(f"finalize-{key}", cmd, what=f"pgshift {key} not run")
-                        .run(ctx))
         if f.remove_capture:
             out["capture_removed"] = syncing.uninstall(ctx)
             ctx.journal.set(capture_postgres=False, capture_sqlite=False)
+        out["archive"] = self._archive(ctx) if f.archive else HookStep(
+            "finalize-archive", hooks_.archive, what="no archive configured").run(ctx)
+        out["optimize"] = self._optimize(ctx) if f.optimize else HookStep(
+            "finalize-optimize", hooks_.optimize, what="no optimize configured").run(ctx)
+        out["report"] = HookStep("finalize-report", hooks_.report,
+                                 what="pgshift report not run").run(ctx)
         return out
+
+    def _archive(self, ctx: Context) -> dict[str, Any]:
+        from pgshift.ops.archive import archive, verify_archive
+
+        a = ctx.cfg.finalize.archive
+        assert a is not None
+        made = archive(ctx.cfg.source.sqlite, a.dest, config_files=a.files, keep=a.keep,
+                       include_secrets=a.include_secrets)
+        checked = verify_archive(made.location)
+        if not checked.ok:
+            raise StepFailed(f"the archive {made.location} does not verify",
+                             hint=f"pgshift archive verify {made.location}")
+        return {"location": made.location, "bytes": made.bytes, "verified": True,
+                "row_counts": made.row_counts}
+
+    def _optimize(self, ctx: Context) -> dict[str, Any]:
+        from pgshift.ops.optimize import optimize
+
+        o = ctx.cfg.finalize.optimize
+        assert o is not None
+        result = optimize(ctx.dsn(), apply=o.apply, planned_sql=o.planned_sql,
+                          schema=ctx.schema, lock_timeout=o.lock_timeout)
+        out = result.to_dict()
+        if getattr(result, "failed", None):
+            ctx.state.audit(self.name, "optimize-failed", f"{len(result.failed)} index "
+                            "build(s) failed (cleaned up); see the figures", out)
+        return out
+
+
+class Provision(_Base):
+    """``pgshift provision``: the app role and database, idempotently (runbook 5.1);
+    then the provision hook, when one is given too."""
+
+    name = "provision"
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        import os
+
+        from pgshift.dsn import resolve
+        from pgshift.ops.provision import provision
+
+        p = ctx.cfg.provision
+        out: dict[str, Any] = {}
+        if p is not None:
+            password = os.environ.get(p.password_env) if p.password_env else None
+            if p.password_env and password is None:
+                raise StepFailed(f"provision.password_env: ${p.password_env} is not set",
+                                 hint=f"export {p.password_env}=...")
+            result = provision(resolve(p.admin_dsn), p.app_user, p.database,
+                               password=password, connection_limit=p.connection_limit,
+                               extensions=p.extensions, schema=ctx.schema)
+            out["provision"] = result.to_dict()
+        hook = HookStep(self.name, ctx.cfg.hooks.provision,
+                        what="no provision configured").run(ctx)
+        return {**out, **hook} if p is None or ctx.cfg.hooks.provision else out
 
 
 def pre_traffic(cfg: Cutover) -> list[Step]:
     """The steps before any traffic moves, in order."""
     h = cfg.hooks
-    return [Preflight(), HookStep("provision", h.provision, what="pgshift provision not run"),
+    return [Preflight(), Provision(),
             Router(), HookStep("backup", h.backup, what="the snapshot is the backup"),
             Capture(), TakeSnapshot(), Migrate(), Verify(), Sync(), Deploy(), WaitHealthy(),
             IntegrationTests()]
