@@ -212,7 +212,8 @@ def test_by_name_without_mapping_converts_to_real_types(tmp_path: Path, pg_dsn: 
         run_migrate(db, pg_dsn, tmp_path / "s", into_existing=True)
     result = run_migrate(db, pg_dsn, tmp_path / "s", into_existing=True, assume_tz="Europe/Paris")
     assert result.rejects == 0
-    assert any(n.obj == "notes.dropped" for n in result.plan.notes)
+    unmapped = [n.message for n in result.plan.notes if n.obj == "notes"]
+    assert len(unmapped) == 1 and "feed no target column: dropped " in unmapped[0]
     got = pg_conn.execute('SELECT id, "Title", pinned, meta, owner::text, price, happened, day, '
                           'raw, score, created FROM "Notes" ORDER BY id').fetchall()
     paris = dt.timezone(dt.timedelta(hours=1))
@@ -389,8 +390,12 @@ def test_cli_errors_are_one_line_exit_2_and_dry_run_prints_the_plan(
     bad = tmp_path / "bad.yaml"
     bad.write_text("tables: {jobs: {columns: {kind: 'upper(kind'}}}\n")
     assert main([*base, "--into-existing", "--map", str(bad), "--dry-run"]) == 2
-    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("Error:")]
-    assert len(errors) == 1 and errors[0].startswith("Error: mapping jobs.")
+    err = capsys.readouterr().err.splitlines()
+    # Every plan error at once: the bad expression, and the columns left to match by name.
+    assert [ln for ln in err if ln.startswith("Error:")] == ["Error: 9 plan errors:"]
+    assert any(ln.startswith("  mapping jobs.kind: invalid SQLite expression") for ln in err)
+    assert any(ln.startswith("  mapping jobs.id: type mismatch: text values cannot become "
+                             "bigint: the mapping does not name this column") for ln in err)
     bad.write_text("tables: {jobs: [\n")
     assert main([*base, "--into-existing", "--map", str(bad)]) == 2
     assert "is not valid YAML" in capsys.readouterr().err

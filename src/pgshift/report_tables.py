@@ -8,8 +8,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from pgshift.existing.plan import MappedPlan
+from pgshift.existing.plan import MappedPlan, MappedTable
 from pgshift.schema import ddl
+from pgshift.verify.relationships import LinkCheck, SourceCount
 
 if TYPE_CHECKING:
     from pgshift.migrate import MigrateResult
@@ -27,8 +28,12 @@ def migrate_summary(result: MigrateResult) -> Group:
     for col, just in (("table", "left"), ("source rows", "right"), ("loaded", "right"),
                       ("rejects", "right"), ("MB", "right"), ("seconds", "right")):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
+    # A query or filtered feed: its rows next to its base table's (docs/mapping.md).
+    base = {m.name: m.base_rows for m in result.plan.tables
+            if isinstance(m, MappedTable) and m.base_rows is not None}
     for s in result.tables:
-        t.add_row(s.name, f"{s.source_rows:,}", f"{s.rows:,}",
+        of = f" of {base[s.name]:,}" if s.name in base else ""
+        t.add_row(s.name, f"{s.source_rows:,}{of}", f"{s.rows:,}",
                   Text(f"{s.rejects:,}", style="red" if s.rejects else ""),
                   _mb(s.bytes), f"{s.seconds:.1f}")
     t.add_row("total", f"{sum(s.source_rows for s in result.tables):,}",
@@ -101,4 +106,35 @@ def mapped_plan_text(plan: MappedPlan) -> Group:
         parts.append(notes_table(plan.notes))
     total = sum(t.rows for t in plan.tables)
     parts.append(Text(f"{len(plan.tables)} tables, {total:,} rows"))
+    return Group(*parts)
+
+
+def mapped_checks_text(links: list[LinkCheck], sources: list[SourceCount]) -> Group:
+    """verify after a mapped load: each feed against its base table, each link checked."""
+    parts: list[Table | Text] = []
+    if sources:
+        st = Table(title="source rows (what the mapping loaded of each source table)",
+                   title_justify="left")
+        for col, just in (("table", "left"), ("base table", "left"), ("base rows", "right"),
+                          ("loaded from it", "right"), ("left out", "right")):
+            st.add_column(col, justify=just)  # type: ignore[arg-type]
+        for s in sources:
+            left = None if s.base_rows is None else s.base_rows - s.rows
+            st.add_row(s.table, s.base or "(query)",
+                       "" if s.base_rows is None else f"{s.base_rows:,}", f"{s.rows:,}",
+                       Text("" if left is None else f"{left:,}", style="yellow" if left else ""))
+        parts.append(st)
+    if links:
+        lt = Table(title="links (each foreign key against the source's own reference)",
+                   title_justify="left")
+        for col in ("table", "foreign key", "checked via", "rows", "wrong", "not loaded parent"):
+            lt.add_column(col, overflow="fold")
+        for link in links:
+            wrong = Text(f"{link.wrong:,}", style="red" if link.wrong else "")
+            lt.add_row(link.table, link.constraint, link.via or f"skipped: {link.skipped}",
+                       f"{link.rows:,}", wrong, f"{link.orphans:,}")
+            for ex in link.examples:
+                lt.add_row("", "", f"e.g. source {ex['source_key']}: loaded {ex['loaded']}, "
+                           f"its source parent is {ex['expected']}", "", "", "")
+        parts.append(lt)
     return Group(*parts)

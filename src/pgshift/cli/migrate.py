@@ -70,6 +70,9 @@ def migrate_command(
     keep_indexes: Annotated[bool, typer.Option(
         "--keep-indexes", help="With --into-existing: load with the tables' plain indexes in "
         "place (default: set aside and rebuilt after the load, which is faster).")] = False,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="With --into-existing: a source column that feeds no target column "
+        "is a plan error unless the mapping's `drop:` names it.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
     = False,
 ) -> None:
@@ -100,7 +103,7 @@ def migrate_command(
         dry_run=dry_run, resume=resume, restart=restart, allow_rejects=allow_rejects,
         owner=owner, state_dir=state_dir, require_wal=require_wal,
         into_existing=into_existing, mapping=mapping, assume_tz=assume_tz, truncate=truncate,
-        keep_indexes=keep_indexes,
+        keep_indexes=keep_indexes, strict=strict,
     )
     with closing(for_terminal(json_output)) as progress:
         result = migrate(opts, progress)

@@ -13,6 +13,7 @@ from pgshift.cli.output import out_console, print_json
 from pgshift.dsn import resolve
 from pgshift.errors import ExitCode, PgshiftError, UsageError
 from pgshift.progress import for_terminal
+from pgshift.report_tables import mapped_checks_text
 from pgshift.source.snapshot import check_sqlite_file
 from pgshift.verify.run import VerifyOptions, VerifyResult, verify
 
@@ -100,6 +101,8 @@ def _print(result: VerifyResult) -> None:
         for s in result.schema_diffs:
             st.add_row(s.obj, s.what, s.expected, s.actual)
         con.print(st)
+    if result.links or result.sources:
+        con.print(mapped_checks_text(result.links, result.sources))
     verdict = "identical" if result.identical else "DIFFERENT"
     con.print(f"{verdict} ({result.seconds:.1f}s"
               + (f", sampled {result.sampled:.1%} of segments" if result.sampled else "") + ")")
@@ -110,5 +113,7 @@ class _Differences(PgshiftError):
 
     def __init__(self, result: VerifyResult) -> None:
         n = sum(len(v.diffs) for v in result.tables)
+        links = sum(link.wrong for link in result.links)
         super().__init__(f"differences found: {n} row(s), {len(result.schema_diffs)} schema "
-                         "item(s)", hint="rerun with --json for the full list")
+                         "item(s)" + (f", {links} wrong link(s)" if links else ""),
+                         hint="rerun with --json for the full list")

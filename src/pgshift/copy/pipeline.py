@@ -16,6 +16,7 @@ the PostgreSQL backend parsing in the other).
 from __future__ import annotations
 
 import queue
+import re
 import sqlite3
 import threading
 import time
@@ -354,6 +355,12 @@ class _Worker:
                         value = row[nkey + names.index(column)]
                 raw, cls = raw_for_report(value)
                 reason = (exc.diag.message_primary or str(exc)).strip()
+                # A duplicate names its constraint in the reason; the detail
+                # "Key (a, b)=(1, 2) already exists." gives its columns and values.
+                detail = _KEY_DETAIL.match(exc.diag.message_detail or "")
+                if column is None and detail:
+                    column, raw, cls = detail[1], detail[2], "key"
+                    reason += f": {exc.diag.message_detail}"
                 rejects.append(RejectRecord(ts.table.name, _key_dict(ts.key_names, row[:nkey]),
                                             column, raw, cls, f"PostgreSQL: {reason}"))
                 return 0, 0
@@ -361,6 +368,9 @@ class _Worker:
         a = self._load_bisect(ts, lines[:mid], rejects)
         b = self._load_bisect(ts, lines[mid:], rejects)
         return a[0] + b[0], a[1] + b[1]
+
+
+_KEY_DETAIL = re.compile(r"Key \((.+)\)=\((.*)\) (?:already exists|conflicts)", re.S)
 
 
 def _column_of(exc: psycopg.Error) -> str | None:

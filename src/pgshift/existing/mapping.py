@@ -53,6 +53,15 @@ class TableMap(BaseModel):
     key: dict[str, str] = Field(default_factory=dict)  # source key column -> target column
     reverse: dict[str, str] = Field(default_factory=dict)  # source column -> PostgreSQL expr
     skip: bool = False  # do not load this target table
+    # Source columns deliberately not loaded: without this, a source column that feeds
+    # nothing is a warning (and an error with --strict).
+    drop: list[str] = Field(default_factory=list)
+    # A query's base table (default: the first table of its FROM): its row count and
+    # the rows the query leaves out are reported.
+    base: str | None = None
+    # target foreign-key column(s) -> the source column(s) holding the same reference
+    # ("a, b" for composite keys); verify checks each link (default: the source's FKs).
+    relationships: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("columns", mode="before")
     @classmethod
@@ -77,6 +86,7 @@ class Mapping(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     assume_tz: str | None = None
+    strict: bool = False  # as --strict: a source column feeding nothing is a plan error
     tables: dict[str, TableMap] = Field(default_factory=dict)
 
 
@@ -102,19 +112,32 @@ def load_mapping(path: Path) -> Mapping:
     try:
         mapping = Mapping.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"] if p != "__root__")
-        raise UsageError(f"mapping file {path}: {loc}: {err['msg']}",
-                         hint="see docs/mapping.md for the format") from exc
+        # Every shape problem at once: one round of edits fixes them all.
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"] if p != "__root__")
+            lines.append(f"mapping file {path}: {loc}: {err['msg']}")
+        message = lines[0] if len(lines) == 1 else (f"{len(lines)} problems:\n  "
+                                                    + "\n  ".join(lines))
+        raise UsageError(message, hint="see docs/mapping.md for the format") from exc
+    problems = []
     for name, t in mapping.tables.items():
         if t.skip:
             continue
         if t.from_ and t.query:
-            raise UsageError(f"mapping file {path}: tables.{name}: give `from:` or `query:`, "
-                             "not both")
+            problems.append(f"mapping file {path}: tables.{name}: give `from:` or `query:`, "
+                            "not both")
+        if t.base and not t.query:
+            problems.append(f"mapping file {path}: tables.{name}: `base:` names the table "
+                            "a `query:` reads; this table has no query")
         if t.sync and (not t.key or not t.reverse):
-            raise UsageError(f"mapping file {path}: tables.{name}: `sync: true` needs `key:` "
-                             "and a `reverse:` for every source column",
-                             hint="pgshift sync carries this table back to SQLite after the "
-                                  "flip; see docs/mapping.md#reverse")
+            problems.append(f"mapping file {path}: tables.{name}: `sync: true` needs `key:` "
+                            "and a `reverse:` for every source column")
+    if problems:
+        sync = any("sync: true" in p for p in problems)
+        raise UsageError(problems[0] if len(problems) == 1 else
+                         f"{len(problems)} problems:\n  " + "\n  ".join(problems),
+                         hint="pgshift sync carries this table back to SQLite after the flip; "
+                              "see docs/mapping.md#reverse" if sync and len(problems) == 1
+                         else "see docs/mapping.md for the format")
     return mapping

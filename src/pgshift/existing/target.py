@@ -31,6 +31,7 @@ class TargetForeignKey:
     name: str
     columns: list[str]
     parent: str
+    parent_columns: list[str] = field(default_factory=list)  # the referenced key, in order
 
 
 @dataclass
@@ -72,7 +73,9 @@ _KEYS = """
 SELECT r.relname, c.conname, c.contype,
        (SELECT array_agg(a.attname ORDER BY k.ord) FROM unnest(c.conkey) WITH ORDINALITY
           k(attnum, ord) JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum),
-       pc.relname
+       pc.relname,
+       (SELECT array_agg(a.attname ORDER BY k.ord) FROM unnest(c.confkey) WITH ORDINALITY
+          k(attnum, ord) JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum)
 FROM pg_constraint c
 JOIN pg_class r ON r.oid = c.conrelid
 JOIN pg_namespace n ON n.oid = r.relnamespace
@@ -91,13 +94,14 @@ def read_target(conn: psycopg.Connection, schema: str) -> dict[str, TargetTable]
         base = str(base).lstrip("_") if str(cat) == "A" else str(base)
         table.columns.append(TargetColumn(name, typ, base, str(cat), bool(notnull), bool(hasdef),
                                           bool(ident), bool(gen), seq))
-    for rel, conname, contype, cols, parent in conn.execute(_KEYS, (schema,)).fetchall():
+    for rel, conname, contype, cols, parent, pcols in conn.execute(_KEYS, (schema,)).fetchall():
         if rel not in tables:
             continue
         if contype == "p":
             tables[rel].primary_key = list(cols)
         else:
-            tables[rel].foreign_keys.append(TargetForeignKey(conname, list(cols), parent))
+            tables[rel].foreign_keys.append(TargetForeignKey(conname, list(cols), parent,
+                                                             list(pcols or [])))
     return tables
 
 

@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import fnmatch
 import sqlite3
+from pathlib import Path
 from typing import Any
+
+import psycopg
 
 from pgshift.errors import UsageError
 from pgshift.existing import sqlfuncs
+from pgshift.existing.target import read_target
 from pgshift.schema.model import Column, Table
 from pgshift.schema.plan import Plan
 from pgshift.schema.typemap import TypeDecision
-from pgshift.source.catalog import SourceColumn, SourceTable
+from pgshift.source.catalog import SourceColumn, SourceTable, read_catalog
+from pgshift.source.snapshot import open_source
+from pgshift.verify.relationships import LinkCheck, SourceCount, check_links, source_counts
 
 PROFILE_MARK = "into_existing"
 
@@ -78,6 +84,25 @@ def mapped_plan(con: sqlite3.Connection, stored: dict[str, Any], *, schema: str,
         pk = [k for k in t["primary_key"] if any(c["name"] == k for c in t["columns"])]
         out.append(Table(t["table"], columns, source, primary_key=pk, rows=t["rows"]))
     return Plan(schema, out)
+
+
+def mapped_checks(con: sqlite3.Connection, pg: psycopg.Connection, sqlite_path: Path,
+                  stored: dict[str, Any], *, schema: str, tables: list[str],
+                  exclude: list[str]) -> tuple[list[LinkCheck], list[SourceCount]]:
+    """The checks that do not trust the mapping: links and per-source row counts.
+
+    Runs in verify's SQLite session after :func:`mapped_plan` (its TEMP views and
+    materialized queries); the source's structure is read on a connection of its
+    own, where those views do not shadow the source tables.
+    """
+    feeds = [t for t in stored[PROFILE_MARK]["tables"] if _chosen(t["table"], tables, exclude)]
+    structure = open_source(sqlite_path)
+    try:
+        catalog = read_catalog(structure)
+    finally:
+        structure.close()
+    links = check_links(con, feeds, read_target(pg, schema), catalog)
+    return links, source_counts(con, feeds)
 
 
 def _query_table(t: dict[str, Any]) -> str:

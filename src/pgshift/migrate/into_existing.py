@@ -7,7 +7,8 @@ snapshot, run record, checkpoints, rejects, resume and progress):
 2. catalog       the source's tables and the target's (pg_catalog)
 3. plan          per target column: source expression, conversion, anomalies
                  (``--dry-run`` stops here); bad mappings fail here, before any row
-4. prepare       empty-target check (or --truncate), query sources materialized
+4. prepare       empty-target check (or --truncate); query sources were materialized
+                 into the scratch file by the plan (a resumed run reuses that file)
 5. copy          the fresh load's COPY pipeline over the mapped rows
 6. indexes       the plain indexes set aside for the load rebuilt (existing/indexes.py)
 7. foreign keys  orphans reported with their keys (the load ran with FK triggers off)
@@ -28,7 +29,7 @@ from pgshift.copy.pipeline import CopyJob, TableSql, run_copy
 from pgshift.errors import UsageError
 from pgshift.existing import indexes, sqlfuncs
 from pgshift.existing.mapping import Mapping, load_mapping
-from pgshift.existing.plan import SCRATCH, MappedPlan, build_mapped_plan, check_reverse, q
+from pgshift.existing.plan import SCRATCH, MappedPlan, build_mapped_plan, q, scratch_name
 from pgshift.existing.target import TargetTable, load_order, read_target
 from pgshift.existing.verify_plan import stored_plan
 from pgshift.migrate.copying import ChunkCounter, pending_chunks
@@ -55,10 +56,11 @@ class IntoExistingLoad:
     def __init__(self, opts: MigrateOptions, state: StateDir) -> None:
         self.opts, self.state = opts, state
         self.mapping = load_mapping(opts.mapping) if opts.mapping else Mapping()
+        self._scratch: Path | None = None
 
     def scratch(self, run: RunRecord) -> Path:
-        """Where the run materializes query sources (one pass instead of one per chunk)."""
-        return self.state.root / f"scratch-{run.run_id}.db"
+        """Where the plan materialized query sources (one pass instead of one per chunk)."""
+        return self._scratch or self.state.root / f"scratch-{run.run_id}.db"
 
     def check_target(self, coord: psycopg.Connection) -> None:
         """The target schema must exist: the application's migrations made it."""
@@ -81,12 +83,20 @@ class IntoExistingLoad:
                 raise UsageError(f"--into-existing: schema {opts.schema!r} has no tables",
                                  hint="run the application's migrations against the target "
                                       "first")
-            plan = steps.run("plan", lambda: build_mapped_plan(
-                lambda: open_mapped(snap), catalog, target, self.mapping, schema=opts.schema,
-                tables=opts.tables, exclude=opts.exclude, assume_tz=opts.assume_tz,
-                jobs=opts.jobs, json_check=opts.dry_run))
-            check_reverse(coord, plan)
-            return plan
+            # Named by the snapshot and the queries: a resumed run (same snapshot) reuses
+            # the file its first run made, whose rowid ranges its chunks are.
+            scratch = self.state.root / (("dry-run-" if opts.dry_run else "")
+                                         + scratch_name(snap.path.stem, self.mapping))
+            self._scratch = scratch
+            try:
+                return steps.run("plan", lambda: build_mapped_plan(
+                    lambda: open_mapped(snap, scratch), catalog, target, self.mapping,
+                    schema=opts.schema, tables=opts.tables, exclude=opts.exclude,
+                    assume_tz=opts.assume_tz, jobs=opts.jobs, json_check=opts.dry_run,
+                    strict=opts.strict, pg=coord, scratch=scratch))
+            finally:
+                if opts.dry_run:
+                    scratch.unlink(missing_ok=True)
         finally:
             con.close()
 
@@ -188,20 +198,21 @@ def _prepare(conn: psycopg.Connection, opts: MigrateOptions, plan: MappedPlan, s
                          hint="add --truncate to empty them first (the rows the application's "
                               "migrations seeded are replaced by the source's), or --exclude "
                               "them")
-    if full:
+    if opts.truncate:
         # All loaded tables in one statement: PostgreSQL refuses to truncate a parent
-        # alone while its children's foreign keys point at it.
+        # alone while its children's foreign keys point at it. RESTART IDENTITY: every
+        # row is replaced, so ids the identity assigns start again as in the first run.
         rels = ", ".join(qualified(opts.schema, t.name) for t in plan.tables)
         try:
             with conn.transaction():
-                conn.execute(f"TRUNCATE {rels}")
+                conn.execute(f"TRUNCATE {rels} RESTART IDENTITY")
         except psycopg.errors.FeatureNotSupported as exc:
             raise UsageError(f"--truncate: {exc.diag.message_primary}; "
                              f"{exc.diag.message_detail or ''}".strip("; "),
                              hint="empty the referencing table first, or load it too") from exc
     if not opts.keep_indexes:
         indexes.set_aside(conn, opts.schema, [t.name for t in plan.tables])
-    queries = [t for t in plan.tables if t.source is None]
+    queries = [t for t in plan.tables if t.source is None and not t.materialized]
     if not queries:
         return
     scratch.unlink(missing_ok=True)

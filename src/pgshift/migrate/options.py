@@ -49,6 +49,7 @@ class MigrateOptions:
     assume_tz: str | None = None
     truncate: bool = False
     keep_indexes: bool = False  # --into-existing: load with the app's plain indexes in place
+    strict: bool = False  # --into-existing: a source column feeding nothing is a plan error
 
 
 @dataclass
@@ -116,7 +117,8 @@ def validate(opts: MigrateOptions) -> None:
     if not opts.into_existing:
         given = [n for n, v in (("--map", opts.mapping), ("--assume-tz", opts.assume_tz),
                                 ("--truncate", opts.truncate),
-                                ("--keep-indexes", opts.keep_indexes)) if v]
+                                ("--keep-indexes", opts.keep_indexes),
+                                ("--strict", opts.strict)) if v]
         if given:
             raise UsageError(f"{', '.join(given)} need(s) --into-existing",
                              hint="pgshift migrate SQLITE PG --into-existing --map mapping.yaml")

@@ -10,7 +10,9 @@ the SQLite session renders the canonical text.
 
 Per conversion, the canonical text is:
 
-    int, epoch_*    the integer (epoch_* compared at the source's unit)
+    int             the integer
+    epoch_*         microseconds since the epoch (the target's precision: a
+                    timestamp keeps microseconds), from the source's exact integer
     float           the IEEE-754 bits, 16 hex digits
     numeric         plain decimal notation (no exponent)
     text            the text
@@ -59,7 +61,8 @@ def pg_expr(conversion: str, column: str) -> str:
     if conversion == "bool":
         return f"CASE WHEN {c} THEN 't' WHEN NOT {c} THEN 'f' END"
     if conversion in _EPOCH_SCALE:
-        return f"(extract(epoch FROM {c}) * {_EPOCH_SCALE[conversion]})::bigint::text"
+        # extract() is exact numeric (PostgreSQL 14+): every stored microsecond counts.
+        return f"(extract(epoch FROM {c}) * 1000000)::bigint::text"
     if conversion == "ts_text":
         return f"to_char({c}, 'YYYY-MM-DD HH24:MI:SS.US')"
     if conversion == "tstz_text":
@@ -91,6 +94,10 @@ def sqlite_canon(conversion: str, column: str, classes: frozenset[str]) -> str:
     """SQLite SQL giving the canonical text of one column."""
     c = '"' + column.replace('"', '""') + '"'
     if conversion in _SQL_NATIVE and classes <= _SQL_NATIVE[conversion]:
+        if conversion in _EPOCH_SCALE:
+            # The source's exact integer, in the microseconds the target keeps.
+            scale = 1000000 // _EPOCH_SCALE[conversion]
+            return c if scale == 1 else f"({c} * {scale})"
         # hex(NULL) is '', so NULL must stay NULL explicitly.
         return f"iif({c} IS NULL, NULL, lower(hex({c})))" if conversion == "bytea" else c
     return f"{CANON_FN}('{conversion}', {c})"
@@ -273,6 +280,15 @@ def _bytea(v: object) -> str:
     return _text(v).encode("utf-8", "surrogateescape").hex()
 
 
+def _micros(scale: int) -> Callable[[object], str]:
+    """An epoch integer as microseconds; anything else can never equal a timestamp."""
+
+    def canon(v: object) -> str:
+        return str(v * scale) if isinstance(v, int) else "!" + _text(v)
+
+    return canon
+
+
 def _temporal(conversion: str) -> Callable[[object], str]:
     def canon(v: object) -> str:
         try:
@@ -322,7 +338,7 @@ def _round_fraction(text: str) -> str:
 CANON: dict[str, Callable[[object], str]] = {
     "int": _text, "text": _text, "float": _float, "numeric": _numeric, "json": _json,
     "bytea": _bytea, "bool": _bool, "uuid": _uuid,
-    "epoch_s": _text, "epoch_ms": _text, "epoch_us": _text,
+    "epoch_s": _micros(1000000), "epoch_ms": _micros(1000), "epoch_us": _micros(1),
     "ts_text": _temporal("ts_text"), "tstz_text": _temporal("tstz_text"),
     "date_text": _temporal("date_text"), "time_text": _temporal("time_text"),
     "epoch_s_date": _temporal("epoch_s_date"), "epoch_ms_date": _temporal("epoch_ms_date"),

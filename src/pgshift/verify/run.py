@@ -23,12 +23,13 @@ import psycopg
 from pgshift.copy.checkpoint import load_profile
 from pgshift.dsn import Dsn, connect
 from pgshift.errors import ExitCode, SourceError, TargetError, UsageError
-from pgshift.existing.verify_plan import is_into_existing, mapped_plan
+from pgshift.existing.verify_plan import is_into_existing, mapped_checks, mapped_plan
 from pgshift.progress import NullProgress, Progress
 from pgshift.schema.plan import Plan, build_plan, select_tables
 from pgshift.source.catalog import read_catalog
 from pgshift.source.profile import profile_table, profiles_from_json
 from pgshift.source.snapshot import Snapshot, check_snapshot_of, open_source
+from pgshift.verify.relationships import LinkCheck, SourceCount
 from pgshift.verify.schema_check import SchemaDiff, check_schema
 from pgshift.verify.segments import ROWS_TO_COMPARE, Range, RowDiff, TableComparer
 
@@ -86,10 +87,15 @@ class VerifyResult:
     schema_diffs: list[SchemaDiff]
     seconds: float
     sampled: float | None = None
+    # After a mapped load: links checked against the source's own references, and
+    # each feed's rows next to its base table's (verify/relationships.py).
+    links: list[LinkCheck] = field(default_factory=list)
+    sources: list[SourceCount] = field(default_factory=list)
 
     @property
     def identical(self) -> bool:
-        return all(t.equal for t in self.tables) and not self.schema_diffs
+        return (all(t.equal for t in self.tables) and not self.schema_diffs
+                and all(link.ok for link in self.links))
 
     @property
     def exit_code(self) -> ExitCode:
@@ -109,6 +115,8 @@ class VerifyResult:
                 "differences": [d.to_dict() for d in t.diffs], "more_differences": t.more_diffs,
             } for t in self.tables],
             "schema_differences": [d.to_dict() for d in self.schema_diffs],
+            "links": [link.to_dict() for link in self.links],
+            "sources": [c.to_dict() for c in self.sources],
         }
 
 
@@ -160,6 +168,14 @@ def verify(opts: VerifyOptions, progress: Progress | None = None) -> VerifyResul
             progress.step(f"compare {t.name}")
             progress.task(t.name, t.rows)
             verdicts.append(_compare_table(opts, plan, t.name, src, pg, progress))
+        links: list[LinkCheck] = []
+        sources: list[SourceCount] = []
+        if mapped:
+            progress.step("links and source counts")
+            links, sources = mapped_checks(src, pg, read,
+                                           load_profile(pg, opts.schema) or {},
+                                           schema=opts.schema, tables=opts.tables,
+                                           exclude=opts.exclude)
         pg.rollback()
     except psycopg.OperationalError as exc:
         raise TargetError(f"PostgreSQL failed during verify: {exc}") from exc
@@ -168,7 +184,8 @@ def verify(opts: VerifyOptions, progress: Progress | None = None) -> VerifyResul
     finally:
         src.close()
         pg.close()
-    return VerifyResult(verdicts, schema_diffs, time.perf_counter() - started, opts.sample)
+    return VerifyResult(verdicts, schema_diffs, time.perf_counter() - started, opts.sample,
+                        links, sources)
 
 
 def _plan(opts: VerifyOptions, src: sqlite3.Connection, pg: psycopg.Connection
