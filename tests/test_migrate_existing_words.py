@@ -63,6 +63,8 @@ def test_unmapped_source_columns_are_listed_per_table(tmp_path: Path, pg_dsn: Ds
     result = run_migrate(db, pg_dsn, tmp_path / "state", into_existing=True, mapping=m,
                          dry_run=True)
     plan = result.to_dict()["plan"]
+    # The dry run materialized the query sources to profile them, and cleaned up.
+    assert not list((tmp_path / "state").glob("*scratch*"))
     unmapped = {t["table"]: t["unmapped"] for t in plan["tables"]}
     # job_history's text job_id only feeds the JOIN: the target gets the new integer id.
     assert unmapped == {"tool_configs": ["token_iv", "refresh_iv"], "jobs": [],
@@ -79,6 +81,7 @@ def test_unmapped_source_columns_are_listed_per_table(tmp_path: Path, pg_dsn: Ds
     assert done.exit_code == 0
     said = [n["object"] for n in done.to_dict()["notes"] if "feed no target" in n["message"]]
     assert sorted(said) == ["job_history (query)", "tool_configs"]
+    assert not list((tmp_path / "state").glob("*scratch*"))
 
 
 def test_strict_refuses_unacknowledged_columns_and_drop_acknowledges(
