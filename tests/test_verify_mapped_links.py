@@ -94,6 +94,8 @@ def test_cli_prints_links_and_source_rows(tmp_path: Path, pg_dsn: Dsn,
     assert main(["verify", str(db), pg_dsn.conninfo]) == 0
     out = capsys.readouterr().out
     assert "job_history_job_id_fkey" in out and "job_history.job_id -> jobs.id" in out
+    assert "the rows are compared with what the mapping yields" in out
+    assert "(1 of 1 foreign key(s) checked" in out
     cells = next([c.strip() for c in ln.split("│") if c.strip()] for ln in out.splitlines()
                  if "job_history" in ln and "901" in ln)
     # table, base table, base rows, loaded from it, left out (the orphan the JOIN dropped)

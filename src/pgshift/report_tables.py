@@ -137,4 +137,10 @@ def mapped_checks_text(links: list[LinkCheck], sources: list[SourceCount]) -> Gr
                 lt.add_row("", "", f"e.g. source {ex['source_key']}: loaded {ex['loaded']}, "
                            f"its source parent is {ex['expected']}", "", "", "")
         parts.append(lt)
+    checked = sum(1 for link in links if link.skipped is None)
+    parts.append(Text("after a mapped load: the rows are compared with what the mapping yields "
+                      "from the source, so a mistake in the mapping itself shows only in the "
+                      f"links ({checked} of {len(links)} foreign key(s) checked against the "
+                      "source's own references) and the source rows above; see "
+                      "docs/mapping.md#verify"))
     return Group(*parts)
