@@ -249,3 +249,20 @@ def test_rejects_name_the_source_key_and_the_conflicting_constraint(
     assert dup["key"] in ({"id": "job-0001"}, {"id": "job-0002"})
     assert dup["raw_value"] == "job-0001"
     assert "jobs_legacy_id_key" in dup["reason"] and "already exists" in dup["reason"]
+
+
+def test_the_documented_mapping_example_is_a_valid_mapping(tmp_path: Path) -> None:
+    import re
+
+    from pgshift.existing.mapping import load_mapping
+
+    doc = (Path(__file__).parent.parent / "docs" / "mapping.md").read_text()
+    match = re.search(r"```yaml\n(.*?)```", doc, re.S)
+    assert match is not None
+    path = tmp_path / "example.yaml"
+    path.write_text(match.group(1))
+    mapping = load_mapping(path)
+    assert mapping.strict and mapping.tables["job_history"].drop == ["job_id"]
+    assert mapping.tables["job_history"].base == "job_history"
+    assert mapping.tables["oauth_tokens"].relationships == {"user_id": "owner"}
+    assert mapping.tables["tool_configs"].columns["updated_at"].default
