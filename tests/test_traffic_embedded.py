@@ -106,14 +106,31 @@ def test_cohort_header_takes_precedence(pair: tuple[TestBackend, TestBackend]) -
 def test_forwarded_headers_and_hop_by_hop(client: httpx.Client, pair) -> None:
     resp = client.post("/echo", content=b"hello", headers={
         "Connection": "keep-alive, X-Secret", "X-Secret": "drop me", "Keep-Alive": "timeout=5",
-        "X-Forwarded-For": "10.0.0.1", "TE": "trailers", "X-Keep": "yes"})
+        "X-Forwarded-For": "10.0.0.1", "X-Forwarded-Proto": "https", "TE": "trailers",
+        "X-Keep": "yes"})
     seen = {k.lower(): v for k, v in resp.json()["headers"].items()}
-    assert seen["x-forwarded-for"] == "10.0.0.1, 127.0.0.1"
+    # the peer is no --trusted-proxy: what it claims is overwritten
+    assert seen["x-forwarded-for"] == "127.0.0.1"
     assert seen["x-forwarded-proto"] == "http"
     assert seen["x-keep"] == "yes"
     for hop in ("x-secret", "keep-alive", "te"):
         assert hop not in seen
     assert resp.json()["body"] == "hello"
+
+
+def test_a_trusted_proxy_keeps_its_forwarded_headers(pair) -> None:
+    p = _proxy(*pair, trusted_proxies=("127.0.0.0/8",))
+    try:
+        with httpx.Client(base_url=p.url) as c:
+            seen = c.get("/", headers={"X-Forwarded-For": "203.0.113.9",
+                                       "X-Forwarded-Proto": "https"}).json()["headers"]
+            plain = c.get("/").json()["headers"]
+    finally:
+        p.stop()
+    assert seen["X-Forwarded-For"] == "203.0.113.9, 127.0.0.1"
+    assert seen["X-Forwarded-Proto"] == "https"
+    assert plain["X-Forwarded-For"] == "127.0.0.1"
+    assert plain["X-Forwarded-Proto"] == "http"
 
 
 def test_chunked_bodies_stream_both_ways(client: httpx.Client) -> None:

@@ -43,12 +43,26 @@ def proxy_command(
         "--fence-timeout", help="Seconds a held write waits before a 503 Retry-After.")] = 30.0,
     weight: Annotated[float, typer.Option("--weight", help="Initial green weight, percent.")
                       ] = 0.0,
+    header_timeout: Annotated[float, typer.Option(
+        "--header-timeout", help="Seconds a client has to send a whole request head (else "
+                                 "408 and close).")] = 30.0,
+    max_connections: Annotated[int, typer.Option(
+        "--max-connections", help="Open client connections at most (lowered to fit the "
+                                  "descriptor limit); more get 503.")] = 4096,
+    max_header_size: Annotated[int, typer.Option(
+        "--max-header-size", help="Bytes of request line plus headers at most (data and "
+                                  "admin ports); more get 431.")] = 16384,
+    trusted_proxy: Annotated[list[str] | None, typer.Option(
+        "--trusted-proxy", help="Address or CIDR of a proxy in front whose X-Forwarded-For/"
+                                "-Proto are kept (repeatable); from others they are "
+                                "overwritten.")] = None,
 ) -> None:
     """Run the embedded reverse proxy: weighted sticky cohorts, write routing, write fence.
 
     Reads go to green for a stable, monotone cohort of clients (weight in percent);
     mutating requests go to the system of record (blue until the flip). Drive it with
-    `pgshift traffic ... --router embedded` or its admin API. Stops on Ctrl-C / SIGTERM.
+    `pgshift traffic ... --router embedded` or its admin API. Logs one JSON line per
+    event on stderr. Stops on Ctrl-C / SIGTERM.
 
     Examples:
 
@@ -63,7 +77,10 @@ def proxy_command(
     cfg = make_config(blue=blue, green=green, listen=listen, admin=admin, token=given,
                       cohort_header=cohort_header, write_paths=tuple(write_path or ()),
                       health_path=health_path, interval=health_interval, rise=rise, fall=fall,
-                      eject_after=eject_after, fence_timeout=fence_timeout, weight=weight)
+                      eject_after=eject_after, fence_timeout=fence_timeout, weight=weight,
+                      header_timeout=header_timeout, max_connections=max_connections,
+                      max_header_size=max_header_size,
+                      trusted_proxies=tuple(trusted_proxy or ()))
 
     def ready(p: object) -> None:
         from pgshift.traffic.proxy import Proxy

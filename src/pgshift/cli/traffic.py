@@ -13,9 +13,11 @@ from pgshift.traffic.factory import close, describe, open_router, parse_options
 from pgshift.traffic.router import Router, WriteFence, WriteRouting
 
 traffic_app = typer.Typer(
-    help="Steer traffic between blue and green through a router: status, weight, write "
-         "fence, and the HAProxy config. (Rollback belongs to `pgshift rollback`, which "
-         "also drains data.)",
+    help="Steer traffic between blue and green through a router: status, weight, system of "
+         "record, write fence, and the HAProxy config. To send everything back to blue: "
+         "`pgshift traffic set-weight 0` and `pgshift traffic set-system-of-record blue` "
+         "(writes made on green do not flow back by themselves). Unreachable router: "
+         "exit 2; a change the router refused: exit 6.",
     no_args_is_help=True,
 )
 
@@ -75,7 +77,16 @@ def status_command(router: RouterOpt = "embedded",
                    window: Annotated[float, typer.Option("--window", help="Seconds of "
                                                          "figures.")] = 60.0,
                    json_output: JsonOpt = False) -> None:
-    """Weight, system of record, fence and per-backend figures."""
+    """Weight, system of record, fence and per-backend figures.
+
+    Examples:
+
+    \b
+      pgshift traffic status
+      pgshift traffic status --window 300 --json
+      pgshift traffic status --router haproxy --socket /run/haproxy/pgshift.sock \\
+          --map-file /etc/haproxy/pgshift.map
+    """
     r = _open(router, admin_url, token, socket, map_file, router_option)
     try:
         _report(r, json_output, window)
@@ -90,7 +101,14 @@ def set_weight_command(
         router: RouterOpt = "embedded", admin_url: AdminOpt = "http://127.0.0.1:9180",
         token: TokenOpt = None, socket: SocketOpt = None, map_file: MapOpt = None,
         router_option: OptionsOpt = None, json_output: JsonOpt = False) -> None:
-    """Send WEIGHT % of clients (a sticky cohort; raising it never moves one back) to green."""
+    """Send WEIGHT % of clients (a sticky cohort; raising it never moves one back) to green.
+
+    Examples:
+
+    \b
+      pgshift traffic set-weight 5
+      pgshift traffic set-weight 0 --admin-url http://127.0.0.1:9180 --token env:ADMIN_TOKEN
+    """
     r = _open(router, admin_url, token, socket, map_file, router_option)
     try:
         r.set_weight(weight)
@@ -105,7 +123,14 @@ def set_sor_command(
         router: RouterOpt = "embedded", admin_url: AdminOpt = "http://127.0.0.1:9180",
         token: TokenOpt = None, socket: SocketOpt = None, map_file: MapOpt = None,
         router_option: OptionsOpt = None, json_output: JsonOpt = False) -> None:
-    """Send mutating requests to SIDE (the flip; normally done by `pgshift rollout`)."""
+    """Send mutating requests to SIDE (the flip: hold the write fence around it).
+
+    Example (the flip by hand, embedded proxy):
+
+    \b
+      pgshift traffic hold && pgshift traffic set-system-of-record green \\
+          && pgshift traffic release
+    """
     r = _open(router, admin_url, token, socket, map_file, router_option)
     try:
         if not isinstance(r, WriteRouting):
@@ -134,7 +159,16 @@ def _fence(router: str, admin_url: str, token: str | None, json_output: bool,
 def hold_command(router: RouterOpt = "embedded", admin_url: AdminOpt = "http://127.0.0.1:9180",
                  token: TokenOpt = None, router_option: OptionsOpt = None,
                  json_output: JsonOpt = False) -> None:
-    """Hold new mutating requests at the proxy (reads keep flowing)."""
+    """Hold new mutating requests at the proxy (reads keep flowing).
+
+    Returns once the writes already sent are answered (exit 6 if some are still in flight
+    after 10 s; the fence stays held). Embedded proxy only.
+
+    Example:
+
+    \b
+      pgshift traffic hold --admin-url http://127.0.0.1:9180
+    """
     _fence(router, admin_url, token, json_output, hold=True)
 
 
@@ -142,7 +176,13 @@ def hold_command(router: RouterOpt = "embedded", admin_url: AdminOpt = "http://1
 def release_command(router: RouterOpt = "embedded",
                     admin_url: AdminOpt = "http://127.0.0.1:9180", token: TokenOpt = None,
                     router_option: OptionsOpt = None, json_output: JsonOpt = False) -> None:
-    """Release held mutating requests to the system of record in effect."""
+    """Release held mutating requests to the system of record in effect.
+
+    Example:
+
+    \b
+      pgshift traffic release --admin-url http://127.0.0.1:9180
+    """
     _fence(router, admin_url, token, json_output, hold=False)
 
 

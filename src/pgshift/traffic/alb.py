@@ -23,11 +23,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from pgshift.errors import PgshiftError, UsageError
+from pgshift.errors import UsageError
 from pgshift.traffic.router import (
     STATUS_CLASSES,
     BackendFigures,
     Figures,
+    RouterError,
+    RouterUnreachable,
     Side,
     check_side,
     check_weight,
@@ -37,8 +39,12 @@ WRITE_METHODS = ["POST", "PUT", "PATCH", "DELETE"]
 SCALE = 1000  # listener weights out of 1000 (ALB allows 0..999 per group; see _weights)
 
 
-class AlbError(PgshiftError):
-    """The AWS API refused a call."""
+class AlbError(RouterError):
+    """The AWS API refused a call (exit 6)."""
+
+
+class AlbUnreachable(AlbError, RouterUnreachable):
+    """The AWS API cannot be reached (exit 2)."""
 
 
 def _weights(pct: float) -> tuple[int, int]:
@@ -72,10 +78,13 @@ class AlbRouter:
         self.cloudwatch = cloudwatch or boto3.client("cloudwatch", **kw)
 
     def _call(self, fn: Any, **kw: Any) -> Any:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
         try:
             return fn(**kw)
+        except EndpointConnectionError as exc:
+            raise AlbUnreachable(f"AWS {fn.__name__}: {exc}", operation=fn.__name__,
+                                 hint="check region= and endpoint= (--router-option)") from exc
         except (ClientError, BotoCoreError) as exc:
             raise AlbError(f"AWS {fn.__name__}: {exc}", operation=fn.__name__) from exc
 

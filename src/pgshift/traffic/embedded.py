@@ -10,12 +10,17 @@ from typing import Any
 
 import httpx
 
-from pgshift.errors import PgshiftError, UsageError
-from pgshift.traffic.router import Figures, Side, check_side, check_weight
+from pgshift.errors import UsageError
+from pgshift.traffic.router import (
+    Figures,
+    RouterError,
+    RouterUnreachable,
+    Side,
+    check_side,
+    check_weight,
+)
 
-
-class RouterError(PgshiftError):
-    """The router refused a change or cannot be reached."""
+__all__ = ["EmbeddedRouter", "RouterError", "RouterUnreachable"]
 
 
 class EmbeddedRouter:
@@ -43,9 +48,11 @@ class EmbeddedRouter:
         try:
             resp = self._http.request(method, path, json=json, params=params)
         except httpx.HTTPError as exc:
-            raise RouterError(f"embedded proxy admin API at {self.admin_url} unreachable: {exc}",
-                              hint="start it with: pgshift proxy --blue URL --green URL",
-                              operation=f"{method} {path}") from exc
+            raise RouterUnreachable(
+                f"embedded proxy admin API at {self.admin_url} unreachable: "
+                f"{exc or type(exc).__name__}",
+                hint="start it with: pgshift proxy --blue URL --green URL (or pass its "
+                     "--admin-url)", operation=f"{method} {path}") from exc
         if resp.status_code == 401:
             raise UsageError("the embedded proxy refused the admin token",
                              hint="pass the proxy's token: --token env:PGSHIFT_ADMIN_TOKEN")

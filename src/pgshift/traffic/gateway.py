@@ -22,11 +22,13 @@ from typing import Any
 
 import httpx
 
-from pgshift.errors import PgshiftError, UsageError
+from pgshift.errors import UsageError
 from pgshift.traffic.router import (
     STATUS_CLASSES,
     BackendFigures,
     Figures,
+    RouterError,
+    RouterUnreachable,
     Side,
     check_side,
     check_weight,
@@ -36,8 +38,12 @@ GROUP = "gateway.networking.k8s.io"
 TOTAL = 10_000
 
 
-class GatewayError(PgshiftError):
-    """The Kubernetes or Prometheus API refused a call."""
+class GatewayError(RouterError):
+    """The Kubernetes or Prometheus API refused a call (exit 6)."""
+
+
+class GatewayUnreachable(GatewayError, RouterUnreachable):
+    """The Kubernetes API cannot be reached (exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +95,8 @@ class GatewayRouter:
         try:
             resp = self.k8s.get(self.path)
         except httpx.HTTPError as exc:
-            raise GatewayError(f"Kubernetes API unreachable: {exc}") from exc
+            raise GatewayUnreachable(f"Kubernetes API unreachable: {exc}",
+                                     hint="check --router-option api=URL") from exc
         if resp.status_code != 200:
             raise GatewayError(f"GET {self.path}: HTTP {resp.status_code}: {resp.text[:200]}",
                                hint="check the namespace, the route name and RBAC")
@@ -103,7 +110,8 @@ class GatewayRouter:
             resp = self.k8s.patch(self.path, json=body,
                                   headers={"Content-Type": "application/json-patch+json"})
         except httpx.HTTPError as exc:
-            raise GatewayError(f"Kubernetes API unreachable: {exc}") from exc
+            raise GatewayUnreachable(f"Kubernetes API unreachable: {exc}",
+                                     hint="check --router-option api=URL") from exc
         if resp.status_code != 200:
             raise GatewayError(f"PATCH {self.path}: HTTP {resp.status_code}: "
                                f"{resp.text[:200]}",

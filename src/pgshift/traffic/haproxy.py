@@ -32,21 +32,27 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pgshift.errors import PgshiftError, UsageError
+from pgshift.errors import UsageError
 from pgshift.traffic.proxy.cohort import COOKIE, threshold
 from pgshift.traffic.proxy.config import Backend, HealthCheck, parse_listen
 from pgshift.traffic.router import (
     STATUS_CLASSES,
     BackendFigures,
     Figures,
+    RouterError,
+    RouterUnreachable,
     Side,
     check_side,
     check_weight,
 )
 
 
-class HAProxyError(PgshiftError):
-    """HAProxy's runtime API failed or answered with an error."""
+class HAProxyError(RouterError):
+    """HAProxy's runtime API answered with an error (exit 6)."""
+
+
+class HAProxyUnreachable(HAProxyError, RouterUnreachable):
+    """HAProxy's stats socket cannot be reached (exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -198,7 +204,7 @@ class RuntimeAPI:
                 while data := s.recv(65536):
                     chunks.append(data)
         except OSError as exc:
-            raise HAProxyError(f"HAProxy runtime API at {self.path}: {exc}",
+            raise HAProxyUnreachable(f"HAProxy runtime API at {self.path}: {exc}",
                                hint="is haproxy running with the config from "
                                     "`pgshift traffic haproxy-config`?",
                                operation=command) from exc

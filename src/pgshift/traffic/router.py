@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import bisect
 import math
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from pgshift.errors import UsageError
+from pgshift.errors import ExitCode, PgshiftError, UsageError
 
 Side = Literal["blue", "green"]
 SIDES: tuple[Side, Side] = ("blue", "green")
@@ -45,16 +46,31 @@ LATENCY_BUCKETS_MS: tuple[float, ...] = (
 )
 
 
-def check_weight(pct: float) -> float:
-    """Validate a green weight in percent (0..100, resolution 0.01) and return it as a float."""
-    try:
-        value = float(pct)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"weight must be a number from 0 to 100, got {pct!r}",
-                         hint="pgshift traffic set-weight 25") from exc
+class RouterError(PgshiftError):
+    """A router refused or failed a change (exit 6: the step stopped; nothing more was
+    changed). Its API answering at all is assumed: see ``RouterUnreachable``."""
+
+    exit_code = ExitCode.ABORTED
+
+
+class RouterUnreachable(RouterError):
+    """The router's API cannot be reached (wrong address, proxy not running, no socket):
+    an input problem, exit 2, like an unreachable database."""
+
+    exit_code = ExitCode.USAGE
+
+
+def check_weight(pct: float, *, hint: str = "pgshift traffic set-weight 25") -> float:
+    """Validate a green weight in percent (0..100, resolution 0.01) and return it as a float.
+
+    Booleans and strings are refused (JSON ``true`` is not 1 %); ``hint`` names the way
+    the caller's user gives a weight (a CLI option, a command, an API field)."""
+    if isinstance(pct, bool) or not isinstance(pct, numbers.Real):
+        raise UsageError(f"weight must be a number from 0 to 100, got {pct!r}", hint=hint)
+    value = float(pct)
     if not 0.0 <= value <= 100.0 or math.isnan(value):
         raise UsageError(f"weight must be from 0 to 100 (percent of clients on green), got {pct}",
-                         hint="pgshift traffic set-weight 25")
+                         hint=hint)
     return round(value, 2)
 
 
@@ -252,6 +268,8 @@ __all__ = [
     "BackendFigures",
     "Figures",
     "Router",
+    "RouterError",
+    "RouterUnreachable",
     "Side",
     "WriteFence",
     "WriteRouting",

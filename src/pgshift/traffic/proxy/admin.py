@@ -11,7 +11,9 @@
     POST /rollback                   everything to blue (weight 0, SoR blue, fence released)
 
 Every endpoint needs ``Authorization: Bearer <token>``; bad input is a 400 with
-``{"error": ...}``. Changes apply between two requests on the proxy's loop, so they take
+``{"error": ...}`` (a malformed request too, then the connection closes); a head over
+the proxy's ``max_header_size`` is a 431, a body over 64 KiB a 413, a request not complete
+within 30 s a 408. Changes apply between two requests on the proxy's loop, so they take
 effect on the next request.
 """
 
@@ -32,60 +34,130 @@ from pgshift.traffic.proxy.stats import PROMETHEUS_HELP
 from pgshift.traffic.router import Figures
 
 MAX_BODY = 64 * 1024
+REQUEST_TIMEOUT = 30.0  # seconds for one whole admin request (head and body) to arrive
+MAX_CONNECTIONS = 64  # admin clients at once: one rollout engine and a few operators
+
+
+class _TooLarge(Exception):
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status = status
 
 
 class _Req:
-    def __init__(self) -> None:
+    def __init__(self, max_head: int) -> None:
         self.url = b""
         self.headers: dict[bytes, bytes] = {}
         self.body = b""
         self.done = False
+        self.head_done = False
+        self.max_head = max_head
+        self.head_size = 0  # bytes seen by the callbacks
+        self.head_raw = 0  # bytes of reads that began inside the head
         self.parser = httptools.HttpRequestParser(self)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        self.head_size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.lower()] = value
+        self.head_size += len(name) + len(value) + 4
+
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+        if self.head_size > self.max_head:
+            raise _TooLarge(431, f"request head larger than {self.max_head} bytes")
 
     def on_body(self, body: bytes) -> None:
         self.body += body
         if len(self.body) > MAX_BODY:
-            raise ValueError("body too large")
+            raise _TooLarge(413, f"body larger than {MAX_BODY} bytes")
 
     def on_message_complete(self) -> None:
         self.done = True
 
+    def feed(self, data: bytes) -> None:
+        """Parse ``data``; ``_TooLarge`` or ``httptools.HttpParserError`` on bad input."""
+        started = self.head_size > 0 or self.head_raw > 0
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _TooLarge):
+                raise exc.__context__ from None
+            raise
+        if not self.head_done:
+            if started:
+                self.head_raw += len(data)
+            if max(self.head_raw, self.head_size) > self.max_head:
+                raise _TooLarge(431, f"request head larger than {self.max_head} bytes")
+
+
+def _response(status: int, ctype: bytes, body: bytes, keep: bool) -> bytes:
+    return (b"HTTP/1.1 %d %b\r\nContent-Type: %b\r\nContent-Length: %d\r\n"
+            b"Connection: %b\r\n\r\n%b" % (
+                status, _REASONS.get(status, b"OK"), ctype, len(body),
+                b"keep-alive" if keep else b"close", body))
+
 
 class AdminServer:
-    def __init__(self, state: RoutingState, token: str) -> None:
+    def __init__(self, state: RoutingState, token: str, max_head: int = 16 * 1024) -> None:
         self.state = state
         self.token = token.encode()
+        self.max_head = max_head
+        self.connections = 0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one admin connection: requests one after another, each within
+        ``REQUEST_TIMEOUT``; malformed ones get 400, oversized ones 431/413, then close."""
+        self.connections += 1
+        peer = writer.get_extra_info("peername")
+        peer = peer[0] if isinstance(peer, tuple) else "unix"
         try:
+            if self.connections > MAX_CONNECTIONS:
+                self.state.refusals("admin_connection_limit", peer=peer, limit=MAX_CONNECTIONS)
+                writer.write(_response(*_json(503, {"error": "too many admin connections"}),
+                                       keep=False))
+                return
             while True:
-                req = _Req()
-                while not req.done:
-                    data = await asyncio.wait_for(reader.read(65536), 30)
-                    if not data:
-                        return
-                    req.parser.feed_data(data)
+                req = _Req(self.max_head)
+                try:
+                    async with asyncio.timeout(REQUEST_TIMEOUT):
+                        while not req.done:
+                            data = await reader.read(65536)
+                            if not data:
+                                return
+                            req.feed(data)
+                except TimeoutError:
+                    if req.head_size or req.head_raw:
+                        self._refuse(writer, peer, 408, "request not received in time",
+                                     "admin_timeout")
+                    return
+                except _TooLarge as exc:
+                    self._refuse(writer, peer, exc.status, str(exc), "admin_too_large")
+                    return
+                except httptools.HttpParserError as exc:
+                    self._refuse(writer, peer, 400, f"malformed request: {exc}",
+                                 "admin_bad_request")
+                    return
                 status, ctype, body = self.dispatch(req)
                 if status == 202:  # hold: answer once writes already sent have finished
                     status, ctype, body = await self._drained(req)
                 keep = req.parser.should_keep_alive()
-                writer.write(b"HTTP/1.1 %d %b\r\nContent-Type: %b\r\nContent-Length: %d\r\n"
-                             b"Connection: %b\r\n\r\n%b" % (
-                                 status, _REASONS.get(status, b"OK"), ctype, len(body),
-                                 b"keep-alive" if keep else b"close", body))
+                writer.write(_response(status, ctype, body, keep))
                 await writer.drain()
                 if not keep:
                     return
-        except (ConnectionError, TimeoutError, httptools.HttpParserError, ValueError):
+        except ConnectionError:
             return
         finally:
+            self.connections -= 1
             writer.close()
+
+    def _refuse(self, writer: asyncio.StreamWriter, peer: str, status: int, why: str,
+                reason: str) -> None:
+        self.state.refusals(reason, peer=peer, status=status)
+        writer.write(_response(*_json(status, {"error": why}), keep=False))
 
     def dispatch(self, req: _Req) -> tuple[int, bytes, bytes]:
         auth = req.headers.get(b"authorization", b"")
@@ -100,7 +172,7 @@ class AdminServer:
             payload = json.loads(req.body) if req.body else {}
             if not isinstance(payload, dict):
                 raise ValueError("expected a JSON object")
-        except ValueError as exc:
+        except (ValueError, UnicodeDecodeError) as exc:
             return _json(400, {"error": f"bad JSON body: {exc}"})
         route = _ROUTES.get((method, path))
         if route is None:
@@ -126,24 +198,30 @@ class AdminServer:
 
     def figures(self, payload: dict[str, Any], query: dict[str, list[str]]) -> dict[str, Any]:
         window = float(query.get("window", ["60"])[0])
-        if not 0 < window <= 3600:
+        if not 0 < window <= 3600:  # (NaN fails this too)
             raise ValueError("window must be in (0, 3600] seconds")
         st = self.state.stats
         return Figures(window=window, blue=st["blue"].window(window),
                        green=st["green"].window(window), source="embedded").to_dict()
 
     def set_weight(self, payload: dict[str, Any], query: dict[str, list[str]]) -> dict[str, Any]:
+        if "weight" not in payload:
+            raise ValueError('expected {"weight": <0..100>}')
         self.state.set_weight(payload["weight"])
         return self.state.status()
 
     def set_sor(self, payload: dict[str, Any], query: dict[str, list[str]]) -> dict[str, Any]:
-        self.state.set_sor(payload["side"])
+        side = payload.get("side")
+        if not isinstance(side, str):
+            raise ValueError('expected {"side": "blue"} or {"side": "green"}')
+        self.state.set_sor(side)
         return self.state.status()
 
     def hold(self, payload: dict[str, Any], query: dict[str, list[str]]) -> dict[str, Any]:
-        wait = float(payload.get("wait", 10.0))
-        if not 0 <= wait <= 300:
-            raise ValueError("wait must be 0..300 seconds")
+        wait = payload.get("wait", 10.0)
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or \
+                not 0 <= wait <= 300:
+            raise ValueError(f"wait must be a number of seconds from 0 to 300, got {wait!r}")
         self.state.hold()
         return {"_drain": wait}
 
@@ -201,7 +279,9 @@ _ROUTES = {
     (b"POST", "/rollback"): AdminServer.rollback,
 }
 _REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found",
-            405: b"Method Not Allowed", 409: b"Conflict"}
+            405: b"Method Not Allowed", 408: b"Request Timeout", 409: b"Conflict",
+            413: b"Content Too Large", 431: b"Request Header Fields Too Large",
+            503: b"Service Unavailable"}
 
 
 def _json(status: int, payload: Any) -> tuple[int, bytes, bytes]:

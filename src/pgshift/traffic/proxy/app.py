@@ -7,14 +7,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from pgshift.errors import UsageError
 from pgshift.traffic.proxy.admin import AdminServer
 from pgshift.traffic.proxy.config import Backend, ProxyConfig
-from pgshift.traffic.proxy.server import ProxyServer
+from pgshift.traffic.proxy.events import emit, log_to_stderr
+from pgshift.traffic.proxy.server import OUT_OF_DESCRIPTORS, ProxyServer
 from pgshift.traffic.proxy.state import RoutingState
+
+try:
+    import resource
+except ImportError:  # pragma: no cover - Windows
+    resource = None  # type: ignore[assignment]
+
+FD_RESERVE = 64  # descriptors kept for listeners, health checks, the admin API, logs
 
 try:  # uvloop: measured about 2x the requests/s of the default loop (docs/traffic.md)
     import uvloop
@@ -24,6 +34,27 @@ try:  # uvloop: measured about 2x the requests/s of the default loop (docs/traff
 except ImportError:  # pragma: no cover - Windows
     def new_loop() -> asyncio.AbstractEventLoop:
         return asyncio.new_event_loop()
+
+
+def descriptor_limit(raise_soft: bool = False) -> int | None:
+    """The process's descriptor limit (soft), raised to the hard limit first if asked
+    (nginx's ``worker_rlimit_nofile``; HAProxy does it from ``maxconn``)."""
+    if resource is None:  # pragma: no cover - Windows
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if raise_soft and soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def connection_cap(wanted: int, fd_limit: int | None) -> int:
+    """``--max-connections`` lowered so that every client plus its backend connection fits
+    the descriptor limit: running out of descriptors fails everybody, a cap fails few."""
+    if fd_limit is None:
+        return wanted
+    return max(1, min(wanted, (fd_limit - FD_RESERVE) // 2))
 
 
 async def _check_once(backend: Backend, path: str, timeout: float) -> str | None:
@@ -54,7 +85,7 @@ class Proxy:
         self.cfg = cfg
         self.state = RoutingState(cfg)
         self.server = ProxyServer(cfg, self.state)
-        self.admin = AdminServer(self.state, cfg.token)
+        self.admin = AdminServer(self.state, cfg.token, cfg.max_header_size)
         self._servers: list[asyncio.AbstractServer] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.listen_port = cfg.listen[1]
@@ -76,11 +107,37 @@ class Proxy:
                              hint="pick free ports with --listen/--admin") from exc
         self.listen_port = fwd.sockets[0].getsockname()[1]
         self.admin_port = adm.sockets[0].getsockname()[1]
+        limit = descriptor_limit()
+        self.server.max_connections = connection_cap(cfg.max_connections, limit)
+        if self.server.max_connections < cfg.max_connections:
+            emit("max_connections_lowered", logging.WARNING, wanted=cfg.max_connections,
+                 effective=self.server.max_connections, descriptor_limit=limit)
+        loop.set_exception_handler(self._loop_error)
         sweep = min(1.0, cfg.read_timeout / 4, cfg.connect_timeout / 2)
         self._tasks.append(asyncio.ensure_future(self.server.deadlines.sweep(sweep)))
         if cfg.health.path is not None:
             for side in ("blue", "green"):
                 self._tasks.append(asyncio.ensure_future(self._health_loop(side)))
+
+    def _log_start(self) -> None:
+        cfg = self.cfg
+        emit("proxy_start", listen=f"{cfg.listen[0]}:{self.listen_port}",
+             admin=f"{cfg.admin[0]}:{self.admin_port}", blue=cfg.blue.url, green=cfg.green.url,
+             weight=self.state.weight, system_of_record=self.state.sor,
+             write_paths=list(cfg.write_paths), cohort_header=cfg.cohort_header,
+             max_connections=self.server.max_connections,
+             max_header_size=cfg.max_header_size, header_timeout=cfg.header_timeout,
+             health_path=cfg.health.path)
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """accept() failing for want of descriptors is logged as such (the loop retries);
+        anything else goes to the default handler."""
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in OUT_OF_DESCRIPTORS:
+            self.state.descriptors("accept", error=str(exc),
+                                   clients=len(self.server.clients))
+            return
+        loop.default_exception_handler(context)
 
     async def _health_loop(self, side: str) -> None:
         h, backend = self.cfg.health, self.state.backends[side]
@@ -91,6 +148,8 @@ class Proxy:
             await asyncio.sleep(h.interval)
 
     async def stop(self) -> None:
+        if self._servers:
+            emit("proxy_stop", clients=len(self.server.clients))
         for s in self._servers:
             s.close()
         self.server.close()
@@ -107,7 +166,8 @@ class Proxy:
                             ready: Callable[[Proxy], None] | None = None) -> None:
         await self.start()
         if ready:
-            ready(self)
+            ready(self)  # first: `pgshift proxy`'s human line stays the first on stderr
+        self._log_start()
         try:
             await (stop or asyncio.Event()).wait()
         finally:
@@ -134,6 +194,8 @@ def run_foreground(cfg: ProxyConfig, ready: Callable[[Proxy], None] | None = Non
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    log_to_stderr()
+    descriptor_limit(raise_soft=True)
     proxy = Proxy(cfg)
     # Everything imported so far (typer, rich, pydantic...) lives as long as the process:
     # keep it out of the collector's full passes, which otherwise stalled requests for

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import fnmatch
+import functools
 import ipaddress
+import math
 import os
 import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from pgshift.errors import UsageError
+from pgshift.traffic.proxy import paths
+from pgshift.traffic.router import check_weight
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 READ_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 
@@ -81,6 +86,21 @@ def resolve_token(value: str | None) -> str | None:
     return value
 
 
+def check_number(option: str, value: object, *, minimum: float, integer: bool = False,
+                 strict: bool = False, example: str) -> None:
+    """``UsageError`` naming ``option`` unless ``value`` is a finite number >= ``minimum``
+    (> with ``strict``); booleans are not numbers here."""
+    ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+    if ok:
+        assert isinstance(value, (int, float))
+        ok = math.isfinite(value) and (value > minimum if strict else value >= minimum)
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        bound = f"above {minimum:g}" if strict else f"at least {minimum:g}"
+        raise UsageError(f"{option} must be {kind} {bound}, got {value!r}",
+                         hint=f"{option} {example}")
+
+
 @dataclass(frozen=True)
 class HealthCheck:
     """Active check: ``GET path`` every ``interval`` s; ``rise`` successes bring a backend up,
@@ -92,6 +112,12 @@ class HealthCheck:
     rise: int = 2
     fall: int = 3
 
+    def __post_init__(self) -> None:
+        check_number("--health-interval", self.interval, minimum=0, strict=True, example="1")
+        check_number("--health-timeout", self.timeout, minimum=0, strict=True, example="1")
+        check_number("--rise", self.rise, minimum=1, integer=True, example="2")
+        check_number("--fall", self.fall, minimum=1, integer=True, example="3")
+
 
 @dataclass(frozen=True)
 class ProxyConfig:
@@ -101,6 +127,13 @@ class ProxyConfig:
     (passive check); without an active check it is retried after ``eject_seconds``.
     ``fence_timeout``: how long a held write waits before it is answered 503 with
     ``Retry-After`` (never forwarded to a side mid-flip).
+    ``header_timeout``: a request head must be complete this many seconds after its first
+    byte (or after the connection opened); else 408 and close (nginx's
+    ``client_header_timeout``, HAProxy's ``timeout http-request``).
+    ``max_connections``: open client connections; past it a new one gets 503 and is closed.
+    ``max_header_size``: bytes of request line plus headers; past it 431 and close.
+    ``trusted_proxies``: peers whose ``X-Forwarded-For``/``-Proto`` are kept (appended to);
+    from anyone else they are overwritten.
     """
 
     blue: Backend
@@ -120,18 +153,76 @@ class ProxyConfig:
     max_idle_per_backend: int = 256
     weight: float = 0.0
     system_of_record: str = "blue"
+    header_timeout: float = 30.0
+    max_connections: int = 4096
+    max_header_size: int = 16 * 1024  # HAProxy's tune.bufsize; nginx allows 4 x 8 KiB lines
+    trusted_proxies: tuple[Network, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_weight(self.weight, hint="--weight 25")
+        for option, value, example in (
+                ("--fence-timeout", self.fence_timeout, "30"),
+                ("--header-timeout", self.header_timeout, "30"),
+                ("--connect-timeout", self.connect_timeout, "3"),
+                ("--read-timeout", self.read_timeout, "60"),
+                ("--idle-timeout", self.idle_timeout, "4"),
+                ("--eject-seconds", self.eject_seconds, "5")):
+            check_number(option, value, minimum=0, strict=True, example=example)
+        check_number("--eject-after", self.eject_after, minimum=1, integer=True, example="5")
+        check_number("--max-connections", self.max_connections, minimum=1, integer=True,
+                     example="4096")
+        check_number("--max-header-size", self.max_header_size, minimum=1024, integer=True,
+                     example="16384")
+        if self.max_header_size > 1 << 20:
+            raise UsageError(f"--max-header-size {self.max_header_size} is above 1 MiB",
+                             hint="--max-header-size 16384")
+        for glob in self.write_paths:
+            if not glob.startswith("/"):
+                raise UsageError(f"--write-path must start with '/', got {glob!r}",
+                                 hint="--write-path '/api/*/claim'")
 
     def is_write(self, method: bytes, path: str) -> bool:
-        """Mutating method, or a path matching a configured ``--write-path`` glob."""
+        """Mutating method, or a path matching a configured ``--write-path`` glob (both
+        in normal form, ``pgshift.traffic.proxy.paths``)."""
         if method not in READ_METHODS:
             return True
-        return any(fnmatch.fnmatchcase(path, p) for p in self.write_paths)
+        if not self.write_paths:
+            return False
+        return paths.matches(paths.normal_path(path.encode("latin-1")), self.write_globs)
+
+    @functools.cached_property
+    def write_globs(self) -> tuple[str, ...]:
+        """``write_paths`` in normal form (``paths.normal_glob``)."""
+        return tuple(paths.normal_glob(g) for g in self.write_paths)
+
+    def trusts(self, ip: str) -> bool:
+        """Whether ``ip`` is a trusted proxy (its forwarding headers are kept)."""
+        if not self.trusted_proxies:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.trusted_proxies)
+
+
+def parse_networks(values: tuple[str, ...]) -> tuple[Network, ...]:
+    """``--trusted-proxy`` values (addresses or CIDR blocks) -> networks."""
+    out = []
+    for v in values:
+        try:
+            out.append(ipaddress.ip_network(v.strip(), strict=False))
+        except ValueError as exc:
+            raise UsageError(f"--trusted-proxy: {v!r} is not an address or CIDR block",
+                             hint="--trusted-proxy 10.0.0.0/8") from exc
+    return tuple(out)
 
 
 def make_config(*, blue: str, green: str, listen: str = "127.0.0.1:8080",
                 admin: str = "127.0.0.1:9180", token: str | None = None,
                 cohort_header: str | None = None, write_paths: tuple[str, ...] = (),
-                health_path: str | None = None, **kw: object) -> ProxyConfig:
+                health_path: str | None = None, trusted_proxies: tuple[str, ...] = (),
+                **kw: object) -> ProxyConfig:
     """Validate user-facing strings into a ``ProxyConfig`` (``UsageError`` on bad input)."""
     b, g = parse_backend("blue", blue), parse_backend("green", green)
     if (b.host, b.port) == (g.host, g.port):
@@ -151,4 +242,6 @@ def make_config(*, blue: str, green: str, listen: str = "127.0.0.1:8080",
     return ProxyConfig(blue=b, green=g, listen=parse_listen("--listen", listen),
                        admin=admin_addr, token=resolved or os.urandom(16).hex(),
                        cohort_header=cohort_header.lower() if cohort_header else None,
-                       write_paths=tuple(write_paths), health=health, **kw)  # type: ignore[arg-type]
+                       write_paths=tuple(write_paths), health=health,
+                       trusted_proxies=parse_networks(tuple(trusted_proxies)),
+                       **kw)  # type: ignore[arg-type]

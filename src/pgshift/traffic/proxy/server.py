@@ -20,294 +20,26 @@ length. After a ``101`` the two sockets are spliced into a raw byte tunnel (WebS
 from __future__ import annotations
 
 import asyncio
+import errno
 import time
-from collections import deque
 from typing import Any
 
 import httptools
 
 from pgshift.traffic.proxy import cohort
+from pgshift.traffic.proxy.client import ClientConn
 from pgshift.traffic.proxy.config import ProxyConfig
+from pgshift.traffic.proxy.exchange import (
+    CONTINUE,
+    HOP_BY_HOP,
+    Deadlines,
+    Exchange,
+    simple_response,
+)
 from pgshift.traffic.proxy.state import RoutingState
 from pgshift.traffic.router import Side
 
-HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
-    b"trailer", b"trailers", b"transfer-encoding", b"upgrade", b"proxy-connection",
-})
-CLIENT_IDLE = 75.0  # seconds an idle keep-alive client connection is kept
-REPLAY_LIMIT = 1 << 20  # request bodies up to 1 MiB can be replayed on a stale pooled socket
-PAUSE_AT = 1 << 20  # request body bytes buffered (fence, connecting) before reading pauses
-MAX_PIPELINE = 64  # pipelined requests queued on one connection before reading pauses
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-class Deadlines:
-    """Idle and read deadlines for many transports, enforced by one sweep per interval.
-
-    Arming a timer per read (``call_later``/``wait_for``) cost about 10 % of the proxy's
-    time in a profile; a dict write per read and one sweep a second cost next to nothing.
-    Deadlines are as precise as the sweep interval (at most a quarter of the timeout).
-    """
-
-    def __init__(self) -> None:
-        self.due: dict[Any, float] = {}
-        self.expired: set[Any] = set()
-        self.now = time.monotonic()  # coarse clock, advanced by the sweep
-
-    def set(self, transport: Any, seconds: float) -> None:
-        self.due[transport] = self.now + seconds
-
-    def clear(self, transport: Any) -> bool:
-        """Forget ``transport``; ``True`` if its deadline had passed (it was aborted)."""
-        self.due.pop(transport, None)
-        if transport in self.expired:
-            self.expired.discard(transport)
-            return True
-        return False
-
-    async def sweep(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            self.now = now = time.monotonic()
-            for transport, due in list(self.due.items()):
-                if due <= now:
-                    del self.due[transport]
-                    self.expired.add(transport)
-                    transport.abort()
-
-
-def _simple(status: int, reason: str, body: str, extra: bytes = b"",
-            keep_alive: bool = True) -> bytes:
-    data = (body + "\n").encode()
-    conn = b"keep-alive" if keep_alive else b"close"
-    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            f"Content-Length: {len(data)}\r\n").encode() + extra + \
-        b"Connection: " + conn + b"\r\n\r\n" + data
-
-
-class Exchange:
-    """One request and its answer."""
-
-    __slots__ = ("body_done", "chunked", "client", "counted", "expect", "extra", "fence_timer",
-                 "finish_on_body_end", "has_body", "head", "headers", "http10", "is_write",
-                 "keep_alive", "key", "method", "pending", "pending_size", "replay", "replay_size",
-                 "side", "t0", "tried_fresh", "upgrade", "upstream", "url")
-
-    def __init__(self, client: ClientConn) -> None:
-        self.client = client
-        self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.method = b""
-        self.key = b""
-        self.keep_alive = True
-        self.http10 = False
-        self.head = b""  # request head as sent upstream
-        self.chunked = self.has_body = self.upgrade = self.expect = self.is_write = False
-        self.body_done = False
-        self.pending: list[bytes] = []  # body bytes not yet written upstream
-        self.pending_size = 0
-        self.replay: list[bytes] | None = []  # every body byte sent, for one retry
-        self.replay_size = 0
-        self.extra = b""  # Set-Cookie for a new cohort key
-        self.side: Side = "blue"
-        self.upstream: UpstreamConn | None = None
-        self.t0 = 0.0
-        self.tried_fresh = False
-        self.fence_timer: asyncio.TimerHandle | None = None
-        self.finish_on_body_end: bool | None = None
-        self.counted = False  # counted in state.writes_in_flight
-
-    def settle(self) -> None:
-        if self.counted:
-            self.counted = False
-            self.client.server.state.writes_in_flight -= 1
-
-    def body(self, data: bytes) -> None:
-        if self.chunked:
-            data = b"%x\r\n%b\r\n" % (len(data), data)
-        self._emit(data)
-
-    def end(self) -> None:
-        self.body_done = True
-        if self.chunked:
-            self._emit(b"0\r\n\r\n")
-        if self.finish_on_body_end is not None:
-            keep, self.finish_on_body_end = self.finish_on_body_end, None
-            self.client.done(self, keep)
-
-    def _emit(self, data: bytes) -> None:
-        if self.finish_on_body_end is not None:
-            return  # answered locally: the body is read and dropped
-        if self.replay is not None:
-            self.replay_size += len(data)
-            if self.replay_size <= REPLAY_LIMIT:
-                self.replay.append(data)
-            else:
-                self.replay = None
-        up = self.upstream
-        if up is not None and up.exchange is self:
-            up.transport.write(data)
-        else:
-            self.pending.append(data)
-            self.pending_size += len(data)
-            if self.pending_size > PAUSE_AT:
-                self.client.pause_reading()
-
-
-class ClientConn(asyncio.Protocol):
-    """One client connection: parses requests (pipelined ones queue up) and answers in order."""
-
-    def __init__(self, server: ProxyServer) -> None:
-        self.server = server
-        self.parser = httptools.HttpRequestParser(self)
-        self.queue: deque[Exchange] = deque()
-        self.cur: Exchange | None = None
-        self.transport: Any = None
-        self.ip = b""
-        self.closed = False
-        self.tunnel: UpstreamConn | None = None
-        self.upgrade_tail: bytes | None = None  # bytes after an Upgrade request's head
-        self.reading_paused = False
-        self.key = b""
-        self.bucket = 0
-        self.new_key = b""  # the cohort key the proxy made up for this connection
-        self.new_cookie: bytes | None = None
-
-    # -- transport events ------------------------------------------------------------------
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.ip = (peer[0] if isinstance(peer, tuple) else "unix").encode()
-        self.server.clients.add(self)
-        self.server.state.clients += 1
-        self.server.deadlines.set(transport, CLIENT_IDLE)
-
-    def data_received(self, data: bytes) -> None:
-        if self.tunnel is not None:
-            self.tunnel.transport.write(data)
-            return
-        if self.upgrade_tail is not None:
-            self.upgrade_tail += data  # waiting for the backend's 101
-            return
-        self.server.deadlines.clear(self.transport)
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self.upgrade_tail = data[exc.args[0]:]
-        except httptools.HttpParserError:
-            if not self.queue:
-                self.transport.write(_simple(400, "Bad Request", "bad request",
-                                             keep_alive=False))
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        server = self.server
-        server.deadlines.clear(self.transport)
-        server.clients.discard(self)
-        server.state.clients -= 1
-        for ex in self.queue:
-            ex.settle()
-            if ex.fence_timer is not None:
-                ex.fence_timer.cancel()
-                server.unqueue(ex)
-            up = ex.upstream
-            if up is not None and up.exchange is ex:
-                server._settle(ex, up)
-                up.abandon()
-        self.queue.clear()
-        if self.tunnel is not None:
-            self.tunnel.transport.close()
-
-    def pause_writing(self) -> None:
-        ex = self.queue[0] if self.queue else None
-        up = self.tunnel or (ex.upstream if ex else None)
-        if up is not None and not up.transport.is_closing():
-            up.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        ex = self.queue[0] if self.queue else None
-        up = self.tunnel or (ex.upstream if ex else None)
-        if up is not None and not up.transport.is_closing():
-            up.transport.resume_reading()
-
-    def pause_reading(self) -> None:
-        if not self.reading_paused and not self.transport.is_closing():
-            self.reading_paused = True
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.reading_paused and not self.transport.is_closing():
-            self.reading_paused = False
-            self.transport.resume_reading()
-
-    # -- parser callbacks -------------------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        self.cur = Exchange(self)
-
-    def on_url(self, url: bytes) -> None:
-        assert self.cur is not None
-        self.cur.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.cur is not None
-        self.cur.headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        ex = self.cur
-        assert ex is not None
-        p = self.parser
-        ex.method = p.get_method()
-        ex.keep_alive = p.should_keep_alive()
-        ex.http10 = p.get_http_version() == "1.0"
-        self.queue.append(ex)
-        self.server.prepare(ex)
-        if len(self.queue) == 1:
-            self.server.start(ex)
-        elif len(self.queue) >= MAX_PIPELINE:
-            self.pause_reading()  # answer some before reading more
-
-    def on_body(self, body: bytes) -> None:
-        assert self.cur is not None
-        self.cur.body(body)
-
-    def on_message_complete(self) -> None:
-        assert self.cur is not None
-        self.cur.end()
-
-    # -- answers ----------------------------------------------------------------------------
-
-    def local(self, ex: Exchange, response: bytes, keep: bool) -> None:
-        """Answer ``ex`` from the proxy itself (its body, if any, is read and dropped)."""
-        if self.closed:
-            return
-        self.transport.write(response)
-        if ex.body_done:
-            self.done(ex, keep)
-        else:
-            ex.pending.clear()
-            ex.finish_on_body_end = keep
-            self.resume_reading()
-
-    def done(self, ex: Exchange, keep: bool) -> None:
-        """``ex`` is answered: next pipelined request, idle wait, or close."""
-        ex.settle()
-        if self.closed:
-            return
-        if self.queue and self.queue[0] is ex:
-            self.queue.popleft()
-        if not keep or self.upgrade_tail is not None:  # (CONNECT, or an upgrade refused)
-            self.transport.close()
-            return
-        self.resume_reading()
-        if self.queue:
-            self.server.start(self.queue[0])
-        else:
-            self.server.deadlines.set(self.transport, CLIENT_IDLE)
-
+OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 
 class UpstreamConn(asyncio.Protocol):
     """A connection to one backend; pooled between exchanges."""
@@ -495,6 +227,7 @@ class ProxyServer:
         self.deadlines = Deadlines()
         self.fence_waiters: list[Exchange] = []
         self.cohort_header = cfg.cohort_header.encode() if cfg.cohort_header else None
+        self.max_connections = cfg.max_connections  # lowered by Proxy.start to fit the fds
         self._tasks: set[asyncio.Task[None]] = set()
         state.on_release = self.release_fence
 
@@ -511,72 +244,14 @@ class ProxyServer:
 
     # -- a request head is complete ---------------------------------------------------------
 
-    def prepare(self, ex: Exchange) -> None:
-        """Headers -> the upstream head, cohort key, write flag (no decision yet)."""
-        cfg = self.cfg
-        out: list[bytes] = []
-        drop: set[bytes] = set()
-        ckey = hkey = xff = None
-        length = None
-        upgrade_value = b""
-        proto_seen = False
-        for name, value in ex.headers:
-            n = name.lower()
-            if n == b"connection":
-                drop.update(t.strip().lower() for t in value.split(b","))
-            elif n == b"cookie":
-                ckey = ckey or cohort.cookie_value(value)
-            elif n == b"x-forwarded-for":
-                xff = value
-                continue
-            elif n == b"x-forwarded-proto":
-                proto_seen = True
-            elif n == b"content-length":
-                length = value
-            elif n == b"transfer-encoding":
-                ex.chunked = b"chunked" in value.lower()
-            elif n == b"upgrade":
-                upgrade_value = value
-            elif n == b"expect":
-                ex.expect = value.lower() == b"100-continue"
-                continue
-            if n == self.cohort_header and value:
-                hkey = value
-            if n not in HOP_BY_HOP:
-                out.append(name + b": " + value + b"\r\n")
-        if drop - {b"keep-alive", b"close", b"upgrade"}:
-            out = [line for line in out if line.split(b":", 1)[0].lower() not in drop]
-        ex.upgrade = bool(upgrade_value) and b"upgrade" in drop
-        key = hkey or ckey
-        if key is None:
-            # a client without the cookie keeps one key for the whole connection (clients
-            # that ignore cookies at least stay on one side per connection)
-            client = ex.client
-            if client.new_cookie is None:
-                new_key = cohort.new_key()
-                client.new_key = new_key.encode()
-                client.new_cookie = b"Set-Cookie: " + cohort.set_cookie(new_key) + b"\r\n"
-            key = client.new_key
-            ex.extra = client.new_cookie
-        ex.key = key
-        ex.headers = []
-        ex.is_write = cfg.is_write(ex.method, ex.url.split(b"?", 1)[0].decode("latin-1"))
-        ex.has_body = ex.chunked or (length is not None and length.strip() != b"0")
-        out.append(b"X-Forwarded-For: " + (xff + b", " + ex.client.ip if xff else ex.client.ip)
-                   + b"\r\n")
-        if not proto_seen:
-            out.append(b"X-Forwarded-Proto: http\r\n")
-        if ex.upgrade:
-            out.append(b"Connection: Upgrade\r\nUpgrade: " + upgrade_value + b"\r\n")
-        elif ex.chunked:
-            out.append(b"Transfer-Encoding: chunked\r\n")
-        ex.head = b"".join([ex.method, b" ", ex.url, b" HTTP/1.1\r\n", *out, b"\r\n"])
-        if not ex.has_body:
-            ex.body_done = True
-
     def start(self, ex: Exchange) -> None:
-        """``ex`` is first in its connection's queue: hold it at the fence, or dispatch it."""
+        """``ex`` is first in its connection's queue: refuse it, hold it at the fence, or
+        dispatch it."""
         state = self.state
+        if ex.refusal is not None:
+            status, reason, why = ex.refusal
+            ex.client.refuse(status, reason, why, "bad_request", detail=why)
+            return
         if ex.is_write and state.fence.held:
             state.fence.queued += 1
             self.fence_waiters.append(ex)
@@ -593,7 +268,8 @@ class ProxyServer:
     def _fence_expired(self, ex: Exchange) -> None:
         ex.fence_timer = None
         self.unqueue(ex)
-        ex.client.local(ex, _simple(503, "Service Unavailable",
+        self.state.refusals("fence_timeout", timeout=self.cfg.fence_timeout)
+        ex.client.local(ex, simple_response(503, "Service Unavailable",
                                     "write fence held too long; retry",
                                     b"Retry-After: 1\r\n", ex.keep_alive), ex.keep_alive)
 
@@ -617,11 +293,14 @@ class ProxyServer:
         side = state.choose(ex.is_write, green)
         if side is None:
             state.refused += 1
-            ex.client.local(ex, _simple(503, "Service Unavailable", "no backend available",
-                                        keep_alive=ex.keep_alive), ex.keep_alive)
+            state.refusals("no_backend", side=state.sor if ex.is_write else
+                           ("green" if green else "blue"))
+            ex.client.local(ex, simple_response(503, "Service Unavailable",
+                                                "no backend available",
+                                                keep_alive=ex.keep_alive), ex.keep_alive)
             return
         if ex.expect and not ex.body_done:
-            ex.client.transport.write(_CONTINUE)
+            ex.client.transport.write(CONTINUE)
             ex.expect = False
         if ex.is_write and not ex.counted:
             ex.counted = True
@@ -645,7 +324,14 @@ class ProxyServer:
             _, up = await asyncio.wait_for(
                 loop.create_connection(lambda: UpstreamConn(self, side), backend.host,
                                        backend.port), self.cfg.connect_timeout)
-        except (OSError, TimeoutError) as exc:
+        except OSError as exc:  # (TimeoutError is one)
+            if exc.errno in OUT_OF_DESCRIPTORS:  # our limit, not the backend's fault
+                self.state.descriptors("backend_connect", side=side)
+                if not ex.client.closed:
+                    ex.client.local(ex, simple_response(
+                        503, "Service Unavailable", "proxy out of file descriptors; retry",
+                        b"Retry-After: 1\r\n", keep_alive=False), False)
+                return
             if not ex.client.closed:
                 self.state.stats[side].failed()
                 self.state.health[side].failure()
@@ -764,7 +450,7 @@ class ProxyServer:
                 return
         status = (504, "Gateway Timeout") if timeout else (502, "Bad Gateway")
         keep = ex.keep_alive and not ex.upgrade
-        ex.client.local(ex, _simple(*status, f"{side}: {why}", keep_alive=keep), keep)
+        ex.client.local(ex, simple_response(*status, f"{side}: {why}", keep_alive=keep), keep)
 
     def splice(self, ex: Exchange, up: UpstreamConn, tail: bytes) -> None:
         """After a 101: raw bytes both ways until either side closes."""
