@@ -17,7 +17,7 @@ from pgshift.errors import UsageError
 from pgshift.traffic.embedded import EmbeddedRouter, RouterError
 from pgshift.traffic.proxy import ThreadedProxy, make_config
 from pgshift.traffic.router import WriteFence, WriteRouting
-from traffic_conformance import Harness, RouterConformance, TestBackend, backends
+from traffic_conformance import WRITE_GLOB, Harness, RouterConformance, TestBackend, backends
 
 TOKEN = "test-token"
 
@@ -36,7 +36,7 @@ def _proxy(blue: TestBackend, green: TestBackend, **kw: object) -> ThreadedProxy
 
 @pytest.fixture
 def proxy(pair: tuple[TestBackend, TestBackend]) -> Iterator[ThreadedProxy]:
-    p = _proxy(*pair)
+    p = _proxy(*pair, write_paths=(WRITE_GLOB,))
     try:
         yield p
     finally:

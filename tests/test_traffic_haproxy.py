@@ -21,7 +21,14 @@ from pgshift.traffic.haproxy import (
     write_map,
 )
 from pgshift.traffic.router import WriteFence, WriteRouting
-from traffic_conformance import Harness, RouterConformance, TestBackend, backends, free_port
+from traffic_conformance import (
+    WRITE_GLOB,
+    Harness,
+    RouterConformance,
+    TestBackend,
+    backends,
+    free_port,
+)
 
 HAPROXY = shutil.which("haproxy") or (
     "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
@@ -74,7 +81,7 @@ def haproxy(module_pair, tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
     if HAPROXY is None:
         pytest.skip("haproxy is not installed (apt-get install -y haproxy)")
     h = RunningHAProxy(tmp_path_factory.mktemp("haproxy"), *module_pair,
-                       write_paths=("/api/*/claim",))
+                       write_paths=(WRITE_GLOB,))
     try:
         yield h
     finally:

@@ -7,6 +7,10 @@ implements them and reported as skipped otherwise, with the reason.
 
 Backends are threads running ``http.server`` with HTTP/1.1 keep-alive; each answer
 names its backend in ``X-Backend`` and in the JSON body.
+
+Every harness's router must be configured with the write path ``WRITE_GLOB``
+(``/api/*/claim``): the write-routing cases send each spelling of such a path that a
+framework would route to the same handler, and every one must reach the system of record.
 """
 
 from __future__ import annotations
@@ -28,6 +32,28 @@ from pgshift.errors import UsageError
 from pgshift.traffic.router import Figures, Router, WriteFence, WriteRouting
 
 COOKIE = "pgshift_cohort"
+WRITE_GLOB = "/api/*/claim"  # every harness's router routes GETs on it as writes
+
+# Spellings of /api/1/claim a backend framework routes to the claim handler: decoded
+# unreserved characters, dot segments, a trailing slash, ;parameters, merged slashes, an
+# encoded slash (uvicorn decodes it), a query, the absolute form.
+WRITE_BYPASS_TARGETS = [
+    "/api/1/claim",
+    "/api/1/%63laim",
+    "/api/1/%63%6C%61%69%6D",
+    "/api/1/claim/",
+    "/api/1/claim;x",
+    "/api/1/claim;jsessionid=1?x=1",
+    "//api//1/claim",
+    "/api/1/./claim",
+    "/static/../api/1/claim",
+    "/api/%2e%2e/api/1/claim",
+    "/api/1%2Fclaim",
+    "/api/1/claim?next=/home",
+    "http://{authority}/api/1/claim",
+    "http://{authority}/api/1/claim/?x=1",
+    "http://other.example/api/1/claim",  # authority other than Host: routed or refused
+]
 
 
 # -- backends ----------------------------------------------------------------------------------
@@ -215,6 +241,27 @@ class Harness:
 KEYS = [f"client-{i}" for i in range(200)]
 
 
+def raw_request(url: str, target: str, headers: dict[str, str] | None = None,
+                method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    """Send one request with ``target`` byte for byte (no client library normalises it)
+    and return (status, headers with lower-case names, body)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}:{port}", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    parsed = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        parsed[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), parsed, body
+
+
 class RouterConformance:
     """Inherit and provide a ``harness`` fixture (function scope is fine)."""
 
@@ -306,6 +353,35 @@ class RouterConformance:
         # reads still follow the cohort
         sides = {harness.side(k) for k in KEYS[:60]}
         assert sides == {"blue", "green"}
+
+    @pytest.mark.parametrize("target", WRITE_BYPASS_TARGETS)
+    def test_every_spelling_of_a_write_path_goes_to_the_system_of_record(
+            self, harness: Harness, target: str) -> None:
+        router = harness.router
+        if not isinstance(router, WriteRouting):
+            pytest.skip(f"{type(router).__name__} does not route writes")
+        harness.set_weight(100)  # reads to green: only write routing can send it to blue
+        router.set_system_of_record("blue")
+        harness.settle()
+        cookie = {"Cookie": f"{COOKIE}=bypass"}
+        target = target.format(authority=harness.url.removeprefix("http://"))
+        status, headers, _ = raw_request(harness.url, target, cookie)
+        if status == 400 and "other.example" in target:
+            return  # refused (HAProxy: authority and Host disagree): it reached no backend
+        assert status == 200, (target, status)
+        assert headers["x-backend"] == "blue", f"{target} went to {headers['x-backend']}"
+        # and the control: a read path next to it still follows the weight
+        status, headers, _ = raw_request(harness.url, "/api/1/claims", cookie)
+        assert headers["x-backend"] == "green"
+
+    def test_forwarded_headers_from_an_untrusted_client_are_overwritten(
+            self, harness: Harness) -> None:
+        harness.set_weight(0)
+        resp = harness.client.get("/", headers={"X-Forwarded-For": "10.9.9.9",
+                                                "X-Forwarded-Proto": "https"})
+        seen = {k.lower(): v for k, v in resp.json()["headers"].items()}
+        assert seen["x-forwarded-for"] == "127.0.0.1"
+        assert seen["x-forwarded-proto"] == "http"
 
     def test_fence_holds_writes_and_releases_them(self, harness: Harness) -> None:
         router = harness.router

@@ -208,6 +208,12 @@ def haproxy_config_command(
         health_path: Annotated[str | None, typer.Option(
             "--health-path", help="Active health check path on each backend.")] = None,
         threads: Annotated[int, typer.Option("--threads", help="HAProxy nbthread.")] = 1,
+        header_timeout: Annotated[float, typer.Option(
+            "--header-timeout", help="Seconds a client has to send a request head "
+            "(timeout http-request).")] = 30.0,
+        trusted_proxy: Annotated[list[str] | None, typer.Option(
+            "--trusted-proxy", help="Address or CIDR whose X-Forwarded-For/-Proto are kept "
+            "(repeatable); overwritten for others.")] = None,
         output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the config "
                                                     "here (and the map next to --map-file).")]
         = None,
@@ -222,7 +228,8 @@ def haproxy_config_command(
     s = settings_from_cli(blue=blue, green=green, listen=listen, socket_path=socket,
                           map_file=map_file, cohort_header=cohort_header,
                           write_paths=tuple(write_path or ()), health_path=health_path,
-                          threads=threads)
+                          threads=threads, header_timeout=header_timeout,
+                          trusted_proxies=tuple(trusted_proxy or ()))
     text = render_config(s)
     if output is None:
         typer.echo(text, nl=False)

@@ -34,7 +34,8 @@ from pathlib import Path
 
 from pgshift.errors import UsageError
 from pgshift.traffic.proxy.cohort import COOKIE, threshold
-from pgshift.traffic.proxy.config import Backend, HealthCheck, parse_listen
+from pgshift.traffic.proxy.config import Backend, HealthCheck, parse_listen, parse_networks
+from pgshift.traffic.proxy.paths import normal_glob
 from pgshift.traffic.router import (
     STATUS_CLASSES,
     BackendFigures,
@@ -71,12 +72,16 @@ class HAProxySettings:
     threads: int = 1
     connect_timeout: float = 3.0
     read_timeout: float = 60.0
+    header_timeout: float = 30.0
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For/-Proto are kept
 
 
 def glob_to_regex(pattern: str) -> str:
-    """``fnmatch``-style glob (``*`` crosses ``/``, like the embedded proxy) -> PCRE."""
+    """``fnmatch``-style glob (``*`` crosses ``/``, like the embedded proxy) -> PCRE, for
+    a path in normal form (so a trailing ``/`` of the glob is dropped, like
+    ``paths.normal_glob``)."""
     out = []
-    for ch in pattern:
+    for ch in normal_glob(pattern):
         out.append(".*" if ch == "*" else "." if ch == "?" else re.escape(ch))
     return "^" + "".join(out) + "$"
 
@@ -85,21 +90,58 @@ def _ms(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
 
 
+# Write routing matches the path in the embedded proxy's normal form (paths.py):
+# normalize-uri decodes %XX of unreserved characters and resolves dot segments (it also
+# rewrites what the backend gets, as HAProxy documents), then the var decodes the rest
+# once (uvicorn decodes %2F too), drops ;parameters, merges slashes and drops a trailing /.
+_NORMALIZE = """\
+    http-request normalize-uri percent-decode-unreserved
+    http-request normalize-uri path-strip-dot
+    http-request normalize-uri path-strip-dotdot full
+    http-request normalize-uri path-merge-slashes
+    http-request set-var(txn.wpath) path,url_dec,regsub(;[^/]*,,g),regsub(/+,/,g),regsub(/$,)
+"""
+
+
+def _forwarded_rules(s: HAProxySettings) -> str:
+    """X-Forwarded-For/-Proto: kept only from ``trusted_proxies`` (``option forwardfor``
+    appends the client address after these rules); overwritten for everyone else."""
+    cond = "if !trusted_proxy " if s.trusted_proxies else ""
+    lines = []
+    if s.trusted_proxies:
+        lines.append(f"    acl trusted_proxy src {' '.join(s.trusted_proxies)}")
+    lines += [f"    http-request del-header X-Forwarded-For {cond}".rstrip(),
+              f"    http-request set-header X-Forwarded-Proto http {cond}".rstrip()]
+    if s.trusted_proxies:
+        lines.append("    http-request set-header X-Forwarded-Proto http "
+                     "if trusted_proxy !{ req.hdr(X-Forwarded-Proto) -m found }")
+    return "\n".join(lines) + "\n"
+
+
 def render_config(s: HAProxySettings) -> str:
     """The complete ``haproxy.cfg`` for two backends behind monotone cohorts."""
     m = str(s.map_file)
     key_rules = []
     if s.cohort_header:
-        key_rules.append(f"    http-request set-var(txn.key) req.hdr({s.cohort_header})")
+        # req.fhdr: the whole value (req.hdr would split it at commas); two of them are
+        # ambiguous (which one is the user?) and refused, as the embedded proxy does
+        key_rules += [
+            f"    http-request deny deny_status 400 if {{ req.fhdr_cnt({s.cohort_header}) "
+            "gt 1 }",
+            f"    http-request set-var(txn.key) req.fhdr({s.cohort_header})"]
     key_rules += [
         f"    http-request set-var(txn.key) req.cook({COOKIE}) if !{{ var(txn.key) -m found }}",
         "    http-request set-var(txn.newkey) uuid if !{ var(txn.key) -m found }",
         "    http-request set-var(txn.key) var(txn.newkey) if { var(txn.newkey) -m found }",
     ]
-    write_acl = ""
+    write_acl = normalize = experimental = ""
     if s.write_paths:
+        # HAProxy 2.4-2.6 ship normalize-uri as "experimental" (it is a documented,
+        # tested action; the flag only acknowledges that its options may change)
+        experimental = "    expose-experimental-directives\n"
         regs = " ".join(glob_to_regex(p) for p in s.write_paths)
-        write_acl = f"    acl write_path path_reg {regs}\n"
+        write_acl = f"    acl write_path var(txn.wpath) -m reg {regs}\n"
+        normalize = _NORMALIZE
     conds = ["!is_read"] + (["write_path"] if s.write_paths else [])
     writes_green = " || ".join(f"{c} sor_green" for c in conds)
     writes_blue = " || ".join(conds)
@@ -130,7 +172,7 @@ global
     stats timeout 30s
     nbthread {s.threads}
     maxconn 4096
-
+{experimental}
 defaults
     mode http
     option http-keep-alive
@@ -139,12 +181,12 @@ defaults
     timeout client 75s
     timeout server {_ms(s.read_timeout)}
     timeout http-keep-alive 75s
-    timeout http-request 30s
+    timeout http-request {_ms(s.header_timeout)}
 
 frontend pgshift
     bind {s.listen[0]}:{s.listen[1]}
-    http-request set-header X-Forwarded-Proto http if !{{ req.hdr(X-Forwarded-Proto) -m found }}
-{chr(10).join(key_rules)}
+    http-request deny deny_status 400 if {{ req.fhdr_cnt(host) gt 1 }}
+{_forwarded_rules(s)}{normalize}{chr(10).join(key_rules)}
     http-request set-var(txn.bucket) var(txn.key),xxh32,mod(10000)
     http-request set-var(txn.threshold) str(threshold),map_str({m},0),add(0)
     http-request set-var(txn.diff) var(txn.bucket),sub(txn.threshold)
@@ -338,16 +380,25 @@ class HAProxyRouter:
 def settings_from_cli(*, blue: str, green: str, listen: str, socket_path: str, map_file: str,
                       cohort_header: str | None = None, write_paths: tuple[str, ...] = (),
                       health_path: str | None = None, health_interval: float = 1.0,
-                      threads: int = 1) -> HAProxySettings:
-    from pgshift.traffic.proxy.config import parse_backend
+                      threads: int = 1, header_timeout: float = 30.0,
+                      trusted_proxies: tuple[str, ...] = ()) -> HAProxySettings:
+    from pgshift.traffic.proxy.config import check_number, parse_backend
 
     b, g = parse_backend("blue", blue), parse_backend("green", green)
     if not os.path.isabs(socket_path) or not os.path.isabs(map_file):
         raise UsageError("--socket and --map-file must be absolute paths (HAProxy reads them)",
                          hint="--socket /run/haproxy/pgshift.sock "
                               "--map-file /etc/haproxy/pgshift.map")
+    check_number("--threads", threads, minimum=1, integer=True, example="1")
+    check_number("--header-timeout", header_timeout, minimum=0, strict=True, example="30")
+    for glob in write_paths:
+        if not glob.startswith("/"):
+            raise UsageError(f"--write-path must start with '/', got {glob!r}",
+                             hint="--write-path '/api/*/claim'")
     return HAProxySettings(blue=b, green=g, socket=Path(socket_path), map_file=Path(map_file),
                            listen=parse_listen("--listen", listen), cohort_header=cohort_header,
                            write_paths=tuple(write_paths),
                            health=HealthCheck(path=health_path, interval=health_interval),
-                           threads=threads)
+                           threads=threads, header_timeout=header_timeout,
+                           trusted_proxies=tuple(str(n) for n in
+                                                 parse_networks(tuple(trusted_proxies))))
