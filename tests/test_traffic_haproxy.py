@@ -28,6 +28,7 @@ from traffic_conformance import (
     TestBackend,
     backends,
     free_port,
+    raw_request,
 )
 
 HAPROXY = shutil.which("haproxy") or (
@@ -165,7 +166,9 @@ def test_rendered_config_is_valid_for_haproxy(tmp_path: Path) -> None:
                           write_paths=("/admin/*",), health_path="/health")
     text = render_config(s)
     assert "expose-fd listeners level admin" in text
-    assert "req.hdr(X-User-Id)" in text and "path_reg ^/admin/.*$" in text
+    assert "req.fhdr(X-User-Id)" in text and "var(txn.wpath) -m reg ^/admin/.*$" in text
+    assert "normalize-uri percent-decode-unreserved" in text
+    assert "expose-experimental-directives" in text  # (HAProxy 2.6 needs it for normalize-uri)
     assert "weight" not in text.split("frontend", 1)[1].replace("weight_", "")
     if HAPROXY is None:
         pytest.skip("haproxy is not installed: only the text was checked")
@@ -176,8 +179,50 @@ def test_rendered_config_is_valid_for_haproxy(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+@needs_haproxy
+def test_haproxy_refuses_ambiguous_heads_and_bounds_them(tmp_path: Path) -> None:
+    with backends() as (blue, green):
+        h = RunningHAProxy(tmp_path, blue, green, cohort_header="X-User-Id")
+        try:
+            status, _, _ = raw_request(h.url, "/", {"X-User-Id": "alice, bob"})
+            assert status == 200  # one header whose value has a comma: one key
+            for dup in ({"X-User-Id": "alice", "x-user-id": "bob"},
+                        {"Host": "other.example"}):  # (raw_request sends a Host too)
+                status, _, _ = raw_request(h.url, "/", dup)
+                assert status == 400, dup
+            status, _, _ = raw_request(h.url, "/", {"X-Big": "a" * 40_000})
+            assert status in (400, 431)  # HAProxy's own limit (tune.bufsize)
+            seen = [{k.lower(): v for k, v in r[2].items()} for r in blue.requests]
+            assert [r.get("x-user-id") for r in seen] == ["alice, bob"]
+        finally:
+            h.stop()
+
+
+def test_config_without_write_paths_needs_no_experimental_directive(tmp_path: Path) -> None:
+    s = settings_from_cli(blue="http://127.0.0.1:8001", green="http://127.0.0.1:8002",
+                          listen="127.0.0.1:8080", socket_path=str(tmp_path / "s.sock"),
+                          map_file=str(tmp_path / "m.map"), trusted_proxies=("10.0.0.0/8",))
+    text = render_config(s)
+    assert "expose-experimental-directives" not in text and "normalize-uri" not in text
+    assert "acl trusted_proxy src 10.0.0.0/8" in text
+    assert "del-header X-Forwarded-For if !trusted_proxy" in text
+
+
+def test_haproxy_settings_refuse_nonsense(tmp_path: Path) -> None:
+    common = {"blue": "http://127.0.0.1:1", "green": "http://127.0.0.1:2",
+              "listen": "127.0.0.1:8080", "socket_path": str(tmp_path / "s"),
+              "map_file": str(tmp_path / "m")}
+    for kw, option in (({"threads": 0}, "--threads"), ({"header_timeout": -1},
+                                                       "--header-timeout"),
+                       ({"write_paths": ("api",)}, "--write-path"),
+                       ({"trusted_proxies": ("x",)}, "--trusted-proxy")):
+        with pytest.raises(UsageError, match=option):
+            settings_from_cli(**common, **kw)  # type: ignore[arg-type]
+
+
 def test_glob_to_regex() -> None:
     assert glob_to_regex("/api/*/claim") == r"^/api/.*/claim$"
+    assert glob_to_regex("/api/*/claim/") == r"^/api/.*/claim$"  # normal form: no trailing /
     assert glob_to_regex("/a.b?") == r"^/a\.b.$"
 
 

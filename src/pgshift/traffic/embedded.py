@@ -44,15 +44,21 @@ class EmbeddedRouter:
         self.close()
 
     def _call(self, method: str, path: str, json: Any = None,
-              params: dict[str, Any] | None = None) -> Any:
+              params: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
         try:
-            resp = self._http.request(method, path, json=json, params=params)
-        except httpx.HTTPError as exc:
+            resp = self._http.request(method, path, json=json, params=params,
+                                      timeout=timeout or self._http.timeout)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise RouterUnreachable(
                 f"embedded proxy admin API at {self.admin_url} unreachable: "
                 f"{exc or type(exc).__name__}",
                 hint="start it with: pgshift proxy --blue URL --green URL (or pass its "
                      "--admin-url)", operation=f"{method} {path}") from exc
+        except httpx.HTTPError as exc:  # it took the request: what it did is unknown
+            raise RouterError(f"embedded proxy admin API at {self.admin_url}: {method} {path} "
+                              f"got no answer: {exc or type(exc).__name__}",
+                              hint="check `pgshift traffic status` before retrying",
+                              operation=f"{method} {path}") from exc
         if resp.status_code == 401:
             raise UsageError("the embedded proxy refused the admin token",
                              hint="pass the proxy's token: --token env:PGSHIFT_ADMIN_TOKEN")
@@ -93,7 +99,7 @@ class EmbeddedRouter:
     def hold(self, wait: float = 10.0) -> None:
         """Hold new writes and return once writes sent before are answered; ``RouterError``
         (fence still held) if some are still in flight after ``wait`` seconds."""
-        self._call("POST", "/fence/hold", {"wait": wait})
+        self._call("POST", "/fence/hold", {"wait": wait}, timeout=wait + 5)
 
     def release(self) -> None:
         self._call("POST", "/fence/release")

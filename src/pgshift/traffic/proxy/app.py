@@ -90,6 +90,7 @@ class Proxy:
         self._tasks: list[asyncio.Task[None]] = []
         self.listen_port = cfg.listen[1]
         self.admin_port = cfg.admin[1]
+        self.fd_limit: int | None = None
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -107,11 +108,8 @@ class Proxy:
                              hint="pick free ports with --listen/--admin") from exc
         self.listen_port = fwd.sockets[0].getsockname()[1]
         self.admin_port = adm.sockets[0].getsockname()[1]
-        limit = descriptor_limit()
-        self.server.max_connections = connection_cap(cfg.max_connections, limit)
-        if self.server.max_connections < cfg.max_connections:
-            emit("max_connections_lowered", logging.WARNING, wanted=cfg.max_connections,
-                 effective=self.server.max_connections, descriptor_limit=limit)
+        self.fd_limit = descriptor_limit()
+        self.server.max_connections = connection_cap(cfg.max_connections, self.fd_limit)
         loop.set_exception_handler(self._loop_error)
         sweep = min(1.0, cfg.read_timeout / 4, cfg.connect_timeout / 2)
         self._tasks.append(asyncio.ensure_future(self.server.deadlines.sweep(sweep)))
@@ -121,6 +119,9 @@ class Proxy:
 
     def _log_start(self) -> None:
         cfg = self.cfg
+        if self.server.max_connections < cfg.max_connections:
+            emit("max_connections_lowered", logging.WARNING, wanted=cfg.max_connections,
+                 effective=self.server.max_connections, descriptor_limit=self.fd_limit)
         emit("proxy_start", listen=f"{cfg.listen[0]}:{self.listen_port}",
              admin=f"{cfg.admin[0]}:{self.admin_port}", blue=cfg.blue.url, green=cfg.green.url,
              weight=self.state.weight, system_of_record=self.state.sor,

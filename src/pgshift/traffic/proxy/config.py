@@ -159,7 +159,10 @@ class ProxyConfig:
     trusted_proxies: tuple[Network, ...] = ()
 
     def __post_init__(self) -> None:
-        check_weight(self.weight, hint="--weight 25")
+        try:
+            check_weight(self.weight, hint="--weight 25")
+        except UsageError as exc:
+            raise UsageError(f"--weight: {exc.message}", hint=exc.hint) from None
         for option, value, example in (
                 ("--fence-timeout", self.fence_timeout, "30"),
                 ("--header-timeout", self.header_timeout, "30"),

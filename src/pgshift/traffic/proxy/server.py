@@ -250,6 +250,7 @@ class ProxyServer:
         state = self.state
         if ex.refusal is not None:
             status, reason, why = ex.refusal
+            ex.client.queue.popleft()  # (ex is first) nothing is owed before this answer
             ex.client.refuse(status, reason, why, "bad_request", detail=why)
             return
         if ex.is_write and state.fence.held:
