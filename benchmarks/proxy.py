@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -47,6 +48,7 @@ from pgshift.traffic.embedded import EmbeddedRouter
 from pgshift.traffic.haproxy import render_config, settings_from_cli, write_map
 
 TOKEN = "bench-token"
+WRITE_PATH = "/api/*/claim"  # as a real setup has: every GET's path is normalised and matched
 BODY = "x" * 100  # a small static answer
 
 
@@ -114,12 +116,18 @@ http {{
 
 
 @contextmanager
-def embedded(blue: int, green: int, port: int, admin: int):  # type: ignore[no-untyped-def]
+def embedded(blue: int, green: int, port: int, admin: int,  # type: ignore[no-untyped-def]
+             src: Path | None = None):
+    """``pgshift proxy`` as a subprocess; ``src``: run the code of another tree (a
+    baseline) instead of the installed one."""
     env = {**os.environ, "PGSHIFT_ADMIN_TOKEN": TOKEN}
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
     proc = subprocess.Popen(
         [sys.executable, "-c", "from pgshift.cli.main import run; run()", "proxy",
          "--blue", f"http://127.0.0.1:{blue}", "--green", f"http://127.0.0.1:{green}",
-         "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}"],
+         "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}",
+         "--write-path", WRITE_PATH],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
@@ -133,7 +141,7 @@ def embedded(blue: int, green: int, port: int, admin: int):  # type: ignore[no-u
 def haproxy(workdir: Path, blue: int, green: int, port: int):  # type: ignore[no-untyped-def]
     s = settings_from_cli(blue=f"http://127.0.0.1:{blue}", green=f"http://127.0.0.1:{green}",
                           listen=f"127.0.0.1:{port}", socket_path=str(workdir / "ha.sock"),
-                          map_file=str(workdir / "ha.map"))
+                          map_file=str(workdir / "ha.map"), write_paths=(WRITE_PATH,))
     (workdir / "haproxy.cfg").write_text(render_config(s))
     write_map(s.map_file, 0, "blue")
     exe = shutil.which("haproxy") or "/usr/sbin/haproxy"
@@ -315,6 +323,9 @@ def main() -> int:
     ap.add_argument("--flap-seconds", type=float, default=10.0)
     ap.add_argument("--markdown", type=Path)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--baseline-src", type=Path, help="also run `pgshift proxy` from this "
+                    "source tree (e.g. another checkout's src/) in the same run, as "
+                    "'pgshift proxy (baseline)'")
     args = ap.parse_args()
     for tool in ("wrk", "haproxy", "nginx"):
         if not (shutil.which(tool) or Path(f"/usr/sbin/{tool}").exists()):
@@ -322,7 +333,7 @@ def main() -> int:
                   "nginx-light", file=sys.stderr)
             return 2
     conns = [int(c) for c in args.connections.split(",")]
-    blue, green, emb, adm, hap = (free_port() for _ in range(5))
+    blue, green, emb, adm, hap, base, base_adm = (free_port() for _ in range(7))
     report: dict[str, Any] = {
         "machine": {"nproc": os.cpu_count(), "python": platform.python_version(),
                     "load_avg_at_start": os.getloadavg(),
@@ -330,9 +341,14 @@ def main() -> int:
         "throughput": [], "fixed_rate": {}, "flapping": {}, "rollback_ms": []}
     with tempfile.TemporaryDirectory(prefix="pgshift-bench-proxy-") as tmp:
         work = Path(tmp)
-        with nginx(work, blue, green), embedded(blue, green, emb, adm), \
-                haproxy(work, blue, green, hap):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(nginx(work, blue, green))
+            stack.enter_context(embedded(blue, green, emb, adm))
+            stack.enter_context(haproxy(work, blue, green, hap))
             targets = {"nginx direct": blue, "HAProxy 1 thread": hap, "pgshift proxy": emb}
+            if args.baseline_src is not None:
+                stack.enter_context(embedded(blue, green, base, base_adm, args.baseline_src))
+                targets["pgshift proxy (baseline)"] = base
             for c in conns:
                 for name, port in targets.items():
                     log(f"wrk {name} c={c}")

@@ -90,7 +90,8 @@ def test_haproxy_config_prints_a_config(capsys: pytest.CaptureFixture[str],
     assert main(["traffic", "haproxy-config", "--blue", "http://10.0.0.5:8000",
                  "--green", "http://10.0.0.6:8000", "--write-path", "/api/*/claim"]) == 0
     out = capsys.readouterr().out
-    assert "server blue 10.0.0.5:8000" in out and "path_reg ^/api/.*/claim$" in out
+    assert "server blue 10.0.0.5:8000" in out
+    assert "acl write_path var(txn.wpath) -m reg ^/api/.*/claim$" in out
     cfg, m = tmp_path / "h.cfg", tmp_path / "p.map"
     assert main(["traffic", "haproxy-config", "--blue", "http://10.0.0.5:8000",
                  "--green", "http://10.0.0.6:8000", "--map-file", str(m), "-o", str(cfg)]) == 0

@@ -28,6 +28,8 @@ class ClientConn(asyncio.Protocol):
 
     def __init__(self, server: Any) -> None:
         self.server = server  # the ProxyServer
+        self.cfg = server.cfg
+        self.deadlines = server.deadlines
         self.parser = httptools.HttpRequestParser(self)
         self.queue: deque[Exchange] = deque()
         self.cur: Exchange | None = None
@@ -103,7 +105,7 @@ class ClientConn(asyncio.Protocol):
             # the head is still incomplete: a read that began inside it is all head bytes
             if started:
                 self.head_raw += len(data)
-            if max(self.head_raw, self.head_size) > self.server.cfg.max_header_size:
+            if max(self.head_raw, self.head_size) > self.cfg.max_header_size:
                 self._too_large()
 
     def _too_large(self) -> None:
@@ -170,7 +172,7 @@ class ClientConn(asyncio.Protocol):
         self.head_size = self.head_raw = 0
         if not self.in_head:  # a later request: its head's deadline runs from its first byte
             self.in_head = True
-            self.server.deadlines.set(self.transport, self.server.cfg.header_timeout)
+            self.deadlines.set(self.transport, self.cfg.header_timeout)
 
     def on_url(self, url: bytes) -> None:
         assert self.cur is not None
@@ -186,8 +188,8 @@ class ClientConn(asyncio.Protocol):
         ex = self.cur
         assert ex is not None
         self.in_head = False
-        self.server.deadlines.clear(self.transport)
-        if self.head_size > self.server.cfg.max_header_size:
+        self.deadlines.clear(self.transport)
+        if self.head_size > self.cfg.max_header_size:
             self._too_large()
             raise httptools.HttpParserError("head too large")  # stop this feed
         p = self.parser
@@ -195,7 +197,7 @@ class ClientConn(asyncio.Protocol):
         ex.keep_alive = p.should_keep_alive()
         ex.http10 = p.get_http_version() == "1.0"
         self.queue.append(ex)
-        ex.prepare(self.server.cfg, self.server.cohort_header)
+        ex.prepare(self.cfg, self.server.cohort_header)
         if len(self.queue) == 1:
             self.server.start(ex)
         elif len(self.queue) >= MAX_PIPELINE:
@@ -237,4 +239,4 @@ class ClientConn(asyncio.Protocol):
         if self.queue:
             self.server.start(self.queue[0])
         elif not self.in_head:
-            self.server.deadlines.set(self.transport, CLIENT_IDLE)
+            self.deadlines.set(self.transport, CLIENT_IDLE)

@@ -187,16 +187,20 @@ class ProxyConfig:
     def is_write(self, method: bytes, path: str) -> bool:
         """Mutating method, or a path matching a configured ``--write-path`` glob (both
         in normal form, ``pgshift.traffic.proxy.paths``)."""
+        return self.is_write_target(method, path.encode("latin-1"))
+
+    def is_write_target(self, method: bytes, target: bytes) -> bool:
+        """``is_write`` for a raw request target (``paths.BadTarget`` if it is none)."""
         if method not in READ_METHODS:
             return True
         if not self.write_paths:
             return False
-        return paths.matches(paths.normal_path(path.encode("latin-1")), self.write_globs)
+        return self.write_regex.match(paths.normal_path(target)) is not None
 
     @functools.cached_property
-    def write_globs(self) -> tuple[str, ...]:
-        """``write_paths`` in normal form (``paths.normal_glob``)."""
-        return tuple(paths.normal_glob(g) for g in self.write_paths)
+    def write_regex(self) -> re.Pattern[str]:
+        """``write_paths`` compiled once (``paths.compile_globs``)."""
+        return paths.compile_globs(self.write_paths)
 
     def trusts(self, ip: str) -> bool:
         """Whether ``ip`` is a trusted proxy (its forwarding headers are kept)."""

@@ -213,11 +213,11 @@ class Exchange:
         if self.method != b"CONNECT" and target != b"*":
             try:
                 target = paths.origin_form(target)
-                self.is_write = cfg.is_write(self.method, target.decode("latin-1"))
+                self.is_write = cfg.is_write_target(self.method, target)
             except paths.BadTarget:
                 self.refusal = (400, "Bad Request", "request target is not a path or http URL")
         else:
-            self.is_write = cfg.is_write(self.method, "/")
+            self.is_write = cfg.is_write_target(self.method, b"/")
         self.has_body = self.chunked or (length is not None and length.strip() != b"0")
         ip = client.ip
         out.append(b"X-Forwarded-For: " + (xff + b", " + ip if trusted and xff else ip)
