@@ -10,7 +10,9 @@ HAProxy (one thread, the config ``pgshift traffic haproxy-config`` renders) sit 
 
 Measured:
 
-1. throughput: ``wrk -t1 -cN`` for each connection count -> requests/s, p50, p99;
+1. throughput: ``wrk -t1 -cN`` for each connection count -> requests/s, p50, p99, and
+   each proxy process's CPU time per request (steadier than requests/s on a busy
+   machine); ``--baseline-src OTHER/src`` adds ``pgshift proxy`` from another tree;
 2. added latency at a fixed 1,000 requests/s (open loop, latency counted from each
    request's scheduled send time, so a stall cannot hide: no coordinated omission) --
    proxy minus direct, at p50 and p99;
@@ -132,7 +134,7 @@ def embedded(blue: int, green: int, port: int, admin: int,  # type: ignore[no-un
     try:
         wait_port(port)
         wait_port(admin)
-        yield
+        yield proc
     finally:
         stop(proc)
 
@@ -149,9 +151,16 @@ def haproxy(workdir: Path, blue: int, green: int, port: int):  # type: ignore[no
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
-        yield
+        yield proc
     finally:
         stop(proc)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc). CPU per request moves far
+    less with other load on the machine than requests/s do."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- wrk ---------------------------------------------------------------------------------------
@@ -343,16 +352,21 @@ def main() -> int:
         work = Path(tmp)
         with contextlib.ExitStack() as stack:
             stack.enter_context(nginx(work, blue, green))
-            stack.enter_context(embedded(blue, green, emb, adm))
-            stack.enter_context(haproxy(work, blue, green, hap))
+            pids = {"pgshift proxy": stack.enter_context(embedded(blue, green, emb, adm)).pid,
+                    "HAProxy 1 thread": stack.enter_context(haproxy(work, blue, green, hap)).pid}
             targets = {"nginx direct": blue, "HAProxy 1 thread": hap, "pgshift proxy": emb}
             if args.baseline_src is not None:
-                stack.enter_context(embedded(blue, green, base, base_adm, args.baseline_src))
+                pids["pgshift proxy (baseline)"] = stack.enter_context(
+                    embedded(blue, green, base, base_adm, args.baseline_src)).pid
                 targets["pgshift proxy (baseline)"] = base
             for c in conns:
                 for name, port in targets.items():
                     log(f"wrk {name} c={c}")
+                    cpu0 = cpu_seconds(pids[name]) if name in pids else 0.0
                     r = wrk(f"http://127.0.0.1:{port}/", c, args.duration)
+                    if name in pids and r["requests"]:
+                        r["cpu_us_per_request"] = round(
+                            (cpu_seconds(pids[name]) - cpu0) / r["requests"] * 1e6, 1)
                     report["throughput"].append({"target": name, "connections": c, **r})
             runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
             for rep in range(args.repeat):  # interleaved, so load from elsewhere hits all
@@ -380,13 +394,15 @@ def main() -> int:
 
 
 def markdown(r: dict[str, Any]) -> str:
-    lines = ["| target | connections | requests/s | p50 ms | p99 ms | vs HAProxy |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| target | connections | requests/s | p50 ms | p99 ms | vs HAProxy | "
+             "CPU us/request |", "|---|---:|---:|---:|---:|---:|---:|"]
     hap = {t["connections"]: t["rps"] for t in r["throughput"] if t["target"].startswith("HA")}
     for t in r["throughput"]:
         ratio = t["rps"] / hap[t["connections"]] if hap.get(t["connections"]) else float("nan")
+        cpu = t.get("cpu_us_per_request")
         lines.append(f"| {t['target']} | {t['connections']} | {t['rps']:,.0f} | "
-                     f"{t['p50_ms']:.2f} | {t['p99_ms']:.2f} | {ratio:.2f}x |")
+                     f"{t['p50_ms']:.2f} | {t['p99_ms']:.2f} | {ratio:.2f}x | "
+                     f"{'' if cpu is None else f'{cpu:.1f}'} |")
     fr = r["fixed_rate"]
     direct = fr.get("nginx direct", {})
     lines += ["", "| at a fixed 1,000 requests/s (median of runs) | p50 ms | p99 ms | added p50 "
