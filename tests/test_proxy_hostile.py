@@ -27,21 +27,14 @@ from pgshift.errors import UsageError
 from pgshift.traffic import embedded
 from pgshift.traffic.embedded import EmbeddedRouter
 from pgshift.traffic.proxy import ThreadedProxy, make_config
-from traffic_conformance import TestBackend, backends, free_port, raw_request
+from traffic_conformance import free_port, pair, raw_request, start_proxy
 
 TOKEN = "hostile-token"
+__all__ = ["pair"]  # a fixture
 
 
-@pytest.fixture
-def pair() -> Iterator[tuple[TestBackend, TestBackend]]:
-    with backends() as bg:
-        yield bg
-
-
-def _proxy(blue: TestBackend, green: TestBackend, **kw: object) -> ThreadedProxy:
-    cfg = make_config(blue=blue.url, green=green.url, listen="127.0.0.1:0",
-                      admin="127.0.0.1:0", token=TOKEN, **kw)  # type: ignore[arg-type]
-    return ThreadedProxy(cfg).start()
+def _proxy(*backends_: object, **kw: object) -> ThreadedProxy:
+    return start_proxy(*backends_, token=TOKEN, **kw)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -224,20 +217,28 @@ def _read_all_until_head(s: socket.socket) -> bytes:
 # -- huge heads ------------------------------------------------------------------------------
 
 
+def _stream_endless_header(url: str, path: str, most: int) -> tuple[int, bytes]:
+    """Send one header line 64 KiB at a time until the server stops reading (or ``most``
+    bytes); return the bytes sent and the answer."""
+    s = _connect(url)
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nX-Big: ".encode())
+    sent = 0
+    try:
+        while sent < most:
+            s.sendall(b"a" * 65536)
+            sent += 65536
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    answer = _read_all(s)
+    s.close()
+    return sent, answer
+
+
 def test_one_endless_header_line_streamed_in_pieces_gets_431(pair, events) -> None:
     p = _proxy(*pair)
     try:
-        s = _connect(p.url)
-        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ")
-        sent = 0
-        try:
-            while sent < 50 << 20:  # the probe streamed 200 MiB; the proxy must stop early
-                s.sendall(b"a" * 65536)
-                sent += 65536
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        answer = _read_all(s)
-        s.close()
+        # the probe streamed 200 MiB; the proxy must stop reading early
+        sent, answer = _stream_endless_header(p.url, "/", 50 << 20)
         assert sent < 8 << 20, f"the proxy read {sent} bytes of one header"
         assert answer.startswith(b"HTTP/1.1 431 ") or answer == b"", answer[:100]
     finally:
@@ -279,17 +280,7 @@ def test_a_head_under_the_limit_passes(pair) -> None:
 def test_the_admin_port_caps_its_head_before_checking_the_token(pair) -> None:
     p = _proxy(*pair)
     try:
-        s = _connect(p.admin_url)
-        s.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\nX-Big: ")
-        sent = 0
-        try:
-            while sent < 16 << 20:
-                s.sendall(b"a" * 65536)
-                sent += 65536
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        answer = _read_all(s)
-        s.close()
+        sent, answer = _stream_endless_header(p.admin_url, "/status", 16 << 20)
         assert sent < 4 << 20, sent
         assert answer.startswith(b"HTTP/1.1 431 ") or answer == b"", answer[:100]
         with httpx.Client(base_url=p.url, timeout=5) as c:

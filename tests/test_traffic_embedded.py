@@ -17,21 +17,23 @@ from pgshift.errors import UsageError
 from pgshift.traffic.embedded import EmbeddedRouter, RouterError
 from pgshift.traffic.proxy import ThreadedProxy, make_config
 from pgshift.traffic.router import WriteFence, WriteRouting
-from traffic_conformance import WRITE_GLOB, Harness, RouterConformance, TestBackend, backends
+from traffic_conformance import (
+    WRITE_GLOB,
+    Harness,
+    RouterConformance,
+    TestBackend,
+    pair,
+    start_proxy,
+)
 
 TOKEN = "test-token"
 
 
-@pytest.fixture
-def pair() -> Iterator[tuple[TestBackend, TestBackend]]:
-    with backends() as bg:
-        yield bg
+__all__ = ["pair"]  # a fixture
 
 
 def _proxy(blue: TestBackend, green: TestBackend, **kw: object) -> ThreadedProxy:
-    cfg = make_config(blue=blue.url, green=green.url, listen="127.0.0.1:0",
-                      admin="127.0.0.1:0", token=TOKEN, **kw)  # type: ignore[arg-type]
-    return ThreadedProxy(cfg).start()
+    return start_proxy(blue, green, token=TOKEN, **kw)
 
 
 @pytest.fixture

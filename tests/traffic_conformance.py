@@ -29,6 +29,7 @@ import httpx
 import pytest
 
 from pgshift.errors import UsageError
+from pgshift.traffic.proxy import ThreadedProxy, make_config
 from pgshift.traffic.router import Figures, Router, WriteFence, WriteRouting
 
 COOKIE = "pgshift_cohort"
@@ -195,6 +196,21 @@ def backends() -> Iterator[tuple[TestBackend, TestBackend]]:
     finally:
         blue.stop()
         green.stop()
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[TestBackend, TestBackend]]:
+    """A fresh blue and green backend for one test."""
+    with backends() as bg:
+        yield bg
+
+
+def start_proxy(blue: TestBackend, green: TestBackend, token: str,
+                **kw: object) -> ThreadedProxy:
+    """The embedded proxy on free ports in front of ``blue`` and ``green`` (started)."""
+    cfg = make_config(blue=blue.url, green=green.url, listen="127.0.0.1:0",
+                      admin="127.0.0.1:0", token=token, **kw)  # type: ignore[arg-type]
+    return ThreadedProxy(cfg).start()
 
 
 def free_port() -> int:
