@@ -237,3 +237,22 @@ def test_unreachable_socket_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(HAProxyError, match="runtime API"):
         r.weight()
 
+
+
+@needs_haproxy
+def test_haproxy_write_pause_refuses_writes_and_keeps_reads(haproxy: RunningHAProxy) -> None:
+    r = haproxy.router
+    r.pause_writes()
+    try:
+        assert r.writes_paused() and r.status()["writes_paused"]
+        with httpx.Client(base_url=haproxy.url) as c:
+            refused = c.post("/w", content=b"x")
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            assert c.get("/r").status_code == 200
+        # runtime only: the map file HAProxy reloads from never keeps writes paused
+        assert "writes" not in haproxy.map_file.read_text()
+    finally:
+        r.resume_writes()
+    assert not r.writes_paused()
+    with httpx.Client(base_url=haproxy.url) as c:
+        assert c.post("/w", content=b"x").status_code == 200

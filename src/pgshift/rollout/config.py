@@ -97,6 +97,9 @@ class Apps(_Model):
 class Fence(_Model):
     mode: Literal["hold", "pause"] = "hold"
     max_hold: Duration = 5.0
+    # pause (routers that cannot hold): how long writes forwarded before the pause may
+    # still take to commit on blue; the drain waits this long before its fence marker
+    settle: Duration = 1.0
 
 
 class HAProxyRouterSettings(_Model):

@@ -96,5 +96,14 @@ def flip_back(ctx: Context, timeout: float) -> dict[str, Any]:
                            app_role=ctx.cfg.target.app_role).to_dict()
 
 
+def blue_writes_after(ctx: Context, seq: int) -> dict[str, Any]:
+    """Changes blue committed into the SQLite change log after ``seq`` (a fence marker):
+    count, seq range, tables. After a flip without a write fence, anything here is a
+    write that missed the drain."""
+    from pgshift.sync.cutover import sqlite_stranded
+
+    return sqlite_stranded(ctx.cfg.source.sqlite, seq)
+
+
 def uninstall(ctx: Context) -> dict[str, Any]:
     return verbs.uninstall(ctx.cfg.source.sqlite, ctx.dsn(), ctx.schema).to_dict()

@@ -145,6 +145,9 @@ def render_config(s: HAProxySettings) -> str:
     conds = ["!is_read"] + (["write_path"] if s.write_paths else [])
     writes_green = " || ".join(f"{c} sor_green" for c in conds)
     writes_blue = " || ".join(conds)
+    pause_rule = ("    http-request return status 503 hdr Retry-After 1 content-type text/plain "
+                  'string "writes paused for a cutover step" if writes_paused '
+                  + " || writes_paused ".join(conds))
 
     set_cookie = f"{COOKIE}=%[var(txn.newkey)]; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax"
 
@@ -191,8 +194,12 @@ frontend pgshift
     http-request set-var(txn.threshold) str(threshold),map_str({m},0),add(0)
     http-request set-var(txn.diff) var(txn.bucket),sub(txn.threshold)
     http-request set-var(txn.sor) str(sor),map_str({m},blue)
+    http-request set-var(txn.writes) str(writes),map_str({m},open)
     acl is_read method GET HEAD OPTIONS
-{write_acl}    acl green_cohort var(txn.diff) -m int lt 0
+{write_acl}    acl writes_paused var(txn.writes) -m str paused
+    # the flip's declared write pause (runtime `add map ... writes paused`): refused, not held
+{pause_rule}
+    acl green_cohort var(txn.diff) -m int lt 0
     acl sor_green var(txn.sor) -m str green
     acl green_down nbsrv(be_green) lt 1
     acl blue_down nbsrv(be_blue) lt 1
@@ -258,7 +265,7 @@ _COUNTERS = ("hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_o
 
 
 class HAProxyRouter:
-    """``Router`` + ``WriteRouting`` over HAProxy's runtime API."""
+    """``Router`` + ``WriteRouting`` + ``WritePause`` over HAProxy's runtime API."""
 
     def __init__(self, socket_path: Path | str, map_file: Path | str) -> None:
         self.api = RuntimeAPI(Path(socket_path))
@@ -285,6 +292,19 @@ class HAProxyRouter:
             out = self.api(f"set map {self.map_file} {key} {value}").strip()
             if out:
                 raise HAProxyError(f"HAProxy: set map {key}: {out}", operation="set map")
+
+    def pause_writes(self) -> None:
+        """Answer new mutating requests 503 Retry-After (a runtime map entry: a reload,
+        which reads the map file, never keeps writes paused)."""
+        out = self.api(f"add map {self.map_file} writes paused").strip()
+        if out:
+            raise HAProxyError(f"HAProxy: add map writes: {out}", operation="add map")
+
+    def resume_writes(self) -> None:
+        self.api(f"del map {self.map_file} writes")
+
+    def writes_paused(self) -> bool:
+        return self._map().get("writes") == "paused"
 
     def _server_state(self, side: Side, state: str) -> None:
         out = self.api(f"set server be_{side}/{side} state {state}").strip()
@@ -374,7 +394,7 @@ class HAProxyRouter:
                 servers[parts[1][3:]] = {"op_state": int(parts[5]),
                                          "admin_state": int(parts[6])}
         return {"weight": self.weight(), "system_of_record": self.system_of_record(),
-                "servers": servers}
+                "writes_paused": self.writes_paused(), "servers": servers}
 
 
 def settings_from_cli(*, blue: str, green: str, listen: str, socket_path: str, map_file: str,

@@ -261,6 +261,19 @@ class WriteFence(Protocol):
         """Let held and new mutating requests go to the system of record in effect."""
 
 
+@runtime_checkable
+class WritePause(Protocol):
+    """For routers that cannot hold requests: refuse new mutating requests for a moment
+    (503 with ``Retry-After: 1``) -- the declared short write pause of a flip."""
+
+    def pause_writes(self) -> None:
+        """From now on, answer new mutating requests 503 Retry-After; reads keep flowing.
+        Requests already forwarded are not waited for (the router cannot see them)."""
+
+    def resume_writes(self) -> None:
+        """Mutating requests go to the system of record again."""
+
+
 __all__ = [
     "LATENCY_BUCKETS_MS",
     "SIDES",
@@ -272,6 +285,7 @@ __all__ = [
     "RouterUnreachable",
     "Side",
     "WriteFence",
+    "WritePause",
     "WriteRouting",
     "bucket_index",
     "check_side",
