@@ -85,6 +85,7 @@ def test_clean_rollout_to_100(tmp_path: Path, pg_dsn: Dsn, monkeypatch: pytest.M
         assert fin["archive"]["verified"] and Path(fin["archive"]["location"]).exists()
         assert "proposals" in fin["optimize"]
         assert fin["report"]["skipped"]
+        assert 0 < steps_done["sync"]["db_probe_baseline_ms"] < 1000
 
 
 def _journal_steps(r: Rig) -> list[dict[str, Any]]:

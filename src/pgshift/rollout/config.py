@@ -202,6 +202,11 @@ class Emergency(_Model):
     error_rate_for: Duration = 600.0
     p99_ratio: float = 2.0
     p99_for: Duration = 300.0
+    # PostgreSQL's own round trip (SELECT 1 from the engine) against its baseline before
+    # traffic: degraded when above db_probe_ratio x baseline (and 5 ms) for db_probe_for
+    db_probe_ratio: float = 5.0
+    db_probe_for: Duration = 300.0
+    db_probe_interval: Duration = 5.0
     critical_path_failing: bool = True
 
 

@@ -348,7 +348,7 @@ def monitor(ctx: Context) -> dict[str, Any]:
         lag = syncing.brief(ctx).get("to_sqlite_lag_ms")
         rounds.append({"ts": time.time(), "green_requests": f.green.requests,
                        "green_errors": f.green.errors, "p99_ms": f.green.p99,
-                       "to_sqlite_lag_ms": lag})
+                       "to_sqlite_lag_ms": lag, "db_probe_ms": watcher.db.latest_ms})
         ctx.state.audit("monitor", "check", f"monitor check {len(rounds)}: green "
                         f"{f.green.errors}/{f.green.requests} errors, reverse lag {lag} ms",
                         rounds[-1])

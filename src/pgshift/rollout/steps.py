@@ -264,8 +264,13 @@ class Sync(_Base):
                                  ctx.procs.tail(syncing.SERVICE[syncing.TO_POSTGRES], 300),
                                  hint="pgshift sync status SQLITE PG")
             time.sleep(0.2)
+        from pgshift.rollout.watch import probe_db_ms
+
+        baseline = probe_db_ms(ctx, samples=10)  # before any traffic moves to green
+        ctx.journal.set(db_probe_baseline_ms=baseline)
         return {"postgres_capture": out.get("postgres_capture"), "pending": s.get("pending"),
-                "lag_ms": s.get("lag_ms"), "revoked": out.get("revoked")}
+                "lag_ms": s.get("lag_ms"), "revoked": out.get("revoked"),
+                "db_probe_baseline_ms": baseline}
 
 
 class Deploy(_Base):

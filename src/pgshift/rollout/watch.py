@@ -45,6 +45,61 @@ def probe(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+class DbProbe:
+    """PostgreSQL's round trip from the engine, against the baseline the sync step
+    measured before any traffic moved (journal ``db_probe_baseline_ms``)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        e = ctx.cfg.emergency
+        self.every = max(0.5, ctx.secs(e.db_probe_interval))
+        self.baseline = ctx.journal.get("db_probe_baseline_ms")
+        self.last = 0.0
+        self.degraded_since: float | None = None
+        self.latest_ms: float | None = None
+
+    def check(self, now: float) -> None:
+        if self.baseline is None or now - self.last < self.every:
+            return
+        self.last = now
+        ms = probe_db_ms(self.ctx)
+        self.latest_ms = ms
+        e = self.ctx.cfg.emergency
+        limit = max(e.db_probe_ratio * self.baseline, self.baseline + 5.0)
+        if ms is not None and ms <= limit:
+            self.degraded_since = None
+            return
+        self.degraded_since = self.degraded_since or now
+        if now - self.degraded_since >= self.ctx.secs(e.db_probe_for):
+            what = "unreachable" if ms is None else f"{ms:.1f} ms"
+            raise Interrupt("emergency", f"emergency trigger: PostgreSQL probe {what} vs "
+                                         f"baseline {self.baseline:.1f} ms for "
+                                         f"{self.ctx.secs(e.db_probe_for):g}s")
+
+
+def probe_db_ms(ctx: Context, samples: int = 3) -> float | None:
+    """The best of ``samples`` ``SELECT 1`` round trips on one connection, in ms; None
+    when PostgreSQL cannot be reached."""
+    from pgshift.dsn import connect
+
+    try:
+        conn = connect(ctx.dsn(), autocommit=True, application_name="pgshift-probe")
+    except PgshiftError:
+        return None
+    try:
+        best = None
+        for _ in range(samples):
+            t0 = time.perf_counter()
+            conn.execute("SELECT 1").fetchone()
+            ms = (time.perf_counter() - t0) * 1000
+            best = ms if best is None else min(best, ms)
+        return best
+    except Exception:  # a probe that fails is a failed probe, whatever the driver says
+        return None
+    finally:
+        conn.close()
+
+
 class Watcher:
     """Samples every ``sample_interval`` (scaled) and raises :class:`Interrupt`."""
 
@@ -65,6 +120,7 @@ class Watcher:
         self.slow_since: float | None = None
         self.green_live = green_live
         self.paused = bool(ctx.journal.get("paused", False))
+        self.db = DbProbe(ctx)
 
     # -- one tick ------------------------------------------------------------------------------
 
@@ -93,6 +149,7 @@ class Watcher:
         for rule in self.rules:
             if rule.triggered(list(self.samples)):
                 raise Interrupt("emergency", f"emergency trigger: {rule.text}")
+        self.db.check(now)
         return promoted
 
     def _latency(self, now: float, f: Figures) -> None:
