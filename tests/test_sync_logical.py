@@ -127,7 +127,8 @@ def test_conflicts_and_a_crash_before_the_slot_advance(logical: Path, pg_dsn: Ds
     def crash(*_a: object, **_k: object) -> None:
         raise RuntimeError("killed between the SQLite commit and PostgreSQL")
 
-    monkeypatch.setattr(apply_sqlite, "_finish", crash)
+    # the sink committed the batch; the source's ack (records, slot advance) never ran
+    monkeypatch.setattr(pg_logical.LogicalSource, "ack", crash)
     with pytest.raises(RuntimeError, match="killed"):
         back(db, pg_dsn)
     monkeypatch.undo()

@@ -40,10 +40,12 @@ from pgshift.existing.verify_plan import PROFILE_MARK, is_into_existing
 from pgshift.schema.ddl import qualified
 from pgshift.schema.model import Column, Table, qident
 from pgshift.schema.typemap import TypeDecision
-from pgshift.source.catalog import SourceTable
+from pgshift.source.catalog import SourceTable, read_catalog
 from pgshift.sync import image
-from pgshift.sync.apply_sqlite import Conflict, PgChange, SqliteTable
+from pgshift.sync import sqlite_capture as capture
+from pgshift.sync.common import session_sql
 from pgshift.sync.sqlite_capture import CapturedTable
+from pgshift.sync.sqlite_table import Conflict, PgChange, SqliteTable
 from pgshift.sync.tables import Change, Statement, TableApplier, _param
 
 MAPPED = "mapped"  # the conversion name the to-sqlite side's columns carry (no type map)
@@ -335,10 +337,6 @@ def sqlite_tables(con: sqlite3.Connection, pg: psycopg.Connection, dsn: Dsn, sch
                   feeds: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
     """One SQLite writer per synced target table, keyed by the target table's name (the
     name PostgreSQL's capture queues changes under)."""
-    from pgshift.source.catalog import read_catalog
-    from pgshift.sync import sqlite_capture as capture
-    from pgshift.sync.apply import session_sql
-
     catalog = {t.name: t for t in read_catalog(con).tables}
     target = read_target(pg, schema)
     pg.commit()

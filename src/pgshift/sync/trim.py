@@ -40,9 +40,10 @@ from typing import Any
 from pgshift.dsn import Dsn, connect
 from pgshift.errors import SourceError, UsageError
 from pgshift.source.snapshot import CHANGELOG_TABLE
-from pgshift.sync import pg_capture
+from pgshift.sync import logical_slot, mapped, pg_capture
 from pgshift.sync import sqlite_capture as capture
 from pgshift.sync import state as st
+from pgshift.sync.common import open_sqlite
 
 DEFAULT_BATCH = 500  # rows per trim transaction: a few ms of SQLite write lock
 BUSY_MS = 200  # wait this long for the write lock, then back off (the app goes first)
@@ -78,17 +79,13 @@ def plan(con: sqlite3.Connection, pg: Any, schema: str) -> TrimPlan | None:
             hint="nothing was trimmed; start over with pgshift sync uninstall SQLITE PG")
     max_seq = con.execute(f'SELECT max(seq) FROM "{CHANGELOG_TABLE}"').fetchone()[0] or 0
     captured = set(pg_capture.installed(pg, schema))
-    from pgshift.sync import mapped
-
     feeds = mapped.stored_feeds(pg, schema)
     if feeds is not None:
         # loaded --into-existing: PostgreSQL captures the target tables the sources feed
         captured |= {f["source"] for f in feeds if f["table"] in captured and f["source"]}
     settings = st.stored_settings(pg, schema)
     pg.commit()
-    from pgshift.sync import pg_logical
-
-    logical = pg_logical.installed(pg, schema) is not None
+    logical = logical_slot.installed(pg, schema) is not None
     reasons: dict[str, str] = {}
     for table in capture.installed(con):
         if table not in captured:
@@ -128,8 +125,6 @@ def trim(path: Path, dsn: Dsn, schema: str = "public", *, batch: int = DEFAULT_B
     """
     if batch < 1:
         raise UsageError(f"--batch-size must be at least 1, not {batch}")
-    from pgshift.sync.apply import open_sqlite
-
     started = time.monotonic()
     stop = stop or threading.Event()
     con = open_sqlite(path, readonly=False)
