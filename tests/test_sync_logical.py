@@ -143,6 +143,32 @@ def test_conflicts_and_a_crash_before_the_slot_advance(logical: Path, pg_dsn: Ds
     check(db, pg_dsn)
 
 
+def test_a_crash_between_the_records_and_the_slot_advance(
+        logical: Path, pg_dsn: Dsn, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The records (conflicts, parked, counters) commit before the slot advance, which
+    no transaction can include: a crash in between must not write them twice (found by
+    the conformance suite's kill -9 test: one batch counted twice)."""
+    back(logical, pg_dsn)  # the setup's echo out of the way
+    applied = "select coalesce(sum(applied_to_sqlite), 0) from pgshift.sync_tables"
+    before = pg_exec(pg_dsn, applied)[0][0]
+    pg_exec(pg_dsn, "update users set name = 'g1' where id = 2",
+            "update users set name = 'g2' where id = 3")
+
+    def crash(*_a: object, **_k: object) -> None:
+        raise RuntimeError("killed between the records and the advance")
+
+    monkeypatch.setattr(pg_logical, "advance", crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        back(logical, pg_dsn)
+    monkeypatch.undo()
+    assert pg_exec(pg_dsn, applied)[0][0] == before + 2  # recorded, the slot not moved
+    result = back(logical, pg_dsn)
+    assert result.applied == 0  # finished from the record: the slot moved, nothing more
+    assert pg_exec(pg_dsn, applied)[0][0] == before + 2
+    assert back(logical, pg_dsn).applied == 0
+    check(logical, pg_dsn)
+
+
 def test_drain_behind_a_logical_fence(logical: Path, pg_dsn: Dsn,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     pg_exec(pg_dsn, "update users set name = 'g1' where id = 2",

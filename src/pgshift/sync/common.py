@@ -105,15 +105,19 @@ def session_sql(schema: str) -> list[str]:
     ]
 
 
-def pg_session(opts: SyncOptions, direction: str = TO_SQLITE) -> psycopg.Connection:
-    """An applier's PostgreSQL session: settings, state tables, the direction's lock."""
+def pg_session(opts: SyncOptions, direction: str = TO_SQLITE, *, lock: bool = True
+               ) -> psycopg.Connection:
+    """An applier's PostgreSQL session: settings, state tables, the direction's lock
+    (``lock=False``: a session that only looks, e.g. places a fence beside a running
+    applier)."""
     pg = connect(opts.dsn, application_name="pgshift-sync")
     try:
         for s in session_sql(opts.schema):
             pg.execute(s)
         pg.commit()
         st.ensure_schema(pg)
-        st.acquire_lock(pg, opts.schema, direction)
+        if lock:
+            st.acquire_lock(pg, opts.schema, direction)
     except BaseException:
         pg.close()
         raise
@@ -124,15 +128,17 @@ class PgSession:
     """One lazily (re)opened applier session, shared by a source and a sink of the
     to-sqlite direction (the queue, the slot and the batch records are all in it)."""
 
-    def __init__(self, opts: SyncOptions, direction: str = TO_SQLITE) -> None:
+    def __init__(self, opts: SyncOptions, direction: str = TO_SQLITE, *,
+                 lock: bool = True) -> None:
         self.opts = opts
         self.direction = direction
+        self.lock = lock
         self._conn: psycopg.Connection | None = None
 
     @property
     def conn(self) -> psycopg.Connection:
         if self._conn is None:
-            self._conn = pg_session(self.opts, self.direction)
+            self._conn = pg_session(self.opts, self.direction, lock=self.lock)
         return self._conn
 
     def reset(self) -> None:

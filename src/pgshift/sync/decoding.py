@@ -185,10 +185,11 @@ class Images:
 
 
 def to_changes(txns: list[Txn], images: Images, schema: str,
-               captured: set[str]) -> list[PgChange]:
+               captured: set[str] | None) -> list[PgChange]:
     """The PgChange list of the non-echo transactions (each ends with a marker whose id is
     the transaction's end LSN). One conversion query per table for the whole batch."""
-    kept = [(txn, [d for d in txn.changes if d.schema == schema and d.table in captured])
+    kept = [(txn, [d for d in txn.changes if d.schema == schema
+                   and (captured is None or d.table in captured)])
             for txn in txns if not is_echo(txn)]
     per_table: dict[str, list[dict[str, Any]]] = {}
     for _, mine in kept:

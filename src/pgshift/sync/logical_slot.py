@@ -30,9 +30,15 @@ CREATE TABLE IF NOT EXISTS pgshift.logical_capture (
     target_schema text PRIMARY KEY,
     slot text NOT NULL,
     replica_identity jsonb NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
+    created_at timestamptz NOT NULL DEFAULT now(),
+    recorded_lsn bigint NOT NULL DEFAULT 0
 );
 """
+# recorded_lsn: the end LSN of the last batch whose records (conflicts, parked, counters)
+# are written. The slot advance cannot share their transaction, so a crash between the
+# two must not write them twice (slots installed before it get the column on first use).
+RECORDED_SQL = ("ALTER TABLE pgshift.logical_capture ADD COLUMN IF NOT EXISTS "
+                "recorded_lsn bigint NOT NULL DEFAULT 0")
 PEEK_OPTIONS = ("'include-xids', '0', 'skip-empty-xacts', '1', 'include-timestamp', '1'")
 
 
@@ -207,3 +213,21 @@ def advance(pg: psycopg.Connection, slot: str, lsn: int) -> None:
         pg.commit()
     except (psycopg.errors.UndefinedFunction, psycopg.errors.InsufficientPrivilege):
         pg.rollback()
+
+
+def recorded(conn: psycopg.Connection, schema: str) -> int:
+    """The end LSN of the last batch whose records are written (0: none yet)."""
+    if not _true(conn, "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = "
+                       "'pgshift.logical_capture'::regclass AND attname = 'recorded_lsn' "
+                       "AND NOT attisdropped)"):
+        conn.execute(RECORDED_SQL)
+    row = conn.execute("SELECT recorded_lsn FROM pgshift.logical_capture WHERE "
+                       "target_schema = %s", (schema,)).fetchone()
+    conn.commit()
+    return int(row[0]) if row else 0
+
+
+def mark_recorded(conn: psycopg.Connection, schema: str, lsn: int) -> None:
+    """In the records' transaction: they are written up to ``lsn``."""
+    conn.execute("UPDATE pgshift.logical_capture SET recorded_lsn = %s WHERE "
+                 "target_schema = %s", (lsn, schema))

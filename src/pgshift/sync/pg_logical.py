@@ -84,6 +84,8 @@ from pgshift.sync.logical_slot import (  # re-exported: their home before the se
     lag,
     lsn_int,
     lsn_text,
+    mark_recorded,
+    recorded,
     slot_name,
     uninstall,
 )
@@ -103,10 +105,12 @@ class LogicalSource:
 
     direction = TO_SQLITE
 
-    def __init__(self, session: PgSession, opts: SyncOptions, captured: set[str]) -> None:
+    def __init__(self, session: PgSession, opts: SyncOptions,
+                 captured: set[str] | None = None) -> None:
         self.session = session
         self.opts = opts
-        self.captured = captured  # the tables the sink writes (PostgreSQL's names)
+        # the tables the sink writes (PostgreSQL's names); None: every table of the schema
+        self.captured = captured
         slot = installed(session.conn, opts.schema)
         if slot is None:
             raise UsageError("logical capture is not installed",
@@ -146,21 +150,29 @@ class LogicalSource:
                           self.captured)
 
     def ack(self, outcome: Outcome) -> None:
-        """Record the batch (the ids are LSNs: nothing to dequeue), then advance."""
+        """Record the batch (the ids are LSNs: nothing to dequeue) with the LSN it ends
+        at, then advance the slot (which no transaction can include)."""
         assert outcome.record is not None
         pg = self.session.conn
-        sqlite_sink.record_batch(pg, self.opts.schema, outcome.record, dequeue=False)
+        with pg.transaction():
+            sqlite_sink.record_batch(pg, self.opts.schema, outcome.record, dequeue=False)
+            mark_recorded(pg, self.opts.schema, outcome.position)
         advance(pg, self.slot, outcome.position)
         self._pos = max(self._pos, outcome.position)
 
     def recover(self, record: dict[str, Any] | None) -> Outcome | None:
-        """A batch SQLite committed past the slot's position: record it, advance."""
+        """A batch SQLite committed past the slot's position: record it unless its
+        records are written already (a crash before the advance), then advance."""
         self._pos = self._confirmed()
-        if record and record.get("ids") and record["ids"][-1] > self._pos:
-            outcome = sqlite_sink.outcome_of(record)
-            self.ack(outcome)
-            return outcome
-        return None
+        if not (record and record.get("ids") and record["ids"][-1] > self._pos):
+            return None
+        outcome = sqlite_sink.outcome_of(record)
+        if recorded(self.session.conn, self.opts.schema) >= outcome.position:
+            advance(self.session.conn, self.slot, outcome.position)
+            self._pos = outcome.position
+            return None
+        self.ack(outcome)
+        return outcome
 
     def fence(self) -> int:
         return fence(self.session.conn, self.opts.schema)

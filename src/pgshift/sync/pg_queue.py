@@ -31,11 +31,17 @@ class PgQueueSource:
     def __init__(self, session: PgSession, opts: SyncOptions) -> None:
         self.session = session
         self.opts = opts
-        self._last = 0
         if st.scalar(session.conn, "SELECT to_regclass('pgshift.pg_changes') IS NULL"):
             session.conn.commit()
             raise UsageError("PostgreSQL capture is not installed",
                              hint=f"pgshift sync install {opts.sqlite_path} PG")
+        # acknowledged changes are deleted: the position is just below the first one
+        # still queued, or the last id handed out when none is
+        self._last = int(st.scalar(
+            session.conn,
+            "SELECT coalesce((SELECT min(id) - 1 FROM pgshift.pg_changes WHERE "
+            "target_schema = %s), pg_sequence_last_value(pg_get_serial_sequence("
+            "'pgshift.pg_changes', 'id')::regclass), 0)", (opts.schema,)))
         session.conn.commit()
 
     def position(self) -> int:

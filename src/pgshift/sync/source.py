@@ -23,20 +23,25 @@ Contracts every source keeps (checked by ``tests/sync_conformance.py``):
   commit LSN, every transaction ending in a marker change that carries it).
 - **read(limit)**: the next changes after the position, oldest first, at most
   about ``limit`` (a slot returns whole transactions); ``[]`` when there is
-  nothing. Reading twice without an ack returns the same changes. Changes the
+  nothing. Reading twice without an ack returns the same changes. A read may lag
+  behind commit (a slot decodes flushed WAL only); every change committed before a
+  ``fence()`` is readable once the fence is placed. Changes the
   sinks wrote themselves are never returned (**echo suppression**: the SQLite
   triggers skip the applier's transactions by a flag; the queue's trigger skips
   ``pgshift.applying``; the slot skips transactions that moved the to-postgres
   checkpoint).
 - **ack(outcome)**: the sink committed the batch ending at ``outcome.position``;
-  the source moves past it. Idempotent. A source whose position the sink keeps
+  the source moves past it, writing the batch record with its position where it
+  keeps one (the queue: records and dequeue in one transaction; the slot: records,
+  then advance). Called once per batch. A source whose position the sink keeps
   (the SQLite log: the checkpoint commits with the data in PostgreSQL) only moves
   its read position.
 - **recover(record)**: exactly once across ``kill -9``. A sink that cannot commit
   the source's position with its data (SQLite cannot write PostgreSQL's queue)
   commits a *batch record* with it instead; after a crash between that commit and
   the ack, ``recover`` finishes the ack from the record, so the batch is neither
-  applied twice nor lost. Returns the outcome it finished, or None.
+  applied twice nor lost. Returns the outcome it finished, or None for a record
+  already acknowledged (calling it again is harmless).
 - **fence()**: writes a marker into the capture stream and returns its position:
   every change committed before the fence has a lower position, so a loop whose
   position reached the fence has applied all of them (**fence order**).
