@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from pgshift.dsn import Dsn, connect
+from sync_conformance import kill_during
 from sync_helpers import app_con, captured_seed, check, migrate_to, sync_once
 
 pytestmark = pytest.mark.data
@@ -66,22 +62,9 @@ def test_kill_9_mid_backlog_then_resume(tmp_path: Path, pg_dsn: Dsn) -> None:
     con = app_con(db)
     total = con.execute("select count(*) from _pgshift_changes").fetchone()[0]
     con.close()
-    cmd = [sys.executable, "-c", "from pgshift.cli.main import run; run()", "sync", "run",
-           str(db), pg_dsn.conninfo, "--batch-size", "40"]
-    kills = 0
-    for target in (total // 5, total // 2, (4 * total) // 5):
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while last_seq(pg_dsn) < target and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            kills += 1
-        proc.wait()
-        assert proc.stderr is not None
-        err = proc.stderr.read().decode()
-        proc.stderr.close()
-        assert "Error" not in err, err
+    cmd = ["sync", "run", str(db), pg_dsn.conninfo, "--batch-size", "40"]
+    kills = sum(kill_during(cmd, lambda: last_seq(pg_dsn), target)
+                for target in (total // 5, total // 2, (4 * total) // 5))
     assert kills >= 2  # the applier really died mid-backlog
     result = sync_once(db, pg_dsn)
     assert result.pending == 0 and result.parked == 0
@@ -115,19 +98,11 @@ def test_kill_9_of_the_to_sqlite_applier(tmp_path: Path, pg_dsn: Dsn) -> None:
             return int(conn.execute("select count(*) from pgshift.pg_changes").fetchone()[0])
 
         total = queued()
-        cmd = [sys.executable, "-c", "from pgshift.cli.main import run; run()", "sync", "run",
-               str(db), pg_dsn.conninfo, "--mode", "to-sqlite", "--batch-size", "25"]
-        kills = 0
-        for fraction in (0.8, 0.5, 0.2):
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            deadline = time.monotonic() + 60
-            while queued() > total * fraction and proc.poll() is None \
-                    and time.monotonic() < deadline:
-                time.sleep(0.002)
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-                kills += 1
-            proc.wait()
+        cmd = ["sync", "run", str(db), pg_dsn.conninfo, "--mode", "to-sqlite",
+               "--batch-size", "25"]
+        # progress: the share of the queue applied
+        kills = sum(kill_during(cmd, lambda: total - queued(), total * (1 - fraction))
+                    for fraction in (0.8, 0.5, 0.2))
         assert kills >= 2
     finally:
         conn.close()
