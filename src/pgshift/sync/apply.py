@@ -69,7 +69,7 @@ from pgshift.sync.tables import CANDIDATES_SQL, Change, TableApplier
 
 __all__ = [
     "BACKOFF_MAX", "DEFAULT_BATCH", "FENCE_OP", "LOST_ORIGIN", "MAX_BATCH_GROWTH",
-    "MAX_RECHECKS", "POLL_SECONDS", "Applier", "Decision", "NeedMore", "PostgresSink",
+    "MAX_RECHECKS", "POLL_SECONDS", "Decision", "NeedMore", "PostgresSink",
     "Redo", "SchemaChangedError", "SyncOptions", "SyncResult", "captured_on_postgres",
     "effective_settings", "open_sqlite", "run", "session_sql",
 ]
@@ -79,10 +79,10 @@ class PostgresSink:
     """SQLite's changes into one PostgreSQL schema (plain or mapped tables): a
     :class:`~pgshift.sync.source.ChangeSink` that commits the checkpoint with the data."""
 
-    def __init__(self, opts: SyncOptions) -> None:
+    def __init__(self, opts: SyncOptions, log: SqliteLogSource) -> None:
         self.opts = opts
-        self.log = SqliteLogSource(opts.sqlite_path)
-        self.src = self.log.con
+        self.log = log  # the source: its shapes are checked, its history read by conflicts
+        self.src = log.con
         self.pg: psycopg.Connection | None = None
         self.tables: dict[str, TableApplier] = {}
         self.state: st.SyncState | None = None
@@ -93,7 +93,6 @@ class PostgresSink:
         self.first_seq = 0
 
     def close(self) -> None:
-        self.log.close()
         if self.pg is not None:
             self.pg.close()
 
@@ -414,12 +413,10 @@ class PostgresSink:
             self.pg.commit()
 
 
-Applier = PostgresSink  # the name it had before the seam
-
-
 # Deferred foreign keys for the whole batch; pgshift.applying marks the transaction as
-# the applier's own, so PostgreSQL-side capture (planned) does not log it back.
+# the applier's own, so PostgreSQL's capture trigger does not log it back (echoes).
 _TXN_SETTINGS = "SET CONSTRAINTS ALL DEFERRED; SET LOCAL pgshift.applying = 'on'"
+
 
 def run(opts: SyncOptions, *, stop: threading.Event | None = None,
         on_batch: Callable[[SyncResult, list[Change]], None] | None = None,
@@ -436,16 +433,19 @@ def run(opts: SyncOptions, *, stop: threading.Event | None = None,
     """
     if opts.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, not {opts.batch_size}")
-    sink = PostgresSink(opts)
+    log = SqliteLogSource(opts.sqlite_path)
+    sink = PostgresSink(opts, log)
     try:
         sink.connect()
         assert sink.state is not None
         result = SyncResult(st.TO_POSTGRES, sink.state.start_seq, sink.state.last_seq)
-        return run_loop(sink.log, sink, opts, result, stop=stop or threading.Event(),
+        # (the log's batches are lists of Change: what on_batch was always given)
+        return run_loop(log, sink, opts, result, stop=stop or threading.Event(),
                         on_batch=on_batch,  # type: ignore[arg-type]
                         batch_lock=batch_lock)
     finally:
         sink.close()
+        log.close()
 
 
 def _replica_role(conn: psycopg.Connection) -> bool:
