@@ -90,7 +90,7 @@ class PostgresSink:
         self.settings: dict[str, cfg.TableSettings] = {}
         self.pg_captured: set[str] = set()
         self.policy = ToPostgresConflicts(opts.schema, opts.sor, self.src, {}, {}, set())
-        self.first_seq = 0
+        self.first_seq: int | None = None  # the checkpoint this run started from
 
     def close(self) -> None:
         if self.pg is not None:
@@ -114,7 +114,8 @@ class PostgresSink:
         self.pg.execute(CANDIDATES_SQL)
         self.pg.commit()
         self.state = self._start_state()
-        self.first_seq = self.state.last_seq
+        if self.first_seq is None:  # (not again after a reconnect)
+            self.first_seq = self.state.last_seq
         self._load_tables()
 
     def _start_state(self) -> st.SyncState:
@@ -405,7 +406,8 @@ class PostgresSink:
             n = self.pg.execute(
                 "SELECT count(*) FROM pgshift.sync_conflicts WHERE target_schema = %s AND "
                 "direction = %s AND seq > %s AND seq <= %s",
-                (self.opts.schema, st.TO_POSTGRES, self.first_seq, result.last_seq)).fetchone()
+                (self.opts.schema, st.TO_POSTGRES, self.first_seq or 0, result.last_seq)
+            ).fetchone()
             self.pg.commit()
             result.conflicts = int(n[0]) if n else 0
         if result.parked:
