@@ -153,7 +153,7 @@ class PgSession:
             self._conn = None
 
 
-def to_sqlite_error(opts: SyncOptions, exc: Exception) -> SourceError | TargetError:
+def to_sqlite_error(opts: SyncOptions, exc: BaseException) -> SourceError | TargetError:
     """The one-line error for a failure of either to-sqlite applier (trigger queue or
     logical decoding) that a retry may cure."""
     if isinstance(exc, sqlite3.OperationalError):

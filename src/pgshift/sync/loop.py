@@ -93,7 +93,12 @@ def run_loop(source: ChangeSource, sink: ChangeSink, opts: SyncOptions, result: 
         _count(result, outcome)
         result.last_batch_seconds = time.perf_counter() - batch_started
         if trim is not None:
-            result.trimmed += trim()
+            try:
+                result.trimmed += trim()
+            except sqlite3.OperationalError as exc:
+                if not opts.follow:
+                    raise sink.failed(exc) from exc
+                # a busy file: the batch is applied; the next one trims again
         if on_batch is not None:
             on_batch(result, batch)
     result.pending = source.pending()

@@ -226,10 +226,7 @@ class SqliteSink:
         self.session.reset()
 
     def failed(self, exc: BaseException) -> PgshiftError:
-        if isinstance(exc, UsageError):
-            return exc
-        return to_sqlite_error(self.opts, exc if isinstance(exc, Exception)
-                               else RuntimeError(str(exc)))
+        return to_sqlite_error(self.opts, exc)
 
     def finish(self, result: SyncResult) -> None:
         pass
