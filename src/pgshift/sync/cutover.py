@@ -26,33 +26,18 @@ import psycopg
 
 from pgshift.dsn import connect
 from pgshift.errors import LockedError, SourceError, TargetError, UsageError
-from pgshift.source.snapshot import CHANGELOG_TABLE
 from pgshift.sync import identity, pg_capture, pg_logical, privileges
 from pgshift.sync import state as st
-from pgshift.sync.apply import FENCE_OP, SyncOptions, SyncResult, open_sqlite, run
+from pgshift.sync.apply import SyncOptions, SyncResult, open_sqlite, run
 from pgshift.sync.ops import GREEN_IDS, TO_SQLITE
 from pgshift.sync.results import DrainResult, FlipResult, StrandedRange
+from pgshift.sync.sqlite_log import stranded_range, write_fence
 
 
 def fence(path: Path) -> int:
-    """Write a fence marker into the SQLite change log; its seq.
-
-    Every change committed before the marker has a lower seq, so an applier whose
-    checkpoint reached it has applied all of them (the router holds writes meanwhile).
-    """
-    con = open_sqlite(path, readonly=False)
-    try:
-        con.execute("BEGIN IMMEDIATE")
-        cur = con.execute(
-            f'INSERT INTO "{CHANGELOG_TABLE}" (tbl, op, origin, schema_version, ts) '
-            "VALUES ('', ?, 'pgshift', 0, ?)", (FENCE_OP, int(time.time() * 1000)))
-        con.execute("COMMIT")
-        return int(cur.lastrowid or 0)
-    except sqlite3.OperationalError as exc:
-        raise SourceError(f"writing the fence marker into {path} failed: {exc}",
-                          hint="retry; the app may hold a long write transaction") from exc
-    finally:
-        con.close()
+    """Write a fence marker into the SQLite change log; its seq
+    (:func:`pgshift.sync.sqlite_log.write_fence`)."""
+    return write_fence(path)
 
 
 def sqlite_stranded(path: Path, after: int, upto: int | None = None) -> dict[str, Any]:
@@ -60,13 +45,9 @@ def sqlite_stranded(path: Path, after: int, upto: int | None = None) -> dict[str
     (no upper bound without ``upto``): count, seq range, oldest age, tables."""
     con = open_sqlite(path)
     try:
-        rows = con.execute(
-            f'SELECT tbl, count(*), min(seq), max(seq), min(ts) FROM "{CHANGELOG_TABLE}" '
-            "WHERE seq > ? AND seq <= ? AND op <> ? GROUP BY tbl ORDER BY tbl",
-            (after, upto if upto is not None else 2**63 - 1, FENCE_OP)).fetchall()
+        return stranded_range(con, after, upto)
     finally:
         con.close()
-    return pg_capture.range_summary(rows)
 
 
 def drain(opts: SyncOptions, timeout: float = 30.0,
