@@ -231,7 +231,10 @@ def test_column_change_changes_the_fingerprint(tmp_path: Path) -> None:
 
 _values = hs.one_of(
     hs.none(), hs.integers(-(2**63), 2**63 - 1),
-    hs.floats(allow_nan=False, min_value=-1e100, max_value=1e100),
+    # quote()'s documented exact range (docs/sync.md, "Limits of quote()"): 0 and
+    # magnitudes 1e-100..1e100; SQLite 3.40 prints a few reals outside it one ulp off
+    hs.floats(allow_nan=False, min_value=-1e100, max_value=1e100).filter(
+        lambda x: x == 0 or abs(x) >= 1e-100),
     hs.floats(allow_nan=False).filter(math.isinf),
     hs.text(alphabet=hs.characters(blacklist_characters="\x00", blacklist_categories=["Cs"])),
     hs.binary(max_size=20),
