@@ -1,0 +1,1 @@
+"""Getting started: ``pgshift init`` (cutover file + deploy templates) and ``pgshift preflight``."""
