@@ -49,7 +49,9 @@ def root(
 
 def _register() -> None:
     import pgshift.cli.archive as archive_cli
+    import pgshift.cli.init as init_cli
     import pgshift.cli.optimize as optimize_cli
+    import pgshift.cli.preflight as preflight_cli
     import pgshift.cli.provision as provision_cli
     from pgshift.cli import demo, load, migrate, proxy, rollout, sync, traffic, verify
 
@@ -64,6 +66,8 @@ def _register() -> None:
     app.add_typer(archive_cli.archive_app, name="archive")
     app.command(name="optimize", no_args_is_help=True)(optimize_cli.optimize_command)
     rollout.register(app)
+    app.command(name="init", no_args_is_help=True)(init_cli.init_command)
+    app.command(name="preflight", no_args_is_help=True)(preflight_cli.preflight_command)
 
 
 _register()

@@ -282,7 +282,7 @@ def k8s_manifests(s: Setup) -> dict[str, str]:
                     "resources": {"requests": {"storage": "10Gi"}}}}
     blue_env = [{"name": "DB_ENGINE", "value": "sqlite"},
                 {"name": "SQLITE_PATH", "value": f"/data/{s.sqlite.name}"}]
-    green_env = [{"name": "DB_ENGINE", "value": "postgres"},
+    green_env: list[dict[str, Any]] = [{"name": "DB_ENGINE", "value": "postgres"},
                  {"name": s.dsn_var, "valueFrom": {"secretKeyRef": {
                      "name": f"{s.name}-db", "key": "url"}}}]
     route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",

@@ -165,9 +165,8 @@ def _k8s_problems(doc: Any) -> list[str]:
                 w = ref.get("weight")
                 if not isinstance(w, int) or not 0 <= w <= 1_000_000:
                     problems.append(f"{where}: backendRef {ref.get('name')} weight {w!r}")
-    elif kind == "PersistentVolumeClaim":
-        if not spec.get("accessModes"):
-            problems.append(f"{where}: no accessModes")
+    elif kind == "PersistentVolumeClaim" and not spec.get("accessModes"):
+        problems.append(f"{where}: no accessModes")
     return problems
 
 
