@@ -36,7 +36,7 @@ _SECRET_PATTERNS = (
     (re.compile(r"(?im)^\s*[\w.-]*(password|passwd|secret|api_key|apikey)[\w.-]*\s*:\s*"
                 r"(?!\s*(env:|$|#|null|~))\S"), "a key named like a secret with a literal value"),
     (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), "an AWS access key"),
-    (re.compile(r"(?i)\bpassword\s*=\s*\S"), "password= in a DSN"),
+    (re.compile(r"(?i)password\s*=\s*[^\s$]"), "password= (a DSN or PGPASSWORD)"),
 )
 
 
