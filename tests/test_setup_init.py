@@ -150,3 +150,48 @@ def test_cli_without_a_terminal_needs_the_urls(app_db: Path, tmp_path: Path,
     assert payload["ok"] and payload["profile"]["keyless"] == ["audit_log"]
     assert main(["init", str(tmp_path / "missing.db"), "--blue-url", "http://b:1",
                  "--green-url", "http://g:2", "--out-dir", str(tmp_path)]) == 2
+
+
+@pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed (apt-get install haproxy)")
+def test_generated_haproxy_config_runs_and_preflight_reaches_its_socket(
+        app_db: Path, tmp_path: Path) -> None:
+    """The written haproxy.cfg, with its two paths moved into tmp, serves the runtime API
+    that the cutover file's router section points at."""
+    import socket
+    import subprocess
+    import time
+
+    from pgshift.setup.preflight import router_check
+    from pgshift.setup.templates import HAPROXY_MAP, HAPROXY_SOCKET
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out"
+    setup = Setup(name="shop", sqlite=app_db, blue_url="http://127.0.0.1:9",
+                  green_url="http://127.0.0.1:9", deploy="running", router="haproxy",
+                  listen=f"127.0.0.1:{port}")
+    init(setup, out)
+    sock, map_file = tmp_path / "admin.sock", tmp_path / "pgshift.map"
+    for name in ("haproxy.cfg", "cutover.yaml"):
+        text = (out / name).read_text()
+        (out / name).write_text(text.replace(HAPROXY_SOCKET, str(sock))
+                                .replace(HAPROXY_MAP, str(map_file)))
+    shutil.copy(out / "pgshift.map", map_file)
+    cfg, _ = config.load(out / "cutover.yaml")
+    assert router_check(cfg).status == "fail"  # not running yet: named, with a hint
+    assert HAPROXY is not None
+    log = tmp_path / "haproxy.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen([HAPROXY, "-db", "-f", str(out / "haproxy.cfg")],
+                                stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.02)
+        check = router_check(cfg)
+        assert check.status == "pass" and "green weight 0 %" in check.detail, check
+    finally:
+        proc.terminate()
+        proc.wait(5)

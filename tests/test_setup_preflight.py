@@ -19,7 +19,7 @@ from pgshift.setup.preflight import PreflightReport, preflight
 
 
 class _Health(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+    def do_GET(self) -> None:
         self.send_response(200 if self.path == "/health" else 404)
         self.end_headers()
 
@@ -161,3 +161,30 @@ def test_cli_json_and_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert main(["preflight", str(cutover)]) == 1
     out = capsys.readouterr().out
     assert "FAIL  apps.blue" in out and "PASS  source.wal" in out
+
+
+def test_migrate_plan_summarizes_anomalies_and_leaves_nothing(
+        tmp_path: Path, pg_dsn: Dsn, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PREFLIGHT_DSN", pg_dsn.conninfo)
+    db = _db(tmp_path / "shop.db")
+    con = sqlite3.connect(db)
+    con.execute("create table items (id integer primary key, qty integer)")
+    con.execute("insert into items values (1, 5), (2, 'a dozen')")  # text in an INTEGER column
+    con.commit()
+    con.close()
+    cutover = _cutover(tmp_path, db, "http://127.0.0.1:9", "http://127.0.0.1:9")
+    def files() -> list[str]:  # SQLite's own -wal/-shm come and go with any reader
+        return sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(("-wal", "-shm")))
+
+    before = files()
+    report = preflight(cutover, migrate_plan=True)
+    check = next(c for c in report.checks if c.name == "migrate.plan")
+    assert check.status == "warn", check
+    assert "items.qty" in check.detail
+    assert files() == before  # no state, no snapshot left
+    conn = connect(pg_dsn, autocommit=True)
+    try:
+        assert conn.execute("select count(*) from pg_tables where schemaname = 'public'"
+                            ).fetchone() == (0,)
+    finally:
+        conn.close()

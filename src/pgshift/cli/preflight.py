@@ -18,6 +18,9 @@ def preflight_command(
     assume_remote: Annotated[bool, typer.Option(
         "--assume-remote", help="Apply the remote-target rules (ssl, password auth) to a "
         "local server too.")] = False,
+    migrate_plan: Annotated[bool, typer.Option(
+        "--migrate-plan", help="Also summarize `pgshift migrate --dry-run`'s anomalies "
+        "(snapshots the source into a temporary directory).")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="JSON result on stdout.")] = False,
 ) -> None:
     """Check everything that can be known before touching production; change nothing.
@@ -33,8 +36,11 @@ def preflight_command(
       pgshift preflight cutover.yaml
 
       pgshift preflight cutover.yaml --json
+
+      pgshift preflight cutover.yaml --migrate-plan --assume-remote
     """
-    report = preflight(cutover, assume_remote=assume_remote)
+    report = preflight(cutover, assume_remote=assume_remote,
+                       migrate_plan=migrate_plan)
     if json_output:
         print_json(report.to_dict())
     else:

@@ -348,6 +348,32 @@ def hook_checks(cfg: Cutover, base: Path) -> list[CheckResult]:
     return [_ok("hooks", f"{len(commands)} commands found")] if commands else []
 
 
+def migrate_plan_check(cfg: Cutover) -> CheckResult:
+    """``pgshift migrate --dry-run``'s notes, summarized: the plan is built from a snapshot
+    in a temporary directory (removed after), the target is only read."""
+    import tempfile
+
+    from pgshift.dsn import resolve
+    from pgshift.migrate.options import MigrateOptions
+    from pgshift.migrate.run import migrate
+
+    with tempfile.TemporaryDirectory(prefix="pgshift-preflight-") as tmp:
+        try:
+            result = migrate(MigrateOptions(
+                sqlite_path=cfg.source.sqlite, dsn=resolve(cfg.target.dsn),
+                schema=cfg.target.schema_, dry_run=True, state_dir=Path(tmp),
+                into_existing=cfg.mapping is not None, mapping=cfg.mapping))
+        except PgshiftError as exc:
+            return CheckResult("migrate.plan", "fail", exc.message, exc.hint or "")
+    notes = [n for n in result.plan.notes if n.level in ("anomaly", "untranslated")]
+    if not notes:
+        return _ok("migrate.plan", f"{len(result.tables)} tables planned, no anomalies")
+    shown = "; ".join(f"{n.obj}: {n.message}" for n in notes[:3])
+    return CheckResult("migrate.plan", "warn", f"{len(notes)} anomalies/untranslated: {shown}"
+                       + (" ..." if len(notes) > 3 else ""),
+                       f"pgshift migrate {cfg.source.sqlite} {cfg.target.dsn} --dry-run")
+
+
 # -- security -----------------------------------------------------------------------------------
 
 def security_checks(cfg: Cutover, path: Path, state_root: Path) -> list[CheckResult]:
@@ -387,9 +413,11 @@ def security_checks(cfg: Cutover, path: Path, state_root: Path) -> list[CheckRes
     return out
 
 
-def preflight(path: Path, *, assume_remote: bool = False) -> PreflightReport:
+def preflight(path: Path, *, assume_remote: bool = False,
+              migrate_plan: bool = False) -> PreflightReport:
     """Every check, in the order an operator reads them; ``UsageError`` only when the
-    cutover file itself cannot be loaded (exit 2)."""
+    cutover file itself cannot be loaded (exit 2). ``migrate_plan`` adds the migrate
+    dry run's anomalies (it snapshots the source: a full copy, in a temporary directory)."""
     cfg, base = cfgmod.load(path)
     state_root = StateDir.for_name(base, cfg.name).root
     report = PreflightReport(path)
@@ -403,6 +431,8 @@ def preflight(path: Path, *, assume_remote: bool = False) -> PreflightReport:
         lambda: hook_checks(cfg, base),
         lambda: security_checks(cfg, path, state_root),
     ]
+    if migrate_plan:
+        groups.insert(2, lambda: [migrate_plan_check(cfg)])
     for group in groups:
         report.checks.extend(group())
     return report
