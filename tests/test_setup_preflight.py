@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sqlite3
 import threading
@@ -93,37 +94,52 @@ def app_role(pg_dsn: Dsn) -> Iterator[str]:
         conn.close()
 
 
-def test_flags_superuser_role_and_public_create_then_passes_once_fixed(
+def test_flags_superuser_role_trust_auth_and_public_create_then_passes_once_fixed(
         tmp_path: Path, pg_dsn: Dsn, app_role: str, health_url: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PREFLIGHT_DSN", pg_dsn.conninfo)
     db = _db(tmp_path / "shop.db")
     cutover = _cutover(tmp_path, db, health_url, health_url, role=app_role)
     conn = connect(pg_dsn, autocommit=True)
+    # pg_hba_file_rules reads the file on disk, not what the server loaded: a trust line
+    # appended (and removed) without a reload is seen by the check and by nobody else
+    hba = Path(conn.execute("show hba_file").fetchone()[0])
+    if not os.access(hba, os.W_OK):
+        pytest.skip("the test server's pg_hba.conf is not on this machine")
+    original = hba.read_text()
     try:
         conn.execute("grant create on schema public to public")
+        hba.write_text(original + "host all all 10.99.0.0/16 trust\n")
         report = preflight(cutover, assume_remote=True)
+        hba.write_text(original)
         st = _status(report)
         assert st["target.app_role"] == "fail" and st["target.public_create"] == "fail"
-        assert "superuser" in next(c.detail for c in report.checks
-                                   if c.name == "target.app_role")
+        assert st["target.auth"] == "fail"
+        assert "trust" in _detail(report, "target.auth")
+        assert "superuser" in _detail(report, "target.app_role")
         assert st["target.ssl"] == "warn"  # the test server has no ssl
-        assert st["target.auth"] in ("pass", "fail", "warn")  # the server's own pg_hba
         assert not report.ok
         conn.execute(f"alter role {app_role} nosuperuser nocreaterole")
         conn.execute("revoke create on schema public from public")
-        report = preflight(cutover)
+        report = preflight(cutover, assume_remote=True)
     finally:
+        hba.write_text(original)
         conn.close()
     st = _status(report)
     for name in ("source.readable", "source.wal", "source.quick_check", "source.capturable",
                  "source.disk", "target.reachable", "target.privileges", "target.app_role",
-                 "target.public_create", "apps.blue", "apps.green", "router", "tables",
+                 "target.extensions", "target.connections", "target.public_create",
+                 "target.auth", "apps.blue", "apps.green", "router", "tables",
                  "security.secrets", "security.env", "security.state_dir"):
-        assert st[name] == "pass", (name, [c for c in report.checks if c.name == name])
+        assert st[name] == "pass", (name, _detail(report, name))
+    assert st["target.backup"] == "warn"  # no WAL archiving on the test server
     assert report.ok
-    assert "PostgreSQL" in next(c.detail for c in report.checks if c.name == "target.reachable")
-    assert "target.ssl" not in st  # a local server without --assume-remote
+    assert "PostgreSQL" in _detail(report, "target.reachable")
+    assert "target.ssl" not in _status(preflight(cutover))  # local, no --assume-remote
+
+
+def _detail(report: PreflightReport, name: str) -> str:
+    return next(c.detail for c in report.checks if c.name == name)
 
 
 def test_source_and_security_failures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

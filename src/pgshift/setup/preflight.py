@@ -164,12 +164,50 @@ def target_checks(cfg: Cutover, *, assume_remote: bool) -> list[CheckResult]:
                                    f"schema {schema}", f"GRANT CREATE ON SCHEMA {schema} TO "
                                    f"{user}"))
         out.append(_app_role(conn, cfg.target.app_role))
+        out.extend(_server(conn, cfg))
         out.append(_public_schema(conn, schema))
         if remote:
             out.append(_ssl(conn))
             out.append(_auth(conn))
     finally:
         conn.close()
+    return out
+
+
+def _server(conn: Any, cfg: Cutover) -> list[CheckResult]:
+    """Extensions the provision step will create, connections for the planned pools, and
+    whether PostgreSQL could be restored once it is the system of record."""
+    out = []
+    wanted = ["pg_trgm", *(cfg.provision.extensions if cfg.provision else ())]
+    available = {r[0] for r in conn.execute(
+        "select name from pg_available_extensions where name = any(%s)", (wanted,))}
+    missing = [e for e in dict.fromkeys(wanted) if e not in available]
+    out.append(CheckResult("target.extensions", "fail", "not available on the server: "
+                           + ", ".join(missing), "install the server's contrib package")
+               if missing else _ok("target.extensions", "available: " + ", ".join(wanted)))
+    max_conn, reserved, used = conn.execute(
+        "select current_setting('max_connections')::int, "
+        "current_setting('superuser_reserved_connections')::int, "
+        "(select count(*) from pg_stat_activity where backend_type = 'client backend')"
+    ).fetchone()
+    # the app's pool (provision's connection limit) + migrate's COPY sessions + sync and
+    # the engine's own connections, on top of what is connected now
+    need = (cfg.provision.connection_limit if cfg.provision else 0) + cfg.migrate.jobs + 4
+    free = max_conn - reserved - used
+    out.append(CheckResult("target.connections", "warn", f"{free} connections free "
+                           f"(max_connections {max_conn}), {need} planned",
+                           "raise max_connections or lower provision.connection_limit")
+               if need > free else _ok("target.connections", f"{free} free, {need} planned"))
+    mode, command, library = conn.execute(
+        "select current_setting('archive_mode'), current_setting('archive_command'), "
+        "coalesce(current_setting('archive_library', true), '')").fetchone()
+    if mode in ("on", "always") and (command.strip() not in ("", "(disabled)") or library):
+        out.append(_ok("target.backup", f"WAL archiving on ({library or command[:40]})"))
+    else:
+        out.append(CheckResult("target.backup", "warn", "no WAL archiving (archive_mode="
+                               f"{mode}): point-in-time recovery is not configured; a recent "
+                               "backup cannot be checked from here", "configure PITR or a "
+                               "managed backup before PostgreSQL becomes the system of record"))
     return out
 
 
