@@ -204,3 +204,27 @@ def test_migrate_plan_summarizes_anomalies_and_leaves_nothing(
                             ).fetchone() == (0,)
     finally:
         conn.close()
+
+
+def test_prerequisites_junit_judged_commands_listed(tmp_path: Path) -> None:
+    from pgshift.rollout import config
+    from pgshift.setup.preflight import prerequisite_checks
+
+    cases = "".join(f'<testcase name="t{i}">{"<failure/>" if i == 0 else ""}</testcase>'
+                    for i in range(20))
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "junit.xml").write_text(f"<testsuite>{cases}</testsuite>")
+    db = _db(tmp_path / "shop.db")
+    cutover = _cutover(tmp_path, db, "http://b:1", "http://g:1", extra="""prerequisites:
+  - {name: staging, junit: reports/junit.xml, min_pass_rate: 95%}
+  - {name: strict, junit: reports/junit.xml}
+  - {name: gone, junit: reports/missing.xml}
+  - {name: smoke, command: ./smoke.sh}
+""")
+    cfg, base = config.load(cutover)
+    got = {c.name: c for c in prerequisite_checks(cfg, base)}
+    assert got["prerequisite.staging"].status == "pass"
+    assert "19/20" in got["prerequisite.staging"].detail
+    assert got["prerequisite.strict"].status == "fail"
+    assert got["prerequisite.gone"].status == "fail"
+    assert got["prerequisite.smoke"].status == "skip"

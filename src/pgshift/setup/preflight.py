@@ -337,22 +337,22 @@ def settings_check(cfg: Cutover) -> CheckResult:
 
 def prerequisite_checks(cfg: Cutover, base: Path) -> list[CheckResult]:
     """Listed, not run (they may be slow or touch things); JUnit reports are read."""
-    from pgshift.rollout.hooks import junit_pass_rate
+    from pgshift.rollout.hooks import check_prerequisite
 
     out = []
     for p in cfg.prerequisites:
         name = f"prerequisite.{p.name}"
         if p.junit is not None:
+            # the rollout's own judgement; the report's path taken from the file's folder
             junit = p.junit if p.junit.is_absolute() else base / p.junit
             try:
-                passed, total = junit_pass_rate(junit)
+                gate = check_prerequisite(p.model_copy(update={"junit": junit}), {},
+                                          confirmations={})
             except PgshiftError as exc:
                 out.append(CheckResult(name, "fail", exc.message, exc.hint or ""))
                 continue
-            rate = passed / total if total else 0.0
-            status: Status = "pass" if total and rate >= p.min_pass_rate else "fail"
-            out.append(CheckResult(name, status, f"{passed}/{total} passed ({rate:.1%}, "
-                                   f"{p.min_pass_rate:.1%} required)"))
+            out.append(CheckResult(name, "pass" if gate.passed else "fail", gate.detail,
+                                   "" if gate.passed else f"see {junit}"))
         elif p.command is not None:
             out.append(CheckResult(name, "skip", f"command, run by the rollout: {p.command}"))
         else:
