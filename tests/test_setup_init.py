@@ -195,3 +195,11 @@ def test_generated_haproxy_config_runs_and_preflight_reaches_its_socket(
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+def test_haproxy_needs_plain_http_backends(app_db: Path, tmp_path: Path) -> None:
+    s = Setup(name="shop", sqlite=app_db, blue_url="https://10.0.1.10", green_url="http://g:1",
+              deploy="running", router="haproxy")
+    with pytest.raises(UsageError, match="--blue-url"):
+        init(s, tmp_path)
+    assert not (tmp_path / "cutover.yaml").exists()

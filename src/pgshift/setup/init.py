@@ -117,6 +117,9 @@ def check_setup(s: Setup) -> None:
         if not re.match(r"^https?://[^/\s]+", url):
             raise UsageError(f"--{side}-url {url!r} is not an http(s):// URL",
                              hint=f"--{side}-url http://10.0.1.10:3000")
+        if s.router == "haproxy" and not url.startswith("http://"):
+            raise UsageError(f"--{side}-url {url!r}: HAProxy's backends are http://host:port "
+                             "(TLS ends at HAProxy)", hint=f"--{side}-url http://10.0.1.10:3000")
     if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", s.dsn_var):
         raise UsageError(f"--dsn-var {s.dsn_var!r} is not an environment variable name",
                          hint="--dsn-var DATABASE_URL")
