@@ -132,9 +132,9 @@ def cutover_yaml(s: Setup, *, tables: list[tuple[str, int, bool]]) -> str:
         green_cmds = "    # already running: no deploy/stop commands\n"
     role = f"  app_role: {_q(s.app_role)}          # green's role\n" if s.app_role else \
         "  # app_role: app                # green's role: loses writes on green_writes: forbid\n"
-    listing = "".join(
-        f"  #   {n}: {rows} row{'' if rows == 1 else 's'}{'' if key else '  -- NO PRIMARY KEY: sync cannot capture it'}\n"
-        for n, rows, key in tables) or "  #   (no tables)\n"
+    nokey = "  -- NO PRIMARY KEY: sync cannot capture it"
+    listing = "".join(f"  #   {n}: {rows} row{'' if rows == 1 else 's'}{'' if key else nokey}\n"
+                      for n, rows, key in tables) or "  #   (no tables)\n"
     return f"""# cutover.yaml -- written by `pgshift init`; review every line before a rollout.
 # Every key, with its default: docs/cutover.example.yaml. Check it with
 #   pgshift plan cutover.yaml        (what a rollout would do)
