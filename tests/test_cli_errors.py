@@ -75,7 +75,7 @@ def test_input_errors_exit_2_with_error_and_try(case: str, tmp_path: Path, good_
         "not_sqlite": (["migrate", str(tmp_path / "not.db"), dsn], "not a SQLite 3 database"),
         "empty_file": (["migrate", str(tmp_path / "empty.db"), dsn], "is an empty file"),
         "bad_dsn_syntax": (["migrate", str(good_db), "host=127.0.0.1 port"],
-                           "invalid PostgreSQL DSN"),
+                           "not a valid PostgreSQL DSN"),
         "env_var_unset": (["migrate", str(good_db), "env:PGSHIFT_TEST_UNSET_VAR"],
                           "PGSHIFT_TEST_UNSET_VAR"),
         "data_only_and_schema_only": (["migrate", str(good_db), dsn, "--data-only",

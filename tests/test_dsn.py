@@ -72,7 +72,7 @@ def test_resolve_env_var_with_bad_dsn_redacts_it() -> None:
 @pytest.mark.parametrize("raw", ["host=h port", "postgresql://u@h/db?bogus=1",
                                  "host=h password=hunter2 bogus=1"])
 def test_resolve_rejects_bad_syntax_without_printing_passwords(raw: str) -> None:
-    with pytest.raises(UsageError, match="invalid PostgreSQL DSN") as info:
+    with pytest.raises(UsageError, match="not a valid PostgreSQL DSN") as info:
         resolve(raw)
     assert "hunter2" not in info.value.message
     assert info.value.hint and "postgresql://" in info.value.hint
