@@ -172,3 +172,25 @@ def test_unparseable_dsns_are_named_not_echoed(raw: str, fact: str) -> None:
     assert fact in info.value.message
     assert "@h" not in info.value.message and "host=h" not in info.value.message
     assert info.value.__cause__ is None
+
+
+def test_snapshot_is_private_and_removed_after_success_unless_kept(
+        app_db: Path, pg_dsn: Dsn, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    os_mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
+    app_db.chmod(0o600)
+    state = tmp_path / "state"
+    assert main(["migrate", str(app_db), pg_dsn.conninfo, "--state-dir", str(state)]) == 0
+    _, err = capsys.readouterr()
+    assert "snapshot: removed" in err and "--keep-snapshot" in err
+    assert list((state / "snapshots").iterdir()) == []
+    assert os_mode(state) == 0o700 and os_mode(state / "snapshots") == 0o700
+    assert os_mode(state / "audit.jsonl") == 0o600
+    assert "snapshot.removed" in (state / "audit.jsonl").read_text()
+
+    assert main(["migrate", str(app_db), pg_dsn.conninfo, "--state-dir", str(state),
+                 "--restart", "--drop", "--keep-snapshot"]) == 0
+    _, err = capsys.readouterr()
+    files = sorted((state / "snapshots").iterdir())
+    assert [f.suffix for f in files] == [".json", ".sqlite"]
+    assert all(os_mode(f) == 0o600 for f in files)
+    assert f"snapshot: {files[1]}" in err and "MiB" in err

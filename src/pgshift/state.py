@@ -30,10 +30,35 @@ from typing import Any
 from pgshift.dsn import redact
 
 STATE_ROOT = ".pgshift"
+# State holds snapshots of production databases and rejected values: owner-only, like the
+# database file itself usually is (a 0644 copy of a chmod-600 database would widen access).
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) and make it owner-only (0700); idempotent."""
+    path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    if path.stat().st_mode & 0o777 != DIR_MODE:
+        os.chmod(path, DIR_MODE)
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """Create ``path`` empty with mode 0600 unless it exists (then make it 0600)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
+    return path
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write ``path`` so a crash leaves either the old or the new content: temp, fsync, rename."""
+    """Write ``path`` so a crash leaves either the old or the new content: temp, fsync, rename.
+
+    The file is 0600 (``mkstemp``'s mode survives the rename).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -88,7 +113,7 @@ class StateDir:
     def ensure(self) -> StateDir:
         """Create the directory tree (idempotent)."""
         for d in (self.root, self.snapshots, self.report):
-            d.mkdir(parents=True, exist_ok=True)
+            private_dir(d)
         return self
 
     def audit(
@@ -100,7 +125,7 @@ class StateDir:
         actor: str | None = None,
     ) -> None:
         """Append one audit event; the message is redacted so no DSN password lands on disk."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
         event = {
             "ts": _now_iso(),
             "step": step,
@@ -111,7 +136,7 @@ class StateDir:
         }
         line = json.dumps(event, default=str, ensure_ascii=False) + "\n"
         # O_APPEND makes each event one atomic write, so concurrent writers interleave whole lines.
-        fd = os.open(self.audit_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(self.audit_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
         try:
             os.write(fd, line.encode())
         finally:
@@ -120,7 +145,8 @@ class StateDir:
     @contextlib.contextmanager
     def journal_db(self) -> Iterator[sqlite3.Connection]:
         """The journal (steps and decisions); created on first use."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
+        private_file(self.journal)
         con = sqlite3.connect(self.journal, isolation_level=None)
         try:
             con.execute("PRAGMA journal_mode=WAL")

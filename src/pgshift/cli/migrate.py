@@ -73,6 +73,9 @@ def migrate_command(
     strict: Annotated[bool, typer.Option(
         "--strict", help="With --into-existing: a source column that feeds no target column "
         "is a plan error unless the mapping's `drop:` names it.")] = False,
+    keep_snapshot: Annotated[bool, typer.Option(
+        "--keep-snapshot", help="Keep the snapshot (a 0600 copy of the source in the state "
+        "directory) after a successful run; by default it is removed.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
     = False,
 ) -> None:
@@ -103,7 +106,7 @@ def migrate_command(
         dry_run=dry_run, resume=resume, restart=restart, allow_rejects=allow_rejects,
         owner=owner, state_dir=state_dir, require_wal=require_wal,
         into_existing=into_existing, mapping=mapping, assume_tz=assume_tz, truncate=truncate,
-        keep_indexes=keep_indexes, strict=strict,
+        keep_indexes=keep_indexes, strict=strict, keep_snapshot=keep_snapshot,
     )
     with closing(for_terminal(json_output)) as progress:
         result = migrate(opts, progress)
@@ -118,9 +121,21 @@ def migrate_command(
         out_console().print(migrate_summary(result))
         if result.rejects_file:
             err_console().print(f"rejects: {result.rejects_file}")
+        if result.snapshot is not None:
+            err_console(markup=False).print(snapshot_line(result))
     code = result.exit_code
     if code:
         raise _ExitWith(result)
+
+
+def snapshot_line(result: MigrateResult) -> str:
+    """Where the snapshot is and how big, or that it was removed."""
+    snap = result.snapshot
+    assert snap is not None
+    size = f"{snap.bytes / 2**20:.1f} MiB"
+    if result.snapshot_kept:
+        return f"snapshot: {snap.path} ({size}, mode 0600; delete it when no longer needed)"
+    return f"snapshot: removed {snap.path} ({size}); --keep-snapshot keeps it"
 
 
 class _ExitWith(PgshiftError):

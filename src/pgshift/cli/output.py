@@ -12,8 +12,9 @@ from pgshift.dsn import redact
 from pgshift.errors import PgshiftError
 
 
-def err_console() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+def err_console(*, markup: bool = True) -> Console:
+    """Stderr; ``markup=False`` for text that may hold brackets (paths, SQL)."""
+    return Console(stderr=True, highlight=False, soft_wrap=True, markup=markup)
 
 
 def out_console(*, markup: bool = True) -> Console:

@@ -43,6 +43,8 @@ class MigrateOptions:
     # migrate, verify and sync): copied instead of taking a new one, never deleted.
     # Its high-water mark is recorded with the run, so sync starts right after it.
     snapshot: Snapshot | None = None
+    # Keep migrate's own snapshot after a successful run (a given one is always kept).
+    keep_snapshot: bool = False
     # --into-existing: load into the tables the application's migrations created
     into_existing: bool = False
     mapping: Path | None = None
@@ -79,6 +81,9 @@ class MigrateResult:
     seconds: float = 0.0
     run_id: str | None = None
     allow_rejects: bool = False
+    # False once migrate removed its own snapshot after success (``snapshot`` then names
+    # a file that is gone); True while the file exists.
+    snapshot_kept: bool = True
 
     @property
     def exit_code(self) -> ExitCode:
@@ -99,6 +104,7 @@ class MigrateResult:
             "rejects": self.rejects,
             "rejects_file": str(self.rejects_file) if self.rejects_file else None,
             "snapshot": self.snapshot.to_dict() if self.snapshot else None,
+            "snapshot_kept": self.snapshot_kept if self.snapshot else None,
             "steps": [s.to_dict() for s in self.steps],
             "tables": [t.__dict__ for t in self.tables],
             "violations": [n.to_dict() for n in self.violations],

@@ -161,11 +161,12 @@ def _run(opts: MigrateOptions, load: LoadPath[PlanT], state: StateDir, steps: St
         rejects_file = write_rejects(coord, run.run_id, state)
         checkpoint.set_status(coord, run.run_id, "done")
         load.cleanup(run)
+        kept = _settle_snapshot(opts, state, snap)
         total_rejects = sum(s.rejects for s in summaries.values())
         result = MigrateResult(plan, snap, list(summaries.values()), steps.timings,
                                total_rejects, violations, rejects_file,
                                seconds=time.perf_counter() - t_start, run_id=run.run_id,
-                               allow_rejects=opts.allow_rejects)
+                               allow_rejects=opts.allow_rejects, snapshot_kept=kept)
         state.audit("migrate", "done", load.done_message.format(rows=result.to_dict()["rows"]),
                     {"rejects": total_rejects, "seconds": round(result.seconds, 3)})
         return result
@@ -180,6 +181,23 @@ def _snapshot(opts: MigrateOptions, state: StateDir, steps: Steps) -> Snapshot:
         return steps.run("snapshot (given)", lambda: given)
     return steps.run("snapshot", lambda: take_snapshot(opts.sqlite_path, state.snapshots,
                                                        require_wal=opts.require_wal))
+
+
+def _settle_snapshot(opts: MigrateOptions, state: StateDir, snap: Snapshot) -> bool:
+    """After success, remove migrate's own snapshot unless ``keep_snapshot``; True if kept.
+
+    A snapshot a caller passed in (the rollout engine's, shared with verify and sync) is
+    never touched; nor is one outside this run's state directory.
+    """
+    own = (opts.snapshot is None
+           and snap.path.resolve().parent == state.snapshots.resolve())
+    if opts.keep_snapshot or not own:
+        return True
+    snap.path.unlink(missing_ok=True)
+    snap.meta_path.unlink(missing_ok=True)
+    state.audit("migrate", "snapshot.removed", f"snapshot {snap.path} removed after success",
+                {"bytes": snap.bytes})
+    return False
 
 
 def start_or_resume(conn: psycopg.Connection, opts: MigrateOptions, state: StateDir,

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pgshift.errors import SourceError, UsageError
-from pgshift.state import atomic_write
+from pgshift.state import atomic_write, private_dir, private_file
 
 # Sync's change log on the source (created by `pgshift sync install`).
 CHANGELOG_TABLE = "_pgshift_changes"
@@ -176,11 +176,14 @@ def take_snapshot(source: Path, dest_dir: Path, *, require_wal: bool = True) -> 
             f"{source} is in journal_mode={mode}; a live snapshot needs WAL",
             hint=f"sqlite3 {source} 'PRAGMA journal_mode=WAL' (once, while the app is stopped)",
         )
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(dest_dir)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     dest = dest_dir / f"{source.stem}-{stamp}-{os.getpid()}.sqlite"
     tmp = dest.with_suffix(".partial")
     tmp.unlink(missing_ok=True)
+    # Created 0600 before SQLite opens it: SQLite keeps an existing file's mode and gives
+    # its journal the same one, so the copy is never readable by others, not even briefly.
+    private_file(tmp)
     started = time.perf_counter()
     src = open_source(source)
     dst = sqlite3.connect(tmp)
