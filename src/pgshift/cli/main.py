@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import traceback
 from typing import Annotated
 
 import typer
 
 from pgshift import __version__
+from pgshift import cli as _cli_package
 from pgshift.cli.output import print_error
 from pgshift.dsn import redact
 from pgshift.errors import ExitCode, PgshiftError
@@ -72,16 +75,36 @@ def _register() -> None:
 
 _register()
 
+if (_cli_package.STARTUP_SIGINT is not None
+        and threading.current_thread() is threading.main_thread()):
+    # Start-up is over: Ctrl-C is a KeyboardInterrupt again, handled in main().
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # what it was (checked there)
+
+# Commands that run long enough to be interrupted, and the hint for each. ``{argv}`` is
+# the command line as given with anything DSN-like replaced (never a password).
+_RESUME_HINTS = {
+    "migrate": "pgshift {argv} --resume",
+    "sync run": "pgshift {argv}  (continues from its checkpoint; nothing is applied twice)",
+    "sync drain": "pgshift {argv}  (the fence marker is written again; applying continues)",
+    "rollout": "pgshift {argv} --resume  (continues from its journal)",
+    "verify": "pgshift {argv}  (verify only reads; rerun it)",
+    "archive": "pgshift {argv}  (the partial archive was not published; rerun it)",
+    "load run": "pgshift load check-ledger LEDGER  (acknowledged writes so far are in it)",
+}
+
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry: map pgshift errors to exit codes and one-line messages.
 
     Typer itself reports usage errors (exit 2, with a ``Try 'pgshift ... --help'``).
     """
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=argv, prog_name="pgshift")
+        app(args=args, prog_name="pgshift")
         return 0
     except SystemExit as exc:
+        if _caused_by_interrupt(exc):  # Typer turns Ctrl-C into SystemExit(130)
+            return _interrupted(args)
         return int(exc.code or 0) if not isinstance(exc.code, str) else int(ExitCode.USAGE)
     except PgshiftError as exc:
         if os.environ.get("PGSHIFT_DEBUG"):
@@ -89,14 +112,55 @@ def main(argv: list[str] | None = None) -> int:
         print_error(exc)
         return int(exc.exit_code)
     except KeyboardInterrupt:
-        print("Interrupted.", file=sys.stderr)
-        return int(ExitCode.ABORTED)
+        return _interrupted(args)
     except Exception as exc:  # the last line of defence: a bug, not a user error
         if os.environ.get("PGSHIFT_DEBUG"):
             traceback.print_exc()
         print(f"Error: internal error: {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
         print("Try: rerun with --debug and report the traceback", file=sys.stderr)
         return int(ExitCode.INTERNAL)
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(10):  # Typer: SystemExit <- click Exit(130) <- KeyboardInterrupt
+        if seen is None:
+            return False
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _interrupted(args: list[str]) -> int:
+    """``Interrupted.``, the way to continue where there is one, exit 6 (an abort)."""
+    print("Interrupted.", file=sys.stderr)
+    hint = interrupt_hint(args)
+    if hint:
+        print(f"Try: {hint}", file=sys.stderr)
+    return int(ExitCode.ABORTED)
+
+
+def interrupt_hint(args: list[str]) -> str | None:
+    """The ``Try:`` line after Ctrl-C for the command in ``args``, or None."""
+    words = [a for a in args if not a.startswith("-")]
+    for name in sorted(_RESUME_HINTS, key=len, reverse=True):
+        if " ".join(words[:len(name.split())]) == name:
+            return _RESUME_HINTS[name].format(argv=" ".join(_safe_args(args, name)))
+    return None
+
+
+def _safe_args(args: list[str], command: str) -> list[str]:
+    """``args`` with DSN-looking words replaced, and migrate's start-over flags removed."""
+    out = []
+    for a in args:
+        if a == "--resume" or (command == "migrate" and a in ("--restart", "--drop")):
+            continue
+        if a.startswith("env:") or not any(c in a for c in "=@:") or a.startswith("--"):
+            out.append(redact(a))
+        else:
+            out.append("DSN")
+    return out
 
 
 def run() -> None:

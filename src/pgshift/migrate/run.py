@@ -101,6 +101,11 @@ def migrate(opts: MigrateOptions, progress: Progress | None = None) -> MigrateRe
         if opts.dry_run:
             return _dry_run(opts, load, state, steps, t_start)
         return _run(opts, load, state, steps, progress, t_start)
+    except KeyboardInterrupt:
+        # Committed chunks stay committed; the lock goes with the connection.
+        state.audit("migrate", "interrupted", "interrupted (Ctrl-C); --resume continues",
+                    {"seconds": round(time.perf_counter() - t_start, 3)})
+        raise
     except psycopg.errors.InsufficientPrivilege as exc:
         raise UsageError(f"missing privilege on the target: {exc.diag.message_primary}",
                          hint=load.privilege_hint) from exc
