@@ -194,3 +194,48 @@ def test_snapshot_is_private_and_removed_after_success_unless_kept(
     assert [f.suffix for f in files] == [".json", ".sqlite"]
     assert all(os_mode(f) == 0o600 for f in files)
     assert f"snapshot: {files[1]}" in err and "MiB" in err
+
+
+def test_verify_masks_secret_columns_unless_show_values(
+        tmp_path: Path, pg_dsn: Dsn, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import psycopg
+
+    monkeypatch.setenv("COLUMNS", "400")  # one table row per line
+
+    db = tmp_path / "app.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE oauth_tokens (id INTEGER PRIMARY KEY, access_token TEXT, "
+                "refreshToken TEXT, aes_iv TEXT, label TEXT)")
+    con.execute("INSERT INTO oauth_tokens VALUES (1, 'tokSQLITEsecret1', 'rtSQLITE', "
+                "'ivSQLITE', 'monkey business')")
+    con.commit()
+    con.close()
+    assert main(["migrate", str(db), pg_dsn.conninfo, "--state-dir", str(tmp_path / "s")]) == 0
+    with psycopg.connect(pg_dsn.conninfo, autocommit=True) as pg:
+        pg.execute("""UPDATE oauth_tokens SET access_token = 'tokPGsecret2',
+                      "refreshToken" = 'rtPG', aes_iv = 'ivPG', label = 'donkey business'""")
+    capsys.readouterr()
+    for argv in (["verify", str(db), pg_dsn.conninfo],
+                 ["verify", str(db), pg_dsn.conninfo, "--json"]):
+        assert main(argv) == 1
+        out, err = capsys.readouterr()
+        for secret in ("tokSQLITEsecret1", "tokPGsecret2", "rtSQLITE", "rtPG", "ivSQLITE",
+                       "ivPG"):
+            assert secret not in out + err, (argv, secret)
+        assert "<redacted: 16 chars, h:" in out and "<redacted: 12 chars, h:" in out
+        assert "donkey business" in out  # not secret-looking: shown as before
+    assert main(["verify", str(db), pg_dsn.conninfo, "--json", "--show-values"]) == 1
+    out, _ = capsys.readouterr()
+    assert "tokSQLITEsecret1" in out and "tokPGsecret2" in out and "ivPG" in out
+
+
+@pytest.mark.parametrize("name, secret", [
+    ("access_token", True), ("refreshToken", True), ("password_hash", True), ("api_key", True),
+    ("aes_iv", True), ("client_secret", True), ("otp_secret", True), ("key", True),
+    ("label", False), ("monkey", False), ("keyboard_layout", False), ("ivory", False),
+    ("email", False), ("is_private", False),
+])
+def test_secret_column_names(name: str, secret: bool) -> None:
+    from pgshift.verify.redaction import is_secret_column
+    assert is_secret_column(name) is secret

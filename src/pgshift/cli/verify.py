@@ -45,6 +45,10 @@ def verify_command(
                                        "the sync lag drains before reporting it.")] = False,
     no_schema: Annotated[bool, typer.Option("--no-schema", help="Skip the schema check.")]
     = False,
+    show_values: Annotated[bool, typer.Option(
+        "--show-values", help="Print differing values of secret-looking columns (token, "
+        "secret, password, key, iv, ...) in full; by default they show as length and a "
+        "short hash.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="JSON result on stdout.")] = False,
 ) -> None:
     """Prove SQLite and PostgreSQL hold the same data; point at every differing row.
@@ -54,7 +58,11 @@ def verify_command(
     equal), differing segments are bisected down to rows. Keyless tables are compared
     as multisets. The schema is checked against the migration plan.
 
-    Exit codes: 0 identical, 1 differences, 2 bad input.
+    Differing values of columns named like credentials (access_token, password_hash,
+    api_key, iv, ...) are shown as their length and a short hash unless --show-values.
+
+    Exit codes: 0 identical, 1 differences, 2 bad input, 4 SQLite failure,
+    5 PostgreSQL failure, 6 interrupted.
 
       pgshift verify app.db env:DATABASE_URL
 
@@ -62,7 +70,8 @@ def verify_command(
     """
     opts = VerifyOptions(sqlite_path=sqlite_path, dsn=resolve(postgres_dsn), schema=schema,
                          tables=list(tables or []), exclude=list(exclude or []),
-                         sample=_fraction(sample), live=live, check_schema=not no_schema)
+                         sample=_fraction(sample), live=live, check_schema=not no_schema,
+                         show_values=show_values)
     check_sqlite_file(sqlite_path)
     with closing(for_terminal(json_output)) as progress:
         result = verify(opts, progress)

@@ -29,6 +29,7 @@ from pgshift.schema.plan import Plan, build_plan, select_tables
 from pgshift.source.catalog import read_catalog
 from pgshift.source.profile import profile_table, profiles_from_json
 from pgshift.source.snapshot import Snapshot, check_snapshot_of, open_source
+from pgshift.verify.redaction import redact_diff
 from pgshift.verify.relationships import LinkCheck, SourceCount
 from pgshift.verify.schema_check import SchemaDiff, check_schema
 from pgshift.verify.segments import ROWS_TO_COMPARE, Range, RowDiff, TableComparer
@@ -60,6 +61,9 @@ class VerifyOptions:
     # Called before re-checking a differing segment in live mode (sync plugs in its
     # "lag drained" wait here); by default live mode sleeps live_wait seconds.
     wait_for_lag: Callable[[], None] | None = None
+    # Full values of secret-looking columns in the differences (``--show-values``);
+    # by default they are masked (verify.redaction): verify's output goes to logs.
+    show_values: bool = False
 
 
 @dataclass
@@ -132,7 +136,9 @@ def verify(opts: VerifyOptions, progress: Progress | None = None) -> VerifyResul
     """
     progress = progress or NullProgress()
     if opts.sample is not None and not 0 < opts.sample <= 1:
-        raise UsageError(f"--sample must be between 0% and 100%, not {opts.sample:.0%}")
+        raise UsageError(f"--sample must be more than 0% and at most 100% "
+                         f"(got {opts.sample * 100:g}%)",
+                         hint="--sample 1% (or leave --sample out to check every segment)")
     if opts.snapshot is not None:
         check_snapshot_of(opts.snapshot, opts.sqlite_path)
         if opts.live:
@@ -184,6 +190,9 @@ def verify(opts: VerifyOptions, progress: Progress | None = None) -> VerifyResul
     finally:
         src.close()
         pg.close()
+    if not opts.show_values:
+        for v in verdicts:
+            v.diffs = [redact_diff(d) for d in v.diffs]
     return VerifyResult(verdicts, schema_diffs, time.perf_counter() - started, opts.sample,
                         links, sources)
 
