@@ -123,3 +123,107 @@ def test_interrupt_hints_name_the_command_without_its_password(args: list[str],
 
 def test_short_commands_have_no_resume_hint() -> None:
     assert interrupt_hint(["demo", "seed", "x.db"]) is None
+
+
+# --- exit codes as documented (README's table) ------------------------------------------
+
+def _corrupt(path: Path) -> Path:
+    """A file with a valid SQLite header whose b-tree pages are overwritten."""
+    _big_db(path, rows=3000)
+    data = bytearray(path.read_bytes())
+    for i in range(4096, len(data), 7):
+        data[i] = 0xAB
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    from pgshift.cli.main import main
+
+    code = main(argv)
+    _, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, err
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["migrate", "--dry-run"], ["verify"]])
+def test_corrupt_sqlite_exits_4_with_an_integrity_check_hint(
+        command: list[str], tmp_path: Path, pg_dsn: Dsn,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    db = _corrupt(tmp_path / "bad.db")
+    argv = [command[0], str(db), pg_dsn.conninfo, *command[1:],
+            *(["--state-dir", str(tmp_path / "s")] if command[0] == "migrate" else [])]
+    code, err = _run(argv, capsys)
+    assert code == 4, err
+    assert "\nError: " in "\n" + err and "malformed" in err
+    assert "Try: the file is damaged: sqlite3" in err and "integrity_check" in err
+
+
+def test_locked_sqlite_exits_4_with_a_lock_hint_not_integrity_check(
+        tmp_path: Path, pg_dsn: Dsn, capsys: pytest.CaptureFixture[str]) -> None:
+    db = _big_db(tmp_path / "app.db", rows=10)
+    assert _run(["migrate", str(db), pg_dsn.conninfo, "--state-dir", str(tmp_path / "s")],
+                capsys)[0] == 0
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # rollback-journal mode: readers wait, then give up
+    try:
+        code, err = _run(["verify", str(db), pg_dsn.conninfo], capsys)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert code == 4, err
+    assert "locked" in err and "another process holds a lock" in err
+    assert "integrity_check" not in err
+
+
+def test_unreachable_postgresql_exits_2_as_documented(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db = _big_db(tmp_path / "app.db", rows=10)
+    dsn = f"host=127.0.0.1 port={port} user=u dbname=d"
+    for argv in (["migrate", str(db), dsn, "--state-dir", str(tmp_path / "s")],
+                 ["verify", str(db), dsn], ["sync", "status", str(db), dsn], ["optimize", dsn]):
+        code, err = _run(argv, capsys)
+        assert code == 2, (argv, err)
+        assert "cannot connect to PostgreSQL" in err and "Try: check that PostgreSQL" in err
+
+
+def test_readme_has_one_exit_code_table_matching_exit_code() -> None:
+    from pgshift.errors import ExitCode
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| ") and "`" in line
+            and line.split("|")[1].strip().isdigit()]
+    assert sorted(int(r.split("|")[1]) for r in rows) == sorted(int(c) for c in ExitCode)
+
+
+# --- hints ----------------------------------------------------------------------------
+
+def test_hints_are_not_doubled(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["demo", "seed", str(tmp_path)], ["demo", "seed", str(tmp_path / "x.db"),
+                                                   "--scale", "0"]):
+        code, err = _run(argv, capsys)
+        assert code == 2, err
+        assert "Try: Try:" not in err and "Try: " in err
+
+
+def test_sample_zero_percent_says_what_is_allowed(tmp_path: Path, pg_dsn: Dsn,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    db = _big_db(tmp_path / "app.db", rows=10)
+    code, err = _run(["verify", str(db), pg_dsn.conninfo, "--sample", "0%"], capsys)
+    assert code == 2
+    assert "more than 0% and at most 100% (got 0%)" in err and "Try: --sample 1%" in err
+
+
+def test_check_ledger_on_an_empty_ledger_fails(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    db = _big_db(tmp_path / "app.db", rows=10)
+    ledger = tmp_path / "w.jsonl"
+    ledger.write_text("")
+    code, err = _run(["load", "check-ledger", str(ledger), "--sqlite", str(db)], capsys)
+    assert code == 1, err
+    assert "proves nothing" in err

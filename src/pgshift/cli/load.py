@@ -106,7 +106,8 @@ def check_ledger_command(
 
     A write counts as kept when its row holds its values, or those of a later acknowledged
     write to the same key. Also catches a job claimed twice and a lost counter decrement.
-    Exit 0: clean; 1: violations; 2: bad input.
+    Exit 0: clean; 1: violations, or no acknowledged write at all (an empty ledger proves
+    nothing); 2: bad input.
 
       pgshift load check-ledger w.jsonl --postgres env:DATABASE_URL
     """
@@ -132,6 +133,12 @@ def check_ledger_command(
             print(f"  unverifiable: {u['table']} {u['key']!r}.{u['column']}: {u['reason']}")
         if result.ok:
             print("OK: every acknowledged write is present")
+    if result.empty:
+        raise LedgerViolations(
+            f"{ledger} holds no acknowledged write ({result.entries:,} entries): an empty "
+            "ledger proves nothing",
+            hint=f"check that pgshift load run --ledger {ledger} ran and that its requests "
+                 "succeeded (its summary counts them)")
     if not result.ok:
         kinds = ", ".join(f"{n} {k}" for k, n in result.by_kind().items())
         raise LedgerViolations(f"{len(result.violations)} violation(s): {kinds}",

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import traceback
+from pathlib import Path
 from typing import Annotated
 
+import psycopg
 import typer
 
 from pgshift import __version__
@@ -16,6 +19,7 @@ from pgshift import cli as _cli_package
 from pgshift.cli.output import print_error
 from pgshift.dsn import redact
 from pgshift.errors import ExitCode, PgshiftError
+from pgshift.source.snapshot import sqlite_failure
 
 app = typer.Typer(
     name="pgshift",
@@ -113,12 +117,32 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.exit_code)
     except KeyboardInterrupt:
         return _interrupted(args)
+    except sqlite3.Error as exc:  # a SQLite failure no library call turned into SourceError
+        _debug_traceback()
+        print_error(sqlite_failure(exc, Path("the SQLite file"), "a SQLite operation on"))
+        return int(ExitCode.SOURCE)
+    except psycopg.Error as exc:  # the same for PostgreSQL, after the connection was made
+        _debug_traceback()
+        print(f"Error: PostgreSQL failed: {_first_line(redact(str(exc)))}", file=sys.stderr)
+        print("Try: check the PostgreSQL server's log; rerun with --debug for the traceback",
+              file=sys.stderr)
+        return int(ExitCode.TARGET)
     except Exception as exc:  # the last line of defence: a bug, not a user error
         if os.environ.get("PGSHIFT_DEBUG"):
             traceback.print_exc()
         print(f"Error: internal error: {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
         print("Try: rerun with --debug and report the traceback", file=sys.stderr)
         return int(ExitCode.INTERNAL)
+
+
+def _debug_traceback() -> None:
+    if os.environ.get("PGSHIFT_DEBUG"):
+        traceback.print_exc()
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else "unknown error"
 
 
 def _caused_by_interrupt(exc: BaseException) -> bool:

@@ -239,8 +239,14 @@ class LedgerCheck:
     database: str = ""
 
     @property
+    def empty(self) -> bool:
+        """No acknowledged write to check: the ledger proves nothing."""
+        return self.acknowledged == 0
+
+    @property
     def ok(self) -> bool:
-        return not self.violations
+        """No violation, and at least one acknowledged write was checked."""
+        return not self.violations and not self.empty
 
     @property
     def exit_code(self) -> ExitCode:
@@ -253,7 +259,7 @@ class LedgerCheck:
         return dict(sorted(out.items()))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "database": self.database, "entries": self.entries,
+        return {"ok": self.ok, "empty": self.empty, "database": self.database, "entries": self.entries,
                 "acknowledged": self.acknowledged, "keys_checked": self.keys_checked,
                 "columns_checked": self.columns_checked,
                 "counters_checked": self.counters_checked, "violations_by_kind": self.by_kind(),

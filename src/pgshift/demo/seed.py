@@ -358,19 +358,19 @@ def seed(
     if path.is_dir():
         raise UsageError(
             f"{path} is a directory, not a database file",
-            hint=f"Try: {path / 'hyperpage.db'}",
+            hint=f"pgshift demo seed {path / 'hyperpage.db'}",
             operation="seed",
         )
     if path.exists() and not overwrite:
         raise UsageError(
             f"{path} already exists",
-            hint="Try: --overwrite to replace it, or choose another path",
+            hint="--overwrite to replace it, or choose another path",
             operation="seed",
         )
     if not path.parent.is_dir():
         raise UsageError(
             f"directory {path.parent} does not exist",
-            hint=f"Try: mkdir -p {path.parent}",
+            hint=f"mkdir -p {path.parent}",
             operation="seed",
         )
 
@@ -384,7 +384,8 @@ def seed(
     except OSError as exc:
         raise UsageError(
             f"cannot create a file in {path.parent}: {exc.strerror}",
-            hint=f"Try: a directory you can write to, or check the permissions of {path.parent}",
+            hint=f"choose a directory you can write to, or check its permissions: "
+                 f"ls -ld {path.parent}",
             operation="seed",
         ) from exc
     os.close(fd)
@@ -397,7 +398,7 @@ def seed(
         _remove_with_sidecars(tmp)
         raise SourceError(
             f"SQLite failed while writing {path}: {exc}",
-            hint=f"Try: check free space and write permission in {path.parent}",
+            hint=f"check free space and write permission in {path.parent}",
             operation="seed",
         ) from exc
     except BaseException:
@@ -454,7 +455,7 @@ def _check_scale(scale: int) -> None:
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
         raise UsageError(
             f"scale must be an integer >= 1, got {scale!r}",
-            hint="Try: --scale 10000",
+            hint="pgshift demo seed PATH --scale 10000",
             operation="seed",
         )
 

@@ -11,6 +11,7 @@ the plan, ``into_existing.IntoExistingLoad`` loads into the application's.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -31,7 +32,7 @@ from pgshift.migrate.steps import Steps
 from pgshift.progress import NullProgress, Progress
 from pgshift.schema.model import Note
 from pgshift.schema.plan import Plan
-from pgshift.source.snapshot import Snapshot, take_snapshot
+from pgshift.source.snapshot import Snapshot, sqlite_failure, take_snapshot
 from pgshift.state import StateDir, atomic_write
 
 PlanT = TypeVar("PlanT", Plan, MappedPlan)
@@ -106,6 +107,8 @@ def migrate(opts: MigrateOptions, progress: Progress | None = None) -> MigrateRe
         state.audit("migrate", "interrupted", "interrupted (Ctrl-C); --resume continues",
                     {"seconds": round(time.perf_counter() - t_start, 3)})
         raise
+    except sqlite3.DatabaseError as exc:
+        raise sqlite_failure(exc, opts.sqlite_path, "reading") from exc
     except psycopg.errors.InsufficientPrivilege as exc:
         raise UsageError(f"missing privilege on the target: {exc.diag.message_primary}",
                          hint=load.privilege_hint) from exc

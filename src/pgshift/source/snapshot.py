@@ -58,6 +58,30 @@ def check_sqlite_file(path: Path) -> None:
                          hint="point pgshift at the application's .db file") from exc
 
 
+def sqlite_failure(exc: sqlite3.Error, path: Path, doing: str) -> SourceError:
+    """A SQLite error as a ``SourceError`` (exit 4) whose hint fits the failure.
+
+    A locked file is not damaged and a read-only one is not busy: the hint follows
+    SQLite's error code, not one guess for every failure.
+    """
+    code = getattr(exc, "sqlite_errorcode", None)
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    text = str(exc).lower()
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+        hint = (f"another process holds a lock on {path} (a long write transaction or an "
+                "exclusive lock): retry when it is done (fuser -v FILE shows who)")
+    elif name.startswith("SQLITE_READONLY") or "readonly" in text or "read-only" in text:
+        hint = f"make {path} and its directory writable by this user (ls -l {path})"
+    elif name.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
+        hint = f"check that {path} and its directory exist and are readable (ls -l {path})"
+    elif name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in text:
+        hint = f"the file is damaged: sqlite3 {path} 'pragma integrity_check'"
+    else:
+        hint = f"sqlite3 {path} 'pragma integrity_check'"
+    detail = f" ({name})" if name and code is not None else ""
+    return SourceError(f"{doing} {path} failed: {exc}{detail}", hint=hint, operation=doing)
+
+
 def open_source(path: Path, *, immutable: bool = False) -> sqlite3.Connection:
     """Open a SQLite file read-only; ``immutable`` skips locking (only for snapshots)."""
     check_sqlite_file(path)
@@ -67,8 +91,7 @@ def open_source(path: Path, *, immutable: bool = False) -> sqlite3.Connection:
                               check_same_thread=False)
         con.execute("select count(*) from sqlite_schema").fetchone()
     except sqlite3.DatabaseError as exc:
-        raise UsageError(f"{path} cannot be read as SQLite: {exc}",
-                         hint=f"sqlite3 {path} 'pragma integrity_check'") from exc
+        raise sqlite_failure(exc, path, "reading") from exc
     return con
 
 
@@ -196,8 +219,7 @@ def take_snapshot(source: Path, dest_dir: Path, *, require_wal: bool = True) -> 
         capture_id = read_capture_id(dst)
         version = dst.execute("select sqlite_version()").fetchone()[0]
     except sqlite3.DatabaseError as exc:
-        raise SourceError(f"snapshot of {source} failed: {exc}", operation="snapshot",
-                          hint=f"sqlite3 {source} 'pragma integrity_check'") from exc
+        raise sqlite_failure(exc, source, "the snapshot of") from exc
     finally:
         dst.close()
         src.close()

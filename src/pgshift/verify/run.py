@@ -22,13 +22,13 @@ import psycopg
 
 from pgshift.copy.checkpoint import load_profile
 from pgshift.dsn import Dsn, connect
-from pgshift.errors import ExitCode, SourceError, TargetError, UsageError
+from pgshift.errors import ExitCode, TargetError, UsageError
 from pgshift.existing.verify_plan import is_into_existing, mapped_checks, mapped_plan
 from pgshift.progress import NullProgress, Progress
 from pgshift.schema.plan import Plan, build_plan, select_tables
 from pgshift.source.catalog import read_catalog
 from pgshift.source.profile import profile_table, profiles_from_json
-from pgshift.source.snapshot import Snapshot, check_snapshot_of, open_source
+from pgshift.source.snapshot import Snapshot, check_snapshot_of, open_source, sqlite_failure
 from pgshift.verify.redaction import redact_diff
 from pgshift.verify.relationships import LinkCheck, SourceCount
 from pgshift.verify.schema_check import SchemaDiff, check_schema
@@ -186,7 +186,7 @@ def verify(opts: VerifyOptions, progress: Progress | None = None) -> VerifyResul
     except psycopg.OperationalError as exc:
         raise TargetError(f"PostgreSQL failed during verify: {exc}") from exc
     except sqlite3.DatabaseError as exc:
-        raise SourceError(f"reading {read} failed during verify: {exc}") from exc
+        raise sqlite_failure(exc, read, "verify: reading") from exc
     finally:
         src.close()
         pg.close()
