@@ -259,7 +259,8 @@ class LedgerCheck:
         return dict(sorted(out.items()))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "empty": self.empty, "database": self.database, "entries": self.entries,
+        return {"ok": self.ok, "empty": self.empty, "database": self.database,
+                "entries": self.entries,
                 "acknowledged": self.acknowledged, "keys_checked": self.keys_checked,
                 "columns_checked": self.columns_checked,
                 "counters_checked": self.counters_checked, "violations_by_kind": self.by_kind(),
