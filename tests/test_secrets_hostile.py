@@ -239,3 +239,17 @@ def test_verify_masks_secret_columns_unless_show_values(
 def test_secret_column_names(name: str, secret: bool) -> None:
     from pgshift.verify.redaction import is_secret_column
     assert is_secret_column(name) is secret
+
+
+@pytest.mark.parametrize("argv", [
+    ["optimize", "a.db", f"postgresql://u:{MARK}@h/db"],  # the DSN in the wrong place
+    ["verify", "a.db", "env:X", f"host=h password={MARK}"],
+    ["migrate", "a.db", f"postgresql+psycopg2://u:{MARK}@h/db", "--jobs", "many"],
+])
+def test_usage_errors_from_the_parser_do_not_echo_passwords(
+        argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 2
+    _assert_no_leak(out + err, "the parser's usage error")
+    assert "Error: " in err

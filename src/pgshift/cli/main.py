@@ -13,6 +13,7 @@ from typing import Annotated
 
 import psycopg
 import typer
+from typer._click.exceptions import ClickException  # Typer 0.2x vendors Click
 
 from pgshift import __version__
 from pgshift import cli as _cli_package
@@ -84,6 +85,8 @@ if (_cli_package.STARTUP_SIGINT is not None
     # Start-up is over: Ctrl-C is a KeyboardInterrupt again, handled in main().
     signal.signal(signal.SIGINT, signal.default_int_handler)  # what it was (checked there)
 
+_TYPER_INTERRUPTED = 130  # Typer's exit code for a KeyboardInterrupt (128 + SIGINT)
+
 # Commands that run long enough to be interrupted, and the hint for each. ``{argv}`` is
 # the command line as given with anything DSN-like replaced (never a password).
 _RESUME_HINTS = {
@@ -104,10 +107,20 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=args, prog_name="pgshift")
-        return 0
+        # Not standalone: Click's usage errors come back here, so their text (which
+        # quotes the arguments, DSNs included) is redacted before it is shown.
+        code = app(args=args, prog_name="pgshift", standalone_mode=False)
+        if code == _TYPER_INTERRUPTED:  # Typer turns Ctrl-C into Exit(130)
+            return _interrupted(args)
+        return code if isinstance(code, int) else 0
+    except ClickException as exc:
+        exc.message = redact(exc.message)
+        exc.show()
+        return exc.exit_code
+    except typer.Abort:  # Ctrl-C or end of input at a prompt
+        return _interrupted(args)
     except SystemExit as exc:
-        if _caused_by_interrupt(exc):  # Typer turns Ctrl-C into SystemExit(130)
+        if _caused_by_interrupt(exc):
             return _interrupted(args)
         return int(exc.code or 0) if not isinstance(exc.code, str) else int(ExitCode.USAGE)
     except PgshiftError as exc:
