@@ -64,8 +64,9 @@ class Dsn:
     def safe(self) -> str:
         """The DSN with its password replaced, fit for logs and errors."""
         params = conninfo.conninfo_to_dict(self.conninfo)
-        if "password" in params:
-            params["password"] = "***"
+        for secret in ("password", "sslpassword"):
+            if secret in params:
+                params[secret] = "***"
         # The empty base conninfo is passed positionally so the keywords only fill kwargs.
         return conninfo.make_conninfo("", **params) if params else "(libpq defaults)"
 
