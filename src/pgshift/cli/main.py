@@ -61,6 +61,7 @@ def _register() -> None:
     import pgshift.cli.optimize as optimize_cli
     import pgshift.cli.preflight as preflight_cli
     import pgshift.cli.provision as provision_cli
+    import pgshift.cli.report as report_cli
     from pgshift.cli import demo, load, migrate, proxy, rollout, sync, traffic, verify
 
     app.command(name="migrate", no_args_is_help=True)(migrate.migrate_command)
@@ -76,6 +77,7 @@ def _register() -> None:
     rollout.register(app)
     app.command(name="init", no_args_is_help=True)(init_cli.init_command)
     app.command(name="preflight", no_args_is_help=True)(preflight_cli.preflight_command)
+    app.command(name="report", no_args_is_help=True)(report_cli.report_command)
 
 
 _register()

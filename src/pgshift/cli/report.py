@@ -1,0 +1,43 @@
+"""``pgshift report``: the deployment report of a cutover (library: ``pgshift.report``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from pgshift.cli.output import print_json
+
+
+def report_command(
+    cutover: Annotated[Path, typer.Argument(help="The cutover file (cutover.yaml).",
+                                            show_default=False)],
+    fmt: Annotated[str, typer.Option("--format", "-f",
+                                     help="md (Markdown) or html (one self-contained file "
+                                          "with charts).")] = "md",
+    output: Annotated[Path | None, typer.Option("--output", "-o",
+                                                help="Write here instead of stdout.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="The report's facts as JSON "
+                                              "on stdout.")] = False,
+) -> None:
+    """The deployment report (runbook 5.10) from the rollout's journal and audit trail.
+
+      pgshift report cutover.yaml
+      pgshift report cutover.yaml --format html --output report.html
+    """
+    from pgshift.errors import UsageError
+    from pgshift.report import make_report
+
+    if fmt not in ("md", "html"):
+        raise UsageError(f"--format {fmt}: expected md or html",
+                         hint=f"pgshift report {cutover} --format html")
+    kind: Literal["md", "html"] = "html" if fmt == "html" else "md"
+    rep = make_report(cutover, kind, output)
+    if json_output:
+        print_json(rep.to_dict())
+    elif output is None:
+        sys.stdout.write(rep.text)
+    else:
+        print(f"report written to {output}", file=sys.stderr)
