@@ -43,8 +43,9 @@ def when(epoch: float | None) -> str:
 
 
 def clock(ts: str | None) -> str:
+    """An audit timestamp as ``MM-DD HH:MM:SS`` (UTC): a monitoring window spans days."""
     t = parse_ts(ts)
-    return time.strftime("%H:%M:%S", time.gmtime(t)) if t is not None else NR
+    return time.strftime("%m-%d %H:%M:%S", time.gmtime(t)) if t is not None else NR
 
 
 def dur(seconds: float | None) -> str:
@@ -96,8 +97,8 @@ def summary(f: ReportFacts) -> Section:
     hold = f"{f.fence_hold_ms:g} ms" if f.fence_hold_ms is not None else "no flip recorded"
     downtime = (f"no outage recorded by pgshift; the flip's write fence lasted {hold} ({fence}, "
                 f"reads kept flowing). Failed client requests are not in the journal (the "
-                f"load generator's or the clients' own counts are); green answered {errors} "
-                f"error(s) in {requests} request(s) in the analysis windows")
+                f"load generator's or the clients' own counts are); green answered "
+                f"{num(errors)} error(s) in {num(requests)} request(s) in the analysis windows")
     return Section("Deployment Summary", items=[
         ("Date", when(f.first_ts)),
         ("Duration", f"{dur(total)} ({when(f.first_ts)} – {when(f.last_ts)})"),
@@ -197,7 +198,8 @@ def issue_rows(f: ReportFacts) -> list[list[str]]:
         if e.kind in ("late-blue-writes", "notify-failed", "optimize-failed", "step-failed",
                       "journal-broken") or (e.kind == "critical-path" and "FAILED" in e.message):
             rows.append([clock(e.ts), e.step, e.message, _after(f, e.step)])
-        elif e.kind == "rolled-back":
+        elif e.kind == "rolled-back" and (not e.figures.get("drill") or e.figures.get(
+                "stranded") or e.figures.get("problems")):  # a clean drill is no issue
             stranded = e.figures.get("stranded")
             rows.append([clock(e.ts), e.step, e.message,
                          f"STRANDED range: {stranded}" if stranded
@@ -335,7 +337,7 @@ def approvals(f: ReportFacts) -> Section:
     if missing:
         sec.items.append(("Missing", ", ".join(missing)))
     sec.tables.append(Table(["role", "approved by", "time", "note"],
-                            [[role, a["actor"], a["ts"], a["note"]]
+                            [[role, a["actor"], when(parse_ts(a["ts"])), a["note"]]
                              for role, a in f.approvals.items()]
                             or [["none recorded", "", "", ""]]))
     verbs = f.commands
