@@ -89,7 +89,11 @@ def _step_line(f: ReportFacts, name: str, what: str) -> str:
 
 def summary(f: ReportFacts) -> Section:
     total = (f.last_ts - f.first_ts) if f.first_ts and f.last_ts else None
-    progression = " → ".join(f"{w.weight:g} % at {clock(w.ts)}" for w in f.weights) or NR
+    shifted = [w for w in f.weights if w.why.startswith("shift-")]
+    span = (parse_ts(shifted[-1].ts) or 0) - (parse_ts(shifted[0].ts) or 0) if shifted else None
+    progression = (" → ".join(f"{w.weight:g}" for w in shifted) + f" % in {dur(span)} "
+                   f"(first step at {clock(shifted[0].ts)})" if shifted else
+                   f"{NR}: no traffic moved")
     errors = sum(int(s.get("errors") or 0) for s in f.shift_results)
     requests = sum(int(s.get("requests") or 0) for s in f.shift_results)
     fence = ("writes held at the router" if f.setup.fence_mode == "hold"
