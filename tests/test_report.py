@@ -130,10 +130,13 @@ def test_html_is_one_self_contained_file_with_charts(done_rollout: Path,
     rep = make_report(done_rollout, "html", out)
     page = out.read_text()
     assert page == rep.text and page.startswith("<!doctype html>")
-    assert page.count("<svg") == 4  # weight over time, error rate, p99, rows per table
+    assert page.count("<svg") == 5  # weight over time, error rate, p99, sync lag, rows
     assert not re.search(r"https?://", page)
     assert "<script" not in page and "<link" not in page and " src=" not in page
     assert "Green traffic weight over time" in page and "12,345" in page
+    # the bars carry the measured values (tooltips for people, text for screen readers)
+    assert "green 25 %: 18.25 ms" in page and "blue 100 %: 11.5 ms" in page
+    assert "lag m1: 55 ms" in page and "rows jobs: 12,345" in page
 
 
 def test_not_recorded_instead_of_placeholders(tmp_path: Path) -> None:

@@ -56,4 +56,4 @@ def test_report_of_a_real_rollout(tmp_path: Path, pg_dsn: Dsn,
     assert f"pgshift rollback {r.cutover} -m" in text
     assert not re.search(r"\[[A-Z][A-Za-z /]+\]", text)
     body = html_file.read_text()
-    assert body.count("<svg") == 4 and not re.search(r"https?://", body)
+    assert body.count("<svg") == 5 and not re.search(r"https?://", body)

@@ -162,7 +162,7 @@ def _hook_tail(f: ReportFacts) -> str:
 
 
 def execution(f: ReportFacts) -> Section:
-    sec = Section("Deployment Execution", charts=["weight", "errors", "p99"])
+    sec = Section("Deployment Execution", charts=["weight", "errors", "p99", "lag"])
     sec.items.append(("Traffic switching progression", " → ".join(
         f"{w.weight:g} % at {clock(w.ts)} ({w.why})" for w in f.weights) or NR))
     flip = f.step("flip")
