@@ -98,10 +98,10 @@ def summary(f: ReportFacts) -> Section:
     requests = sum(int(s.get("requests") or 0) for s in f.shift_results)
     fence = ("writes held at the router" if f.setup.fence_mode == "hold"
              else "writes refused with 503 Retry-After")
-    hold = f"{f.fence_hold_ms:g} ms" if f.fence_hold_ms is not None else "no flip recorded"
-    downtime = (f"no outage recorded by pgshift; the flip's write fence lasted {hold} ({fence}, "
-                f"reads kept flowing). Failed client requests are not in the journal (the "
-                f"load generator's or the clients' own counts are); green answered "
+    hold = (f"the flip's write fence lasted {f.fence_hold_ms:g} ms ({fence}, reads kept "
+            "flowing)" if f.fence_hold_ms is not None else "no flip recorded, so no write fence")
+    downtime = (f"no outage recorded by pgshift; {hold}. Failed client requests are not in "
+                "the journal (the load generator's or the clients' own counts are); green answered "
                 f"{num(errors)} error(s) in {num(requests)} request(s) in the analysis windows")
     return Section("Deployment Summary", items=[
         ("Date", when(f.first_ts)),
