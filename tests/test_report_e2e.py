@@ -9,6 +9,7 @@ import pytest
 
 from pgshift.dsn import Dsn
 from pgshift.report import load_facts
+from pgshift.report.content import num
 from pgshift.rollout import engine
 from rollout_helpers import rig
 
@@ -43,14 +44,14 @@ def test_report_of_a_real_rollout(tmp_path: Path, pg_dsn: Dsn,
     assert 0 < green <= load.total.done and green_errors == load.total.errors == 0
     assert [s["weight"] for s in facts.shift_results] == [25, 50, 100]
     for s in facts.shift_results:
-        assert f"| {s['weight']:g} % | {s['window_s']:.1f} s | {s['requests']:,} |" in text
+        assert f"| {s['weight']:g} % | {num(s['window_s'], 's')} | {s['requests']:,} |" in text
     mig = facts.step("migrate")
     assert mig is not None and f"{mig.figures['rows']:,} rows, 0 rejects" in text
     for table, rows in mig.figures["tables"].items():
         assert f"| {table} | {rows:,} |" in text
     assert facts.drill is not None
-    assert f"traffic on blue after {facts.drill['traffic_back_ms']:.1f} ms" in text
-    assert f"writes held {facts.fence_hold_ms:.1f} ms" in text
+    assert f"traffic on blue after {num(facts.drill['traffic_back_ms'], 'ms')}" in text
+    assert f"writes held {num(facts.fence_hold_ms, 'ms')}" in text
     assert "| maria |" in text and "support saw no tickets" in text
     assert "monitor check" not in text and facts.monitor_rounds  # rounds are tabled
     assert f"pgshift rollback {r.cutover} -m" in text

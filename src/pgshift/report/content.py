@@ -62,7 +62,9 @@ def num(v: Any, unit: str = "") -> str:
     if v is None:
         return NR
     if isinstance(v, float):
-        text = f"{v:,.1f}" if abs(v) >= 10 or v == 0 else f"{v:.3g}"
+        # one decimal from 10 up, two from 1, three significant digits below (0.213 ms)
+        text = (f"{v:,.1f}" if abs(v) >= 10 or v == 0 else f"{v:.2f}" if abs(v) >= 1
+                else f"{v:.3g}")
     else:
         text = f"{v:,}" if isinstance(v, int) else str(v)
     return f"{text} {unit}".strip()
