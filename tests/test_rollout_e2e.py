@@ -84,7 +84,12 @@ def test_clean_rollout_to_100(tmp_path: Path, pg_dsn: Dsn, monkeypatch: pytest.M
         fin = steps_done["finalize"]
         assert fin["archive"]["verified"] and Path(fin["archive"]["location"]).exists()
         assert "proposals" in fin["optimize"]
-        assert fin["report"]["skipped"]
+        report = Path(fin["report"]["written"]["md"]).read_text()
+        # finalize wrote the deployment report from this run's journal
+        for weight in ("| 25 % |", "| 50 % |", "| 100 % |"):
+            assert weight in report
+        assert "re-advanced after the drill" in report and "## Rollback" in report
+        assert Path(fin["report"]["written"]["html"]).read_text().count("<svg") >= 3
         assert 0 < steps_done["sync"]["db_probe_baseline_ms"] < 1000
 
 

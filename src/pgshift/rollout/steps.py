@@ -353,9 +353,21 @@ class Finalize(_Base):
             "finalize-archive", hooks_.archive, what="no archive configured").run(ctx)
         out["optimize"] = self._optimize(ctx) if f.optimize else HookStep(
             "finalize-optimize", hooks_.optimize, what="no optimize configured").run(ctx)
-        out["report"] = HookStep("finalize-report", hooks_.report,
-                                 what="pgshift report not run").run(ctx)
+        out["report"] = HookStep("finalize-report", hooks_.report, what="").run(ctx) \
+            if hooks_.report else self._report(ctx)
         return out
+
+    def _report(self, ctx: Context) -> dict[str, Any]:
+        """``pgshift report`` in both formats into ``.pgshift/<name>/report/`` (runbook
+        5.10). Written before finalize is journaled done, so it says finalize started."""
+        from pgshift.report.build import make_report
+
+        written = {}
+        for fmt in ("md", "html"):
+            path = ctx.state.report / f"deployment-report.{fmt}"
+            make_report(ctx.cutover_path, fmt, path)
+            written[fmt] = str(path)
+        return {"written": written}
 
     def _archive(self, ctx: Context) -> dict[str, Any]:
         from pgshift.ops.archive import archive, verify_archive
