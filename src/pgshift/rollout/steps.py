@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from pgshift.errors import ExitCode, PgshiftError, UsageError
+from pgshift.errors import ExitCode, PgshiftError
 from pgshift.rollout import hooks, syncing
 from pgshift.rollout.config import Cutover
 from pgshift.rollout.context import PROXY, Context
@@ -56,39 +56,27 @@ class _Base:
 
 
 class Preflight(_Base):
-    """Everything checkable before anything changes: the source file, the target, both
-    apps' health, the table settings, and the prerequisite gates."""
+    """``pgshift preflight`` (every read-only check: source, target, roles and security,
+    apps, router, settings, hooks, secrets), then the prerequisite gates it only lists
+    (commands, typed confirmations). A failure stops before anything changes."""
 
     name = "preflight"
 
     def run(self, ctx: Context) -> dict[str, Any]:
-        from pgshift.dsn import connect
-        from pgshift.source.snapshot import check_sqlite_file, journal_mode
-        from pgshift.sync import settings as table_settings
+        from pgshift.setup.preflight import preflight
+        from pgshift.source.snapshot import journal_mode
 
-        cfg = ctx.cfg
-        check_sqlite_file(cfg.source.sqlite)
-        mode = journal_mode(cfg.source.sqlite)
-        if cfg.source.require_wal and mode != "wal":
-            raise StepFailed(f"{cfg.source.sqlite} is in {mode} mode; a live source must be "
-                             "in WAL mode", hint=f"sqlite3 {cfg.source.sqlite} "
-                                                 "'PRAGMA journal_mode=WAL'")
-        try:
-            table_settings.parse({"tables": cfg.tables})
-        except table_settings.TablesFileError as exc:
-            raise UsageError(f"tables: {exc}", hint="see docs/sync.md (per-table settings)"
-                             ) from None
-        conn = connect(ctx.dsn(), application_name="pgshift-rollout")
-        try:
-            version = conn.execute("SHOW server_version").fetchone()
-        finally:
-            conn.close()
-        blue = cfg.apps.blue.url.rstrip("/") + cfg.apps.blue.health
-        if not probe(blue):
-            raise StepFailed(f"blue is not healthy: GET {blue} failed",
-                             hint="the rollout starts from a healthy blue")
+        report = preflight(ctx.cutover_path)
+        for c in report.checks:
+            if c.status != "pass":
+                ctx.state.audit(self.name, f"check-{c.status}", f"{c.name}: {c.detail}",
+                                c.to_dict())
+        if report.failed:
+            raise StepFailed("preflight failed: " + "; ".join(
+                f"{c.name} ({c.detail})" for c in report.failed),
+                hint=f"pgshift preflight {ctx.cutover_path} shows every check")
         gates = [hooks.check_prerequisite(p, ctx.values(), confirmations=ctx.confirmations)
-                 for p in cfg.prerequisites]
+                 for p in ctx.cfg.prerequisites]
         for g in gates:
             ctx.state.audit(self.name, "prerequisite", f"{g.name}: "
                             f"{'passed' if g.passed else 'FAILED'} ({g.detail})", g.to_dict())
@@ -97,7 +85,10 @@ class Preflight(_Base):
             raise StepFailed("prerequisite gates failed: " + "; ".join(
                 f"{g.name} ({g.detail})" for g in failed),
                 hint="fix them and run pgshift rollout CUTOVER --resume")
-        return {"journal_mode": mode, "postgres": version[0] if version else None,
+        counts = report.to_dict()["counts"]
+        return {"journal_mode": journal_mode(ctx.cfg.source.sqlite), "checks": counts,
+                "warnings": [f"{c.name}: {c.detail}" for c in report.checks
+                             if c.status == "warn"],
                 "prerequisites": [g.to_dict() for g in gates]}
 
 

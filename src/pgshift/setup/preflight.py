@@ -33,8 +33,10 @@ LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "")
 # with a literal value, or a well-known token shape (AWS access key, bearer-ish hex)
 _SECRET_PATTERNS = (
     (re.compile(r"://[^/\s:@]+:[^/\s@]+@"), "a URI with a password"),
-    (re.compile(r"(?im)^\s*[\w.-]*(password|passwd|secret|api_key|apikey)[\w.-]*\s*:\s*"
-                r"(?!\s*(env:|$|#|null|~))\S"), "a key named like a secret with a literal value"),
+    # (a key ending in _env names a variable, e.g. provision.password_env: APP_PASSWORD)
+    (re.compile(r"(?im)^\s*(?![\w.-]*_env\s*:)[\w.-]*(password|passwd|secret|api_key|apikey)"
+                r"[\w.-]*\s*:\s*(?!\s*(env:|$|#|null|~))\S"),
+     "a key named like a secret with a literal value"),
     (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), "an AWS access key"),
     (re.compile(r"(?i)password\s*=\s*[^\s$]"), "password= (a DSN or PGPASSWORD)"),
 )
