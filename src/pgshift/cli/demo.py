@@ -102,6 +102,8 @@ def _print_summary(out: dict[str, object]) -> None:
     con.print(f"sync: lag at most {out['sync_lag_ms_max']} ms at the end of a step; "
               f"{out['conflicts']} conflicts")
     con.print(f"the cutover file it ran: {out['cutover']}")
+    if out.get("report"):
+        con.print(f"the deployment report: {out['report']} (and .md beside it)")
 
 
 def _pct(v: object) -> str:

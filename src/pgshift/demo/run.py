@@ -101,7 +101,15 @@ class DemoResult:
             "seed": {"rows": self.seed.rows, "scale": self.seed.scale},
             "postgres_version": self.postgres_version,
             "cutover": str(self.cutover) if self.cutover else None,
+            "report": str(report) if (report := self._report()) else None,
         }
+
+    def _report(self) -> Path | None:
+        """The deployment report finalize wrote (a clean rollout only)."""
+        if self.cutover is None:
+            return None
+        path = self.cutover.parent / ".pgshift" / "demo" / "report" / "deployment-report.html"
+        return path if path.exists() else None
 
 
 def _free_port() -> int:
