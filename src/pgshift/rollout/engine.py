@@ -28,6 +28,7 @@ from pgshift.rollout.analysis import analyse
 from pgshift.rollout.config import Cutover, Step
 from pgshift.rollout.context import PROXY, Context
 from pgshift.rollout.hooks import run_hook
+from pgshift.rollout.journal import StaleEpoch
 from pgshift.rollout.watch import Interrupt, Watcher
 from pgshift.traffic.router import Side, WriteRouting
 
@@ -116,6 +117,11 @@ def run(ctx: Context, *, resume: bool = False) -> Outcome:
             except Interrupt as it:
                 j.step_finished(sid, name, "failed", {"interrupt": it.kind, "reason": it.reason})
                 return _interrupted(ctx, it, started)
+            except StaleEpoch:
+                # another controller took over (e.g. `pgshift rollback` past a hung engine):
+                # this one stops without touching anything (Argo Rollouts #2117)
+                ctx.say(f"[{name}] superseded by another controller: stopping, hands off")
+                raise
             except PgshiftError as exc:
                 j.step_finished(sid, name, "failed", {"error": exc.message},
                                 message=f"{name} failed: {exc.message}")
