@@ -304,3 +304,36 @@ def test_notifications_reach_a_webhook_and_failures_are_returned(
         server.server_close()
     failures = notify(Notify(webhook=f"http://127.0.0.1:{server.server_port}/x"), {"k": 1})
     assert failures and failures[0].startswith("webhook:")
+
+
+def test_plan_with_data_shows_ddl_types_and_write_topology(
+        tmp_path: Path, pg_dsn: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pgshift.demo.seed import seed
+    from pgshift.dsn import Dsn
+
+    assert isinstance(pg_dsn, Dsn)
+    db = tmp_path / "app.db"
+    seed(db, 100, seed=3)
+    monkeypatch.setenv("PLAN_DSN", pg_dsn.conninfo)
+    data = {**MINIMAL, "source": {"sqlite": str(db)}, "target": {"dsn": "env:PLAN_DSN"},
+            "tables": {"jobs": {"kind": "queue"}}}
+    out = plan(write(tmp_path, data), data=True)
+    tables = {t["name"]: t for t in out["migrate"]["plan"]["tables"]}
+    assert "CREATE TABLE" in tables["jobs"]["ddl"]
+    assert all(c["pg_type"] for c in tables["jobs"]["columns"])
+    topology = {r["table"]: r for r in out["sync"]["tables"]}
+    assert topology["jobs"]["kind"] == "queue" and topology["jobs"]["key"]
+    # nothing was changed: no table in the target, no capture in the source
+    import sqlite3
+
+    import psycopg
+
+    with psycopg.connect(pg_dsn.conninfo) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+                            ).fetchone()[0] == 0
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT count(*) FROM sqlite_schema WHERE name LIKE "
+                           "'_pgshift%'").fetchone()[0] == 0
+    from pgshift.cli.main import main
+
+    assert main(["plan", str(tmp_path / "cutover.yaml"), "--data"]) == 0

@@ -64,14 +64,23 @@ def rollout_command(
         raise typer.Exit(outcome.exit_code)
 
 
-def plan_command(cutover: Cutover, json_output: Json = False) -> None:
+def plan_command(
+    cutover: Cutover,
+    data: Annotated[bool, typer.Option(
+        "--data", help="Also the data plan from the same code the rollout runs: migrate's "
+                       "dry run (DDL, type decisions, anomalies) and sync's write topology "
+                       "per table. Reads the source and the target.")] = False,
+    json_output: Json = False,
+) -> None:
     """What a rollout of this cutover file would do; changes nothing.
 
       pgshift plan cutover.yaml
+
+      pgshift plan cutover.yaml --data --json
     """
     from pgshift.rollout.verbs import plan
 
-    out = plan(cutover)
+    out = plan(cutover, data=data)
     if json_output:
         print_json(out)
         return
@@ -92,6 +101,23 @@ def plan_command(cutover: Cutover, json_output: Json = False) -> None:
               f"estimated duration {out['eta_s']:g}s")
     for w in out["warnings"]:
         con.print(f"warning: {w}")
+    if data:
+        _print_data_plan(out)
+
+
+def _print_data_plan(out: dict[str, Any]) -> None:
+    con = out_console()
+    m = out["migrate"]["plan"] or {"tables": []}
+    for t in m.get("tables", []):
+        cols = ", ".join(f"{c.get('name')} {c.get('pg_type') or c.get('type', '')}".strip()
+                         for c in t.get("columns", []))
+        con.print(f"table {t.get('name')} ({t.get('rows', '?')} rows): {cols}")
+    for n in out["migrate"]["notes"] or []:
+        con.print(f"  {n.get('level')}: {n.get('object')}: {n.get('message')}")
+    for r in out["sync"]["tables"]:
+        con.print(f"sync {r['table']}: kind {r['kind']}, {r['writes']}, conflict "
+                  f"{r['conflict']}, green writes {r['green_writes']}"
+                  + (f"; REFUSED: {'; '.join(r['refusals'])}" if r["refusals"] else ""))
 
 
 def status_command(

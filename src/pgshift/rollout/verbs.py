@@ -155,8 +155,30 @@ def status(ctx: Context) -> dict[str, Any]:
     return out
 
 
-def plan(cutover: Path) -> dict[str, Any]:
-    """What a rollout would do, from the cutover file alone (nothing is changed)."""
+def data_plan(cfg: cfgmod.Cutover, cutover: Path) -> dict[str, Any]:
+    """The data side of the plan, from the same code the engine runs: migrate's dry run
+    (DDL, type decisions, anomalies; from a snapshot in a temporary directory, the target
+    only read) and sync's per-table write topology (kinds, policies, keys, refusals)."""
+    import tempfile
+
+    from pgshift.dsn import resolve
+    from pgshift.migrate import MigrateOptions, migrate
+    from pgshift.sync import verbs as sync_verbs
+
+    dsn = resolve(cfg.target.dsn)
+    with tempfile.TemporaryDirectory(prefix="pgshift-plan-") as tmp:
+        result = migrate(MigrateOptions(
+            sqlite_path=cfg.source.sqlite, dsn=dsn, schema=cfg.target.schema_, dry_run=True,
+            state_dir=Path(tmp), into_existing=cfg.mapping is not None, mapping=cfg.mapping))
+    migrate_plan = result.to_dict()
+    topology = sync_verbs.plan(cfg.source.sqlite, dsn, cfg.target.schema_, cutover)
+    return {"migrate": {"plan": migrate_plan.get("plan"), "notes": migrate_plan.get("notes")},
+            "sync": topology.to_dict()}
+
+
+def plan(cutover: Path, *, data: bool = False) -> dict[str, Any]:
+    """What a rollout would do, from the cutover file (nothing is changed); with ``data``
+    also the data plan (:func:`data_plan`: reads the source and the target)."""
     cfg, base = cfgmod.load(cutover)
     g = cfg.checks.gates
     need = requests_needed(g.max_error_rate, g.confidence)
@@ -189,4 +211,5 @@ def plan(cutover: Path) -> dict[str, Any]:
             "on_inconclusive": cfg.shift.on_inconclusive, "drill": cfg.shift.drill,
             "emergency": cfg.emergency.model_dump(), "tables": cfg.tables,
             "approvals": list(cfg.finalize.approvals),
-            "eta_s": round(eta, 1), "warnings": warnings}
+            "eta_s": round(eta, 1), "warnings": warnings,
+            **(data_plan(cfg, cutover) if data else {})}
