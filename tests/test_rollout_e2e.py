@@ -158,6 +158,13 @@ def test_rollback_after_flip_carries_green_writes_back(tmp_path: Path, pg_dsn: D
             t = threading.Thread(target=lambda: result.append(run_engine(r)))
             t.start()
             r.wait_for("phase", lambda v: v == "monitor", timeout=150)
+            ctx = r.context()
+            try:  # the live view while the engine runs: sync's figures, not blanks
+                sync = verbs.status(ctx)["sync"]
+            finally:
+                ctx.close()
+            assert isinstance(sync["conflicts"], int) and isinstance(sync["parked"], int)
+            assert sync["to_sqlite_lag_ms"] is not None
             ids = _write_through_proxy(r, 5)  # after the flip writes go to green
             # the operator's `pgshift rollback` from another process, while the engine runs
             out = r.cli("rollback", str(r.cutover), "-m", "test", "--json")

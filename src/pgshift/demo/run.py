@@ -13,6 +13,7 @@ reaches 25 %: the step's analysis fails and the engine rolls back on its own.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -122,7 +123,7 @@ def _start_app(name: str, env: dict[str, str], port: int, log: Path) -> subproce
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pgshift.demo.app", "--port", str(port)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=out, env={**_env(), **env})
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, env={**os.environ, **env})
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -139,12 +140,6 @@ def _start_app(name: str, env: dict[str, str], port: int, log: Path) -> subproce
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
 
 
 def demo_cutover(workdir: Path, db: Path, *, blue: str, green: str, listen: int, admin: int,
@@ -184,8 +179,6 @@ def run_demo(workdir: Path, scale: int, *, jobs: int = 2, keep: bool = False,
              rps: float = 300.0, bake: float = 12.0, monitor: float = 10.0,
              fault: str | None = None, progress: Progress | None = None) -> DemoResult:
     """The full rehearsal in ``workdir`` (recreated)."""
-    import os
-
     if fault is not None and fault not in FAULTS:
         raise UsageError(f"--fault {fault!r}: known faults are {', '.join(FAULTS)}",
                          hint="pgshift demo --fault green-errors")

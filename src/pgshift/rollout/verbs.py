@@ -144,14 +144,7 @@ def status(ctx: Context) -> dict[str, Any]:
     except PgshiftError as exc:
         out["router"] = {"error": exc.message}
     if st.get("capture_postgres"):
-        try:
-            s = syncing.status(ctx)
-            out["sync"] = {"lag_ms": s.get("lag_ms"), "pending": s.get("pending"),
-                           "to_sqlite_pending": s.get("to_sqlite_pending"),
-                           "to_sqlite_lag_ms": s.get("to_sqlite_lag_ms"),
-                           "conflicts": s.get("conflicts"), "parked": s.get("parked_total")}
-        except PgshiftError as exc:
-            out["sync"] = {"error": exc.message}
+        out["sync"] = syncing.brief(ctx)
     return out
 
 
