@@ -32,7 +32,7 @@ def test_demo_rolls_out_with_no_failed_request_and_no_lost_write() -> None:
     out = json.loads(proc.stdout)
     assert set(out) >= KEYS
     assert out["status"] == "done" and out["flipped"] and not out["rolled_back"]
-    assert out["failed_requests"] == 0 and out["lost_writes"] == 0
+    assert out["failed_requests"] == 0 and out["lost_writes"] == 0, out["failures"]
     assert out["requests"] > 5000 and out["writes_acknowledged"] > 1000
     assert [s["weight"] for s in out["steps"]] == [10, 25, 50, 100]
     for s in out["steps"]:

@@ -93,6 +93,12 @@ def _print_summary(out: dict[str, object]) -> None:
         f"failed, p99 {_ms(out['p99_ms'])} ms; {out['writes_acknowledged']:,} acknowledged "
         f"writes, {out['lost_writes']} lost (ledger checked against "
         f"{out['ledger_checked_against']})")
+    failures = out.get("failures") or []
+    assert isinstance(failures, list)
+    for f in failures:  # the first few, whole: when, what, which side answered what
+        con.print(f"  failed: {f['at']:.3f} {f['method']} {f['path']} -> "
+                  f"{f['status'] or 'transport error'} from {f['served_by'] or 'the proxy'}: "
+                  f"{f['error']}", markup=False, highlight=False)
     flip = (f"fence held {out['fence_hold_ms']} ms" if out["flipped"] else
             "not reached (rolled back before it)")
     con.print(f"flip: {flip}; rollback "

@@ -58,6 +58,8 @@ JOB_TYPES = ("sync_github", "refresh_jira", "send_digest", "poll_sentry", "sync_
 # One process of this generator sustains about this many requests/s on one core of the
 # benchmark machine (see docs/reference-app.md); above it the rate is split across processes.
 PER_PROCESS_RPS = 1500
+# How many failed requests a run describes in full (the counts cover all of them).
+FAILURES_KEPT = 20
 
 # --------------------------------------------------------------------------- HTTP client
 
@@ -285,6 +287,9 @@ class Window:
     statuses: dict[str, int] = field(default_factory=dict)
     hist: list[int] = field(default_factory=lambda: [0] * _H_N)
     seconds: float = 0.0
+    # The first few failed requests, whole enough to find the cause: when, what, which
+    # answer (or transport error), which side served it and the start of the body.
+    failures: list[dict[str, Any]] = field(default_factory=list)
 
     def observe(self, status: int | None, latency: float) -> None:
         self.done += 1
@@ -297,7 +302,14 @@ class Window:
         elif status >= 500:
             self.errors += 1
 
+    def note_failure(self, failure: dict[str, Any]) -> None:
+        """Keep ``failure`` if fewer than :data:`FAILURES_KEPT` are kept already."""
+        if len(self.failures) < FAILURES_KEPT:
+            self.failures.append(failure)
+
     def merge(self, other: Window) -> None:
+        for failure in other.failures:
+            self.note_failure(failure)
         self.sent += other.sent
         self.done += other.done
         self.errors += other.errors
@@ -392,6 +404,7 @@ class LoadSummary:
             "latency_ms": {"p50": t.percentile_ms(0.5), "p90": t.percentile_ms(0.9),
                            "p99": t.percentile_ms(0.99), "max": t.percentile_ms(1.0)},
             "writes_acknowledged": t.writes_acked, "ledger": self.ledger,
+            "failures": list(t.failures),
         }
 
 
@@ -636,11 +649,13 @@ class _Workload:
         self.window.sent += 1
         sent = time.time()
         status: int | None = None
+        error = ""
         try:
             response = await self.client.request(raw)
             status = response.status
-        except Exception:  # refused, reset, timed out, bad answer: a transport error
+        except Exception as exc:  # refused, reset, timed out, bad answer: a transport error
             response = None
+            error = f"{type(exc).__name__}: {exc}"
         finally:
             self.inflight -= 1
             if method == "POST" and path == "/users" and u.user_id is None:
@@ -648,6 +663,12 @@ class _Workload:
         ts = time.time()
         self.window.observe(status, loop.time() - scheduled)
         self.served_by = None if response is None else response.served_by
+        if response is None or status is None or status >= 500:
+            self.window.note_failure({
+                "at": round(ts, 3), "method": method, "path": path, "status": status,
+                "served_by": self.served_by,
+                "error": error if response is None else
+                response.body[:200].decode("utf-8", "replace")})
         if response is None or status is None:
             if unacked is not None:
                 op, table, key, delta = unacked

@@ -81,6 +81,7 @@ class DemoResult:
             "requests": t.done if t else 0,
             "failed_requests": t.errors if t else 0,
             "statuses": dict(sorted(t.statuses.items())) if t else {},
+            "failures": list(t.failures) if t else [],
             "achieved_rps": round(load.achieved_rps, 1) if load else 0,
             "p99_ms": t.percentile_ms(0.99) if t else None,
             "writes_acknowledged": t.writes_acked if t else 0,
