@@ -152,3 +152,33 @@ def test_run_refuses_options_that_do_not_go_together_before_connecting(
     code, _, err = _run(capsys, ["sync", "run", str(app_db), UNREACHABLE, *extra])
     assert code == 2 and says in err and "Try: " in err, err
     assert "cannot connect" not in err
+
+
+def test_a_failed_write_into_the_app_file_gets_the_hint_of_its_cause(tmp_path: Path) -> None:
+    """The fence marker and uninstall write into the app's file: a lock, a read-only
+    file and a full disk each need a different hand, so the hint follows the message."""
+    import sqlite3
+
+    from pgshift.sync.common import sqlite_write_hint
+
+    db = tmp_path / "app.db"
+    con = sqlite3.connect(db, timeout=0)
+    con.execute("create table t (x)")
+    con.commit()
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("begin immediate")
+    try:
+        with pytest.raises(sqlite3.OperationalError) as locked:
+            con.execute("insert into t values (1)")
+    finally:
+        holder.execute("rollback")
+        holder.close()
+    assert "write transaction" in sqlite_write_hint(locked.value, db)
+    ro = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    with pytest.raises(sqlite3.OperationalError) as readonly:
+        ro.execute("insert into t values (1)")
+    ro.close()
+    con.close()
+    assert "write access" in sqlite_write_hint(readonly.value, db)
+    other = sqlite_write_hint(sqlite3.OperationalError("no such table: t"), db)
+    assert "quick_check" in other and str(db) in other

@@ -92,6 +92,21 @@ def open_sqlite(path: Path, *, readonly: bool = True) -> sqlite3.Connection:
     return con
 
 
+def sqlite_write_hint(exc: sqlite3.Error, path: Path) -> str:
+    """What to try when a write of pgshift's own into the app's SQLite file failed:
+    the hint follows SQLite's message, since a lock, a read-only file and a full disk
+    need different hands."""
+    message = str(exc).lower()
+    if "locked" in message or "busy" in message:
+        return ("retry; a connection of the app held a write transaction for longer "
+                "than the 10 s busy timeout")
+    if "readonly" in message or "read-only" in message:
+        return f"pgshift needs write access to {path} and its directory (the -wal/-shm files)"
+    if "disk" in message or "full" in message:
+        return f"free space on the filesystem of {path}, then retry"
+    return f"check {path} with: sqlite3 {path} 'PRAGMA quick_check'"
+
+
 def session_sql(schema: str) -> list[str]:
     """Settings of the applier's session: values are read as migrate's sessions read them."""
     return [

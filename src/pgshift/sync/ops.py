@@ -17,6 +17,7 @@ from pgshift.sync import settings as cfg
 from pgshift.sync import sqlite_capture as capture
 from pgshift.sync import state as st
 from pgshift.sync.apply import open_sqlite
+from pgshift.sync.common import sqlite_write_hint
 from pgshift.sync.results import SyncStatus, UninstallResult
 
 TO_SQLITE = "to-sqlite"
@@ -165,8 +166,7 @@ def uninstall(path: Path, dsn: Dsn | None = None, schema: str = "public"
         removed = capture.uninstall(con)
     except sqlite3.OperationalError as exc:
         raise SourceError(f"removing capture from {path} failed: {exc}",
-                          hint="retry when the app is not holding a long write transaction"
-                          ) from exc
+                          hint=sqlite_write_hint(exc, path)) from exc
     finally:
         con.close()
     out = UninstallResult(sqlite_removed=removed)

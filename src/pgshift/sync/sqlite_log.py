@@ -20,7 +20,14 @@ from pgshift.errors import SourceError, UsageError
 from pgshift.source.snapshot import CHANGELOG_TABLE
 from pgshift.sync import pg_capture
 from pgshift.sync import sqlite_capture as capture
-from pgshift.sync.common import DDL_HINT, FENCE_OP, TO_POSTGRES, SchemaChangedError, open_sqlite
+from pgshift.sync.common import (
+    DDL_HINT,
+    FENCE_OP,
+    TO_POSTGRES,
+    SchemaChangedError,
+    open_sqlite,
+    sqlite_write_hint,
+)
 from pgshift.sync.source import Outcome
 from pgshift.sync.tables import Change
 
@@ -41,7 +48,7 @@ def write_fence(path: Path) -> int:
         return int(cur.lastrowid or 0)
     except sqlite3.OperationalError as exc:
         raise SourceError(f"writing the fence marker into {path} failed: {exc}",
-                          hint="retry; the app may hold a long write transaction") from exc
+                          hint=sqlite_write_hint(exc, path)) from exc
     finally:
         con.close()
 
