@@ -374,3 +374,42 @@ def test_rollback_with_a_dead_engine_and_a_broken_journal(tmp_path: Path, pg_dsn
             assert ctx.router.weight() == 0
         finally:
             ctx.close()
+
+
+def test_a_hung_engine_superseded_by_rollback_stays_hands_off(tmp_path: Path, pg_dsn: Dsn,
+                                                                monkeypatch: pytest.MonkeyPatch
+                                                                ) -> None:
+    """Argo Rollouts #2117: the engine hangs (SIGSTOP) mid-bake, `pgshift rollback` takes
+    over and rolls back; when the old engine wakes up it must stop without acting. Both
+    the journal (lease epoch) and the proxy (the epoch sent with every change) refuse it."""
+    over = {"shift": {"steps": [{"weight": 25, "bake": "3s"}, {"weight": 50, "bake": "60s"},
+                                {"weight": 100, "bake": "3s"}]}}
+    with rig(tmp_path, pg_dsn, monkeypatch, over) as r:
+        with r.load():
+            proc = r.popen("rollout", str(r.cutover))
+            r.wait_for("phase", lambda v: v == "shift-50", timeout=150)
+            proc.send_signal(signal.SIGSTOP)
+            try:
+                ctx = r.context()
+                try:
+                    old_epoch = ctx.journal.lease()["epoch"]
+                    assert ctx.router.status()["controller_epoch"] == old_epoch
+                finally:
+                    ctx.close()
+                out = r.cli("rollback", str(r.cutover), "-m", "engine hung", "--json")
+                assert out.returncode == 0, out.stdout + out.stderr
+            finally:
+                proc.send_signal(signal.SIGCONT)
+            proc.wait(timeout=60)
+        log = (r.tmp / "engine.log").read_text()
+        assert proc.returncode == ExitCode.USAGE, log
+        assert "superseded" in log or "taken over" in log, log
+        ctx = r.context()
+        try:
+            status = ctx.router.status()
+            assert status["weight"] == 0 and status["system_of_record"] == "blue"
+            assert status["controller_epoch"] > old_epoch
+        finally:
+            ctx.close()
+        assert r.journal_value("status") == "rolled_back"
+        assert r.check_ledger("sqlite").violations == []

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from pgshift.errors import UsageError
 from pgshift.traffic.embedded import EmbeddedRouter, RouterError
 from pgshift.traffic.proxy import ThreadedProxy, make_config
-from pgshift.traffic.router import WriteFence, WriteRouting
+from pgshift.traffic.router import StaleRouterEpoch, WriteFence, WriteRouting
 from traffic_conformance import (
     WRITE_GLOB,
     Harness,
@@ -368,6 +368,33 @@ def test_admin_requires_the_token(proxy: ThreadedProxy) -> None:
     assert proxy.state.weight == 0
     with EmbeddedRouter(proxy.admin_url, "wrong") as r, pytest.raises(UsageError, match="token"):
         r.weight()
+
+
+def test_a_superseded_controller_epoch_is_refused(proxy: ThreadedProxy) -> None:
+    """A fencing token: once a change came with epoch 2, changes with epoch 1 are refused
+    (409, StaleRouterEpoch) and change nothing; reads and epoch-less changes still work."""
+    with EmbeddedRouter(proxy.admin_url, TOKEN) as old, \
+            EmbeddedRouter(proxy.admin_url, TOKEN) as new, \
+            EmbeddedRouter(proxy.admin_url, TOKEN) as operator:
+        old.fence_epoch(1)
+        old.set_weight(25)
+        new.fence_epoch(2)
+        new.set_weight(10)
+        for change in (lambda: old.set_weight(50), old.drain_to_blue, old.hold,
+                       lambda: old.set_system_of_record("green")):
+            with pytest.raises(StaleRouterEpoch, match=r"epoch 1 is stale.*epoch 2"):
+                change()
+        assert old.weight() == 10 and old.system_of_record() == "blue"
+        assert not proxy.state.fence.held
+        assert old.status()["controller_epoch"] == 2
+        assert old.status()["refusals"]["stale_epoch"] == 4
+        operator.set_weight(0)  # no epoch: the operator's break-glass path
+        assert new.weight() == 0
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=proxy.admin_url, headers=auth) as c:
+        bad = c.put("/weight", json={"weight": 5}, headers={"X-Pgshift-Epoch": "two"})
+        assert bad.status_code == 400 and "positive integer" in bad.json()["error"]
+    assert proxy.state.weight == 0
 
 
 def test_admin_rejects_bad_input(proxy: ThreadedProxy) -> None:

@@ -110,6 +110,12 @@ class Context:
                                            map_file=str(r.haproxy.map_file))
             else:
                 self._router = open_router(r.kind, options=dict(r.options))
+        # Every change carries this controller's epoch where the router can check it, so a
+        # controller that lost its lease is refused by the router too, not only by the
+        # journal (the lease may move between our last journal write and a router call).
+        fence = getattr(self._router, "fence_epoch", None)
+        if fence is not None and self.journal.epoch is not None:
+            fence(self.journal.epoch)
         return self._router
 
     # -- telling ---------------------------------------------------------------------------------

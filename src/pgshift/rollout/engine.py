@@ -30,7 +30,7 @@ from pgshift.rollout.context import PROXY, Context
 from pgshift.rollout.hooks import run_hook
 from pgshift.rollout.journal import StaleEpoch
 from pgshift.rollout.watch import Interrupt, Watcher
-from pgshift.traffic.router import Side, WriteRouting
+from pgshift.traffic.router import Side, StaleRouterEpoch, WriteRouting
 
 Phase = tuple[str, Callable[[], dict[str, Any]]]
 
@@ -117,7 +117,7 @@ def run(ctx: Context, *, resume: bool = False) -> Outcome:
             except Interrupt as it:
                 j.step_finished(sid, name, "failed", {"interrupt": it.kind, "reason": it.reason})
                 return _interrupted(ctx, it, started)
-            except StaleEpoch:
+            except (StaleEpoch, StaleRouterEpoch):
                 # another controller took over (e.g. `pgshift rollback` past a hung engine):
                 # this one stops without touching anything (Argo Rollouts #2117)
                 ctx.say(f"[{name}] superseded by another controller: stopping, hands off")

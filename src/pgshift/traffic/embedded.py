@@ -16,6 +16,7 @@ from pgshift.traffic.router import (
     RouterError,
     RouterUnreachable,
     Side,
+    StaleRouterEpoch,
     check_side,
     check_weight,
 )
@@ -33,6 +34,11 @@ class EmbeddedRouter:
         self.admin_url = admin_url.rstrip("/")
         self._http = httpx.Client(base_url=self.admin_url, timeout=timeout,
                                   headers={"Authorization": f"Bearer {token}"})
+
+    def fence_epoch(self, epoch: int) -> None:
+        """Send ``epoch`` with every change from now on: the proxy refuses changes from a
+        lower epoch once it has seen this one (``StaleRouterEpoch``)."""
+        self._http.headers["X-Pgshift-Epoch"] = str(int(epoch))
 
     def close(self) -> None:
         self._http.close()
@@ -68,6 +74,10 @@ class EmbeddedRouter:
             except ValueError:
                 msg = resp.text
             cls = UsageError if resp.status_code == 400 else RouterError
+            if resp.status_code == 409 and _is_stale(resp):
+                raise StaleRouterEpoch(f"embedded proxy: {msg}", operation=f"{method} {path}",
+                                       hint="another controller steers this rollout now: "
+                                            "pgshift rollout status CUTOVER")
             if resp.status_code == 409:
                 raise RouterError(f"embedded proxy: {msg}", operation=f"{method} {path}",
                                   hint="wait and hold again, or release the fence")
@@ -111,3 +121,10 @@ class EmbeddedRouter:
 
     def metrics(self) -> str:
         return str(self._call("GET", "/metrics"))
+
+
+def _is_stale(resp: httpx.Response) -> bool:
+    try:
+        return bool(resp.json().get("stale_epoch"))
+    except (ValueError, AttributeError):
+        return False

@@ -53,6 +53,14 @@ class RouterError(PgshiftError):
     exit_code = ExitCode.ABORTED
 
 
+class StaleRouterEpoch(RouterError):
+    """The router refused a change because a controller with a higher epoch has steered
+    it since: the caller was superseded and must stop without acting (same exit code as
+    a held lock)."""
+
+    exit_code = ExitCode.USAGE
+
+
 class RouterUnreachable(RouterError):
     """The router's API cannot be reached (wrong address, proxy not running, no socket):
     an input problem, exit 2, like an unreachable database."""

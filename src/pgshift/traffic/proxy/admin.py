@@ -179,6 +179,10 @@ class AdminServer:
             known = {p for _, p in _ROUTES}
             return _json(405 if path in known else 404, {"error": f"no route {method.decode()} "
                                                          f"{path}"})
+        if method != b"GET":
+            refused = self._fence_epoch(req.headers.get(EPOCH_HEADER))
+            if refused is not None:
+                return refused
         try:
             result = route(self, payload, query)
         except PgshiftError as exc:
@@ -190,6 +194,28 @@ class AdminServer:
         if "_drain" in result:
             return 202, b"", b""
         return _json(200, result)
+
+    def _fence_epoch(self, given: bytes | None) -> tuple[int, bytes, bytes] | None:
+        """A change sent with a controller epoch below the highest seen is refused (409,
+        ``stale_epoch``): that controller lost its lease and must not steer traffic any
+        more (Argo Rollouts #2117). Changes without an epoch (an operator's own
+        ``pgshift traffic``) are taken: the break-glass path stays open."""
+        if given is None:
+            return None
+        try:
+            epoch = int(given)
+            if epoch < 1:
+                raise ValueError
+        except ValueError:
+            return _json(400, {"error": f"{EPOCH_HEADER.decode()} must be a positive "
+                                        f"integer, got {given[:40]!r}"})
+        if epoch < self.state.epoch:
+            self.state.refusals("stale_epoch", epoch=epoch, current=self.state.epoch)
+            return _json(409, {"error": f"controller epoch {epoch} is stale: a controller "
+                                        f"with epoch {self.state.epoch} took over",
+                               "stale_epoch": True, "controller_epoch": self.state.epoch})
+        self.state.epoch = epoch
+        return None
 
     # -- routes ----------------------------------------------------------------------------
 
@@ -278,6 +304,7 @@ _ROUTES = {
     (b"POST", "/fence/release"): AdminServer.release,
     (b"POST", "/rollback"): AdminServer.rollback,
 }
+EPOCH_HEADER = b"x-pgshift-epoch"
 _REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found",
             405: b"Method Not Allowed", 408: b"Request Timeout", 409: b"Conflict",
             413: b"Content Too Large", 431: b"Request Header Fields Too Large",

@@ -100,6 +100,9 @@ class RoutingState:
         self.writes_in_flight = 0  # mutating requests sent to a backend, not yet answered
         self.on_release: Callable[[], None] | None = None  # the server lets held writes go
         self.refused = 0  # requests answered by the proxy itself: no backend available
+        # The highest controller epoch a change came with: a change with a lower one is
+        # from a controller that was superseded and does not know it yet (a fencing token).
+        self.epoch = 0
         self.refusals = Refusals()  # every refusal, counted and logged by reason
         self.descriptors = Refusals(event="descriptors_exhausted", level=logging.ERROR)
 
@@ -177,6 +180,7 @@ class RoutingState:
                 for s, h in self.health.items()},
             "client_connections": self.clients,
             "refused": self.refused,
+            "controller_epoch": self.epoch,
             "refusals": dict(self.refusals.counts),
             "warnings": self.warnings(),
         }
