@@ -79,6 +79,8 @@ def test_clean_rollout_to_100(tmp_path: Path, pg_dsn: Dsn, monkeypatch: pytest.M
         assert [s["weight"] for s in steps] == [25, 50, 100]
         assert all(s["decision"] == "pass" and s["requests"] >= 10 for s in steps)
         assert r.journal_value("fence_hold_ms") < 1000
+        tail = r.journal_value("tail_check")  # behind the fence: the latest changed rows
+        assert tail["ok"] and tail["checked"] > 10 and tail["diffs"] == [], tail
         drill = r.journal_value("drill")
         assert drill["drill"] and drill["traffic_back_ms"] < 1000 and drill["stranded"] is None
         assert "rolled-back" in events and "weight" in events

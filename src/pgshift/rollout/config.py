@@ -212,6 +212,9 @@ class Emergency(_Model):
 
 class Flip(_Model):
     drain_timeout: Duration = 30.0
+    # Behind the fence, after the drain: compare the rows of this many of the latest
+    # changes on both engines before PostgreSQL becomes the system of record (0: off).
+    verify_tail: int = Field(default=1000, ge=0, le=100_000)
 
 
 class Monitor(_Model):

@@ -70,6 +70,7 @@ def flip(ctx: Context) -> dict[str, Any]:
         _hold(ctx, fence)
     j.set(flip_stage="held")
     try:
+        tail = _tail_check(ctx)
         out = syncing.flip(ctx, ctx.secs(ctx.cfg.flip.drain_timeout))
     except BaseException:
         _release_back(ctx, fence)
@@ -105,7 +106,38 @@ def flip(ctx: Context) -> dict[str, Any]:
             "drained_to": drain.get("fence_seq"), "drain_seconds": drain.get("seconds"),
             "rebased": out.get("rebased"), "identities": out.get("identities"),
             "privileges_granted_back": out.get("privileges_granted_back"),
-            "late_blue_writes": late}
+            "late_blue_writes": late, "tail_check": tail}
+
+
+def _tail_check(ctx: Context) -> dict[str, Any] | None:
+    """Drain to a fence marker, then compare the rows of the latest changes since the
+    snapshot on both engines (``flip.verify_tail``); ``FlipFailed`` on a difference sync
+    did not record (parked, conflict lost). Writes are held, so nothing moves meanwhile."""
+    limit = ctx.cfg.flip.verify_tail
+    if not limit:
+        return None
+    from pgshift.verify.tail import verify_tail
+
+    drain = syncing.drain(ctx, syncing.TO_POSTGRES, ctx.secs(ctx.cfg.flip.drain_timeout))
+    if not drain.get("drained"):
+        return None  # the flip's own drain fails the same way, with the stranded range
+    result = verify_tail(ctx.cfg.source.sqlite, ctx.dsn(), ctx.schema,
+                         after=int(ctx.journal.get("hwm") or 0),
+                         upto=int(drain["fence_seq"]), limit=limit)
+    summary = {"checked": result.checked, "tables": len(result.keys),
+               "differences": len(result.diffs), "explained": len(result.explained),
+               "not_checked": result.not_checked, "seconds": round(result.seconds, 3)}
+    ctx.journal.set(tail_check=result.to_dict())
+    if not result.ok:
+        shown = "; ".join(f"{d.table} {d.key} {d.kind}" for d in result.diffs[:3])
+        ctx.event("flip", "tail-check-failed", f"{len(result.diffs)} of the {result.checked} "
+                  f"latest changed rows differ between SQLite and PostgreSQL: {shown}",
+                  summary, notify=True)
+        raise FlipFailed(f"the tail check found {len(result.diffs)} differing row(s) among the "
+                         f"{result.checked} changed last ({shown}); writes released on blue",
+                         hint="pgshift verify SQLITE PG --tables TABLE shows them; "
+                              "pgshift rollout CUTOVER --resume retries the flip")
+    return summary
 
 
 def _release_back(ctx: Context, fence: WriteFence | WritePause | None) -> None:

@@ -151,7 +151,7 @@ def verify(opts: VerifyOptions, progress: Progress | None = None) -> VerifyResul
     try:
         src.execute("BEGIN")
         progress.step("catalog and profile")
-        plan, mapped = _plan(opts, src, pg)
+        plan, mapped = plan_tables(opts, src, pg)
         pg.rollback()  # the comparison gets a transaction of its own, set up below
         if not opts.live:
             pg.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -197,7 +197,7 @@ def verify(opts: VerifyOptions, progress: Progress | None = None) -> VerifyResul
                         links, sources)
 
 
-def _plan(opts: VerifyOptions, src: sqlite3.Connection, pg: psycopg.Connection
+def plan_tables(opts: VerifyOptions, src: sqlite3.Connection, pg: psycopg.Connection
           ) -> tuple[Plan, bool]:
     """The tables to compare; True when they were loaded ``--into-existing`` (mapped)."""
     stored = load_profile(pg, opts.schema)

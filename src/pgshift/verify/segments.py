@@ -189,8 +189,10 @@ class TableComparer:
 
     # ---------------------------------------------------------- row compare
 
-    def sqlite_rows(self, r: Range | None) -> dict[str, tuple[str, list[str | None]]]:
-        where, params = self._where(r, pg=False) if r else ("1", [])
+    def sqlite_rows(self, r: Range | None, *, keys: list[tuple[Any, ...]] | None = None
+                    ) -> dict[str, tuple[str, list[str | None]]]:
+        where, params = (self._in(keys, pg=False) if keys is not None else
+                         self._where(r, pg=False) if r else ("1", []))
         out = {}
         for canon in self.sqlite.execute(f"SELECT {', '.join(self.sqlite_parts)} FROM "
                                          f"{_q(self.table.name)} WHERE {where}", params):
@@ -198,8 +200,10 @@ class TableComparer:
             out[self._key_text(texts)] = (cn.row_text(texts), texts)
         return out
 
-    def pg_rows(self, r: Range | None) -> dict[str, tuple[str, list[str | None]]]:
-        where, params = self._where(r, pg=True) if r else ("true", [])
+    def pg_rows(self, r: Range | None, *, keys: list[tuple[Any, ...]] | None = None
+                ) -> dict[str, tuple[str, list[str | None]]]:
+        where, params = (self._in(keys, pg=True) if keys is not None else
+                         self._where(r, pg=True) if r else ("true", []))
         out = {}
         cur = self.pg.execute(f"SELECT {', '.join(self.pg_parts)} FROM "
                               f"{qualified(self.schema, self.table.name)} WHERE {where}", params)
@@ -214,7 +218,30 @@ class TableComparer:
 
     def diff_rows(self, r: Range | None) -> list[RowDiff]:
         """Row-level differences inside a range (keyed tables)."""
-        left, right = self.sqlite_rows(r), self.pg_rows(r)
+        return self._diff(self.sqlite_rows(r), self.pg_rows(r))
+
+    def diff_keys(self, keys: list[tuple[Any, ...]], batch: int = 400) -> list[RowDiff]:
+        """Row-level differences at ``keys`` (primary-key values; segmentable tables): a
+        key missing on both sides is no difference. The tail check before the flip."""
+        diffs: list[RowDiff] = []
+        for i in range(0, len(keys), batch):
+            part = keys[i:i + batch]
+            diffs += self._diff(self.sqlite_rows(None, keys=part), self.pg_rows(None, keys=part))
+        return diffs
+
+    def _in(self, keys: list[tuple[Any, ...]], *, pg: bool) -> tuple[str, list[Any]]:
+        if not keys:
+            return ("false" if pg else "0"), []
+        ph = "%s" if pg else "?"
+        cols = [qident(k) if pg else _q(k) for k in self.keys]
+        if len(cols) == 1:
+            return f"{cols[0]} IN ({', '.join(ph for _ in keys)})", [k[0] for k in keys]
+        row = "(" + ", ".join(ph for _ in cols) + ")"
+        return (f"({', '.join(cols)}) IN (VALUES {', '.join(row for _ in keys)})",
+                [v for k in keys for v in k])
+
+    def _diff(self, left: dict[str, tuple[str, list[str | None]]],
+              right: dict[str, tuple[str, list[str | None]]]) -> list[RowDiff]:
         diffs = []
         for key in sorted(set(left) | set(right)):
             a, b = left.get(key), right.get(key)
