@@ -415,3 +415,48 @@ def test_a_hung_engine_superseded_by_rollback_stays_hands_off(tmp_path: Path, pg
             ctx.close()
         assert r.journal_value("status") == "rolled_back"
         assert r.check_ledger("sqlite").violations == []
+
+
+def test_a_difference_in_the_tail_stops_the_flip_on_blue(tmp_path: Path, pg_dsn: Dsn,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """A row blue wrote that PostgreSQL holds differently (what a lost change looks like)
+    is found by the tail check behind the fence: the flip fails, writes stay on blue."""
+    over = {"shift": {"steps": [{"weight": 25, "bake": "3s"}, {"weight": 50, "bake": "3s"},
+                                {"weight": 100, "bake": "10s"}]}}
+    with rig(tmp_path, pg_dsn, monkeypatch, over) as r:
+        failure: list[BaseException] = []
+
+        def go() -> None:
+            try:
+                run_engine(r)
+            except BaseException as exc:  # the engine's own error is the result here
+                failure.append(exc)
+
+        with r.load():
+            t = threading.Thread(target=go)
+            t.start()
+            r.wait_for("phase", lambda v: v == "shift-100", timeout=150)
+            resp = httpx.post(f"{r.blue.url}/users", timeout=10,
+                              json={"email": "tail@x.test", "name": "Blue wrote this"})
+            assert resp.status_code == 201, resp.text
+            uid = resp.json()["id"]
+            with psycopg.connect(pg_dsn.conninfo, autocommit=True) as pg:
+                deadline = time.monotonic() + 30
+                while pg.execute("SELECT 1 FROM users WHERE id = %s", (uid,)).fetchone() is None:
+                    assert time.monotonic() < deadline, "sync did not carry the new user"
+                    time.sleep(0.1)
+                pg.execute("UPDATE users SET name = 'not what blue wrote' WHERE id = %s", (uid,))
+            t.join(timeout=150)
+        assert failure and "tail check" in str(failure[0]), failure
+        tail = r.journal_value("tail_check")
+        assert [(d["table"], d["key"], d["kind"]) for d in tail["diffs"]] == [
+            ("users", {"id": str(uid)}, "changed")]
+        assert r.journal_value("status") == "failed" and not r.journal_value("flipped")
+        ctx = r.context()
+        try:
+            assert ctx.router.system_of_record() == "blue"
+        finally:
+            ctx.close()
+        assert "tail-check-failed" in (r.state_root / "audit.jsonl").read_text()
+        assert r.check_ledger("sqlite").violations == []
