@@ -143,6 +143,22 @@ class Rig:
 
         return json.loads(row[0]) if row else None
 
+    def proxy_warnings(self) -> list[dict[str, Any]]:
+        """The proxy's log events above info (ejections, health, refusals): beside a failed
+        request, they say what the proxy saw at that moment."""
+        import json
+
+        out = []
+        log = self.state_root / "procs" / "proxy.log"
+        for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and event.get("level") not in (None, "info"):
+                out.append(event)
+        return out
+
     def wait_for(self, key: str, pred: Callable[[Any], bool], timeout: float = 120) -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -72,7 +72,7 @@ def test_clean_rollout_to_100(tmp_path: Path, pg_dsn: Dsn, monkeypatch: pytest.M
         # A failed request names itself (when, which side, what answer) next to the
         # engine's events, so an intermittent failure can be placed in the rollout.
         assert load.total.done > 500 and load.total.errors == 0, (
-            load.total.failures, timeline)
+            load.total.failures, timeline, r.proxy_warnings())
         check = r.check_ledger("postgresql")
         assert check.acknowledged > 50 and check.violations == []
         steps = r.journal_value("shift_results")
