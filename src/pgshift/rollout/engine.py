@@ -373,9 +373,17 @@ def reconcile(ctx: Context) -> list[str]:
         steps.Router().run(ctx)
         notes.append("the embedded proxy was not running: restarted at the journal's weight")
     if j.get("rollback_stage") == "started":
-        switch.rollback(ctx, "completing a rollback a killed controller started")
-        j.set(status="rolled_back")
-        notes.append("completed an interrupted rollback")
+        if j.get("rollback_drill"):
+            # the drill's rollback: complete it as a drill (green keeps running) and let
+            # the step re-advance, rather than end a healthy rollout rolled back
+            res = switch.rollback(ctx, "completing a rollback drill a killed controller "
+                                  "started", drill=True)
+            j.set(drill=res.to_dict())
+            notes.append("completed an interrupted rollback drill")
+        else:
+            switch.rollback(ctx, "completing a rollback a killed controller started")
+            j.set(status="rolled_back")
+            notes.append("completed an interrupted rollback")
     if j.get("weight") is not None:
         note = switch.reconcile_fence(ctx)
         if note:

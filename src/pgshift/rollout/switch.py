@@ -61,6 +61,14 @@ def flip(ctx: Context) -> dict[str, Any]:
     """Hold writes, drain SQLite -> PostgreSQL to a fence marker, switch the system of
     record and sync's direction, release. Figures include ``fence_hold_ms``."""
     j, r = ctx.journal, ctx.router
+    if j.get("flipped") and j.get("flip_stage") == "released":
+        # a resumed engine whose flip had completed (reconcile_fence finishes a half-done
+        # one): holding writes and draining again would be for nothing, and the tail
+        # check compares the to-postgres direction, which no longer runs
+        if syncing.running_direction(ctx) != syncing.TO_SQLITE:
+            syncing.start_applier(ctx, syncing.TO_SQLITE)
+        return {"fence_hold_ms": j.get("fence_hold_ms"), "fence": True,
+                "resumed": "the flip had completed before the engine stopped"}
     if ctx.cfg.apps.blue.stop_workers:
         ctx.hook("flip", ctx.cfg.apps.blue.stop_workers)
     fence = _fence(ctx)
@@ -209,7 +217,7 @@ def rollback(ctx: Context, reason: str, *, drill: bool = False) -> RollbackResul
     j = ctx.journal
     after_flip = bool(j.get("flipped", False))
     res = RollbackResult(reason, after_flip, drill)
-    j.set(rollback_stage="started", rollback_reason=reason)
+    j.set(rollback_stage="started", rollback_reason=reason, rollback_drill=drill)
     ctx.event("rollback", "rollback-started", f"rolling back: {reason}",
               {"after_flip": after_flip, "drill": drill}, notify=not drill)
     fence = None
