@@ -201,6 +201,31 @@ def test_commands_and_approvals_are_recorded_with_who(tmp_path: Path) -> None:
     assert events[0]["actor"] == "alice"
 
 
+def test_approvals_expire_after_approval_valid_for(tmp_path: Path) -> None:
+    """Durable approvals that also expire (the anchors): one older than
+    ``finalize.approval_valid_for`` no longer counts and the status names it expired."""
+    import time
+
+    from pgshift.rollout.steps import current_approvals
+    from pgshift.rollout.verbs import open_context
+
+    data = {**MINIMAL, "finalize": {"approvals": ["tech-lead", "ops-lead"],
+                                    "approval_valid_for": "2h"}}
+    ctx = open_context(write(tmp_path, data))
+    try:
+        ctx.journal.approve("tech-lead", actor="alice")
+        ctx.journal.approve("ops-lead", actor="bob")
+        valid, expired = current_approvals(ctx)
+        assert set(valid) == {"tech-lead", "ops-lead"} and expired == {}
+        # three hours on, both have expired; a new approval of one counts again
+        valid, expired = current_approvals(ctx, now=time.time() + 3 * 3600)
+        assert valid == {} and set(expired) == {"tech-lead", "ops-lead"}
+        assert expired["ops-lead"]["actor"] == "bob"
+        assert cfgmod.load(EXAMPLE)[0].finalize.approval_valid_for == 24 * 3600
+    finally:
+        ctx.close()
+
+
 def test_a_broken_journal_is_a_clear_error(tmp_path: Path) -> None:
     state = StateDir(tmp_path / "s").ensure()
     state.journal.write_bytes(b"not a database at all" * 100)

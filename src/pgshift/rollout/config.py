@@ -247,6 +247,10 @@ class Optimize(_Model):
 class Finalize(_Model):
     approvals: tuple[str, ...] = ()
     approval_timeout: Duration = 7 * 86400.0
+    # An approval older than this when finalize would start has expired and is asked for
+    # again: "retire blue" approved days ago approved a system the monitoring since may
+    # have seen differently (the anchors: approvals survive restarts *and expire*).
+    approval_valid_for: Duration = 86400.0
     remove_capture: bool = True
     archive: Archive | None = None
     optimize: Optimize | None = None

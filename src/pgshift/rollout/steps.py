@@ -10,6 +10,7 @@ none: the journal never says a step ran that did not.
 
 from __future__ import annotations
 
+import calendar
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -307,16 +308,40 @@ class Approvals(_Base):
         need = list(ctx.cfg.finalize.approvals)
         watcher = Watcher(ctx)
         deadline = time.monotonic() + ctx.secs(ctx.cfg.finalize.approval_timeout)
+        told: set[str] = set()
         while True:
-            have = ctx.journal.approvals()
+            have, expired = current_approvals(ctx)
+            for role in sorted(set(expired) - told):
+                told.add(role)
+                ctx.event("approvals", "approval-expired",
+                          f"the approval of {role} ({expired[role]['actor']}, "
+                          f"{expired[role]['ts']}) is older than "
+                          f"{ctx.cfg.finalize.approval_valid_for:g}s: asked for again",
+                          {"role": role, **expired[role]}, notify=True)
             missing = [r for r in need if r not in have]
             if not missing:
                 return {"approvals": {r: have[r] for r in need}}
             if time.monotonic() > deadline:
-                raise StepFailed(f"finalize refused: no approval from {', '.join(missing)}",
+                raise StepFailed(f"finalize refused: no valid approval from "
+                                 f"{', '.join(missing)}" +
+                                 (f" ({', '.join(sorted(expired))} expired)" if expired else ""),
                                  hint=f"pgshift approve CUTOVER --as {missing[0]}, then "
                                       "pgshift rollout CUTOVER --resume")
             watcher.wait(watcher.interval)
+
+
+def current_approvals(ctx: Context, now: float | None = None
+                      ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
+    """The recorded approvals split into (valid, expired) by ``approval_valid_for``
+    (compared in wall-clock time: an approval is a human's act at a date)."""
+    limit = ctx.cfg.finalize.approval_valid_for  # (not time-scaled: people do not speed up)
+    now = time.time() if now is None else now
+    valid: dict[str, dict[str, str]] = {}
+    expired: dict[str, dict[str, str]] = {}
+    for role, a in ctx.journal.approvals().items():
+        at = calendar.timegm(time.strptime(a["ts"][:19], "%Y-%m-%dT%H:%M:%S"))
+        (valid if now - at <= limit else expired)[role] = a
+    return valid, expired
 
 
 class Finalize(_Base):

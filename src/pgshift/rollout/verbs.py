@@ -18,7 +18,7 @@ from typing import Any
 
 from pgshift.errors import PgshiftError, SourceError, UsageError
 from pgshift.rollout import config as cfgmod
-from pgshift.rollout import engine, switch, syncing
+from pgshift.rollout import engine, steps, switch, syncing
 from pgshift.rollout.analysis import requests_needed
 from pgshift.rollout.context import Context
 from pgshift.rollout.journal import VERBS
@@ -126,6 +126,7 @@ def status(ctx: Context) -> dict[str, Any]:
     """The live view: phase, weight, figures per side, sync lag, the next decision."""
     j = ctx.journal
     st = j.dump()
+    valid, expired = steps.current_approvals(ctx)
     out: dict[str, Any] = {
         "cutover": ctx.cfg.name, "status": st.get("status", "not started"),
         "phase": st.get("phase"), "weight": st.get("weight"),
@@ -134,7 +135,8 @@ def status(ctx: Context) -> dict[str, Any]:
         "waiting_reason": st.get("waiting_reason"), "controller": j.lease(),
         "steps": st.get("shift_results", []), "fence_hold_ms": st.get("fence_hold_ms"),
         "last_rollback": st.get("last_rollback"), "drill": st.get("drill"),
-        "approvals": j.approvals(), "required_approvals": list(ctx.cfg.finalize.approvals),
+        "approvals": valid, "expired_approvals": expired,
+        "required_approvals": list(ctx.cfg.finalize.approvals),
         "decisions": j.decisions()[-10:], "services": {
             k: (v.to_dict() if v else None) for k, v in ctx.procs.services().items()},
     }
