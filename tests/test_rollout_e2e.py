@@ -295,7 +295,7 @@ def test_finalize_refuses_without_approvals(tmp_path: Path, pg_dsn: Dsn,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     over = {"finalize": {"approvals": ["ops-lead", "tech-lead"], "approval_timeout": "2s"}}
     with rig(tmp_path, pg_dsn, monkeypatch, over) as r, r.load():
-        with pytest.raises(StepFailed, match="no approval from ops-lead, tech-lead"):
+        with pytest.raises(StepFailed, match="no valid approval from ops-lead, tech-lead"):
             run_engine(r)
         assert sqlite_has_capture(r.db)  # nothing finalized
         assert r.cli("approve", str(r.cutover), "--as", "ops-lead").returncode == 0
