@@ -27,15 +27,22 @@ def rollout_command(
     confirm: Annotated[list[str] | None, typer.Option(
         "--confirm", help="NAME=TEXT for a typed-confirmation prerequisite (repeatable).")
     ] = None,
+    rehearse: Annotated[bool, typer.Option(
+        "--rehearse", help="The whole cutover, flip and monitoring (rehearsal.monitor) "
+        "included, then back to blue as a rollback goes; --resume afterwards runs the real "
+        "one.")] = False,
     json_output: Json = False,
 ) -> None:
     """Run the whole blue-green cutover the cutover file describes, step by step.
 
     Durable: every step is journaled in .pgshift/<name>/ before it acts; a killed run
-    continues with --resume. Exit 0 done, 6 rolled back or aborted, 1 a step's check
-    failed (nothing after it ran), 2 bad input, 4/5 SQLite/PostgreSQL failures.
+    continues with --resume. Exit 0 done (or rehearsed), 6 rolled back or aborted, 1 a
+    step's check failed (nothing after it ran), 2 bad input, 4/5 SQLite/PostgreSQL
+    failures.
 
       pgshift rollout cutover.yaml
+
+      pgshift rollout cutover.yaml --rehearse     (then: --resume for the real cutover)
 
       pgshift rollout cutover.yaml --resume
 
@@ -53,7 +60,7 @@ def rollout_command(
         confirmations[name] = text
     ctx = open_context(cutover, confirmations=confirmations)
     try:
-        outcome = engine.run(ctx, resume=resume)
+        outcome = engine.run(ctx, resume=resume, rehearse=rehearse)
     finally:
         ctx.close()
     if json_output:

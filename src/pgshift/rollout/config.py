@@ -227,6 +227,12 @@ class Rollback(_Model):
     drain_deadline: Duration = 60.0
 
 
+class Rehearsal(_Model):
+    """``pgshift rollout --rehearse``: the whole cutover, then back to blue."""
+
+    monitor: Duration = 300.0  # the monitoring window before the swap back
+
+
 class Archive(_Model):
     """``pgshift archive`` of blue at finalize: the SQLite file and blue's config files."""
 
@@ -320,6 +326,7 @@ class Cutover(_Model):
     flip: Flip = Flip()
     monitor: Monitor = Monitor()
     rollback: Rollback = Rollback()
+    rehearsal: Rehearsal = Rehearsal()
     finalize: Finalize = Finalize()
     notify: Notify = Notify()
     time_scale: float = Field(default=1.0, gt=0)

@@ -47,11 +47,11 @@ class Outcome:
                 **self.figures}
 
 
-def phase_names(cfg: Cutover) -> list[str]:
+def phase_names(cfg: Cutover, *, rehearsal: bool = False) -> list[str]:
     """The phases' names in order, from the cutover file alone (``pgshift plan``)."""
     return [*(s.name for s in steps.pre_traffic(cfg)),
             *(f"shift-{s.weight:g}" for s in cfg.shift.steps),
-            "flip", "monitor", "approvals", "finalize"]
+            "flip", "monitor", *(["swap-back"] if rehearsal else ["approvals", "finalize"])]
 
 
 def phases(ctx: Context) -> list[Phase]:
@@ -61,8 +61,11 @@ def phases(ctx: Context) -> list[Phase]:
         out.append((f"shift-{step.weight:g}", _shift_phase(ctx, i, step)))
     out.append(("flip", lambda: switch.flip(ctx)))
     out.append(("monitor", lambda: monitor(ctx)))
-    out.append(("approvals", lambda: steps.Approvals().run(ctx)))
-    out.append(("finalize", lambda: steps.Finalize().run(ctx)))
+    if ctx.journal.get("rehearsal"):
+        out.append(("swap-back", lambda: swap_back(ctx)))
+    else:
+        out.append(("approvals", lambda: steps.Approvals().run(ctx)))
+        out.append(("finalize", lambda: steps.Finalize().run(ctx)))
     return out
 
 
@@ -82,10 +85,18 @@ def _guarded(ctx: Context, step: steps.Step) -> Callable[[], dict[str, Any]]:
     return run
 
 
-def run(ctx: Context, *, resume: bool = False) -> Outcome:
-    """Run (or resume) the rollout to its end: done, rolled back, aborted or failed."""
+def run(ctx: Context, *, resume: bool = False, rehearse: bool = False) -> Outcome:
+    """Run (or resume) the rollout to its end: done, rolled back, aborted or failed.
+
+    ``rehearse``: the whole cutover, flip and monitoring included, then swap back to blue
+    the way a rollback does (status ``rehearsed``); the system is left as after a
+    rollback, so ``resume`` then runs the real cutover from the first traffic step."""
     j = ctx.journal
     status = j.get("status")
+    if rehearse and resume and status not in ("rolled_back", None) and not j.get("rehearsal"):
+        raise UsageError("--rehearse starts a rehearsal, or one after a rollback; this "
+                         f"rollout is {status} and not a rehearsal",
+                         hint=f"pgshift rollout {ctx.cutover_path} --resume")
     if status is not None and not resume:
         raise UsageError(f"this cutover already has a rollout ({status}, phase "
                          f"{j.get('phase')})", hint=f"pgshift rollout {ctx.cutover_path} "
@@ -98,6 +109,10 @@ def run(ctx: Context, *, resume: bool = False) -> Outcome:
     j.acquire()
     started = time.monotonic()
     try:
+        if status is None or (resume and status == "rolled_back"):
+            # a new run, or a re-advance after a rollback (or after a rehearsal: then the
+            # real cutover, unless --rehearse asks for another rehearsal)
+            j.set(rehearsal=rehearse)
         if resume:
             for note in reconcile(ctx):
                 ctx.event("resume", "reconciled", note)
@@ -140,6 +155,14 @@ def run(ctx: Context, *, resume: bool = False) -> Outcome:
                 ctx.on_event("step-done", {"step": name, **figures})
             idx += 1
             j.set(phase_index=idx)
+        if j.get("rehearsal"):
+            j.set(status="rolled_back", rehearsed=time.time())
+            message = ("rehearsal complete: cut over, monitored and swapped back to blue; "
+                       f"`pgshift rollout {ctx.cutover_path} --resume` runs the real cutover")
+            ctx.event("rollout", "rehearsed", message, notify=True)
+            return Outcome("rehearsed", int(ExitCode.OK), message,
+                           {"seconds": round(time.monotonic() - started, 3),
+                            "swap_back": j.get("last_rollback")})
         j.set(status="done", finished=time.time())
         ctx.event("rollout", "done", f"rollout complete in {time.monotonic() - started:.1f}s",
                   notify=True)
@@ -341,6 +364,9 @@ def monitor(ctx: Context) -> dict[str, Any]:
     start = j.get("monitor_started") or time.time()
     j.set(monitor_started=start)
     window, interval = ctx.secs(cfg.monitor.window), ctx.secs(cfg.monitor.interval)
+    if j.get("rehearsal"):
+        window = ctx.secs(cfg.rehearsal.monitor)
+        interval = min(interval, window)
     watcher = Watcher(ctx)
     rounds = []
     while (left := window - (time.time() - start)) > 0:
@@ -359,6 +385,19 @@ def monitor(ctx: Context) -> dict[str, Any]:
                         f"{f.green.errors}/{f.green.requests} errors, reverse lag {lag} ms",
                         rounds[-1])
     return {"checks": len(rounds), "window_s": window, "last": rounds[-1] if rounds else None}
+
+
+def swap_back(ctx: Context) -> dict[str, Any]:
+    """The rehearsal's end: back to blue exactly as a rollback goes (writes held, green's
+    writes drained into SQLite, sequences past green's ids, to-postgres sync restarted),
+    green left running; then the deployment report of the rehearsal."""
+    res = switch.rollback(ctx, "rehearsal: swapping back to blue", drill=True)
+    out: dict[str, Any] = {"rollback": res.to_dict()}
+    try:
+        out["report"] = steps.write_report(ctx)
+    except PgshiftError as exc:  # the rehearsal itself succeeded; the report is named
+        out["report"] = {"error": exc.message}
+    return out
 
 
 # -- resume ---------------------------------------------------------------------------------------

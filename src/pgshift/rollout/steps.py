@@ -451,3 +451,9 @@ def pre_traffic(cfg: Cutover) -> list[Step]:
 
 
 __all__ = ["Interrupt", "Step", "StepFailed", "pre_traffic"]
+
+
+def write_report(ctx: Context) -> dict[str, Any]:
+    """The deployment report in both formats into ``.pgshift/<name>/report/``: finalize's
+    last act, and the rehearsal's (``swap-back``)."""
+    return Finalize()._report(ctx)

@@ -135,6 +135,7 @@ def status(ctx: Context) -> dict[str, Any]:
         "waiting_reason": st.get("waiting_reason"), "controller": j.lease(),
         "steps": st.get("shift_results", []), "fence_hold_ms": st.get("fence_hold_ms"),
         "last_rollback": st.get("last_rollback"), "drill": st.get("drill"),
+        "rehearsal": bool(st.get("rehearsal")), "rehearsed": st.get("rehearsed"),
         "approvals": valid, "expired_approvals": expired,
         "required_approvals": list(ctx.cfg.finalize.approvals),
         "decisions": j.decisions()[-10:], "services": {
