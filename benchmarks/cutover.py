@@ -64,10 +64,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows, indent=2, default=str))
         return 0
     header = ["run", "status", "seconds", "requests", "req/s", "failed", "acked writes",
-              "lost", "fence hold ms", "traffic back ms", "rollback s", "stranded", "ok"]
+              "lost", "fence hold ms", "tail check", "traffic back ms", "rollback s",
+              "stranded", "ok"]
     table = [[r["run"], r["status"], r["seconds"], r["requests"], r["achieved_rps"],
               r["failed_requests"], r["writes_acknowledged"], r["lost_writes"],
               r["fence_hold_ms"],
+              (f"{r['tail_check']['checked']} rows, {r['tail_check']['seconds'] * 1000:.0f} ms"
+               if r.get("tail_check") else "-"),
               r["rollback_traffic_back_ms"], r["rollback_seconds"],
               "none" if not r["stranded"] else r["stranded"], "yes" if r["ok"] else "NO"]
              for r in rows]

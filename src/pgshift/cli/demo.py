@@ -99,8 +99,12 @@ def _print_summary(out: dict[str, object]) -> None:
         con.print(f"  failed: {f['at']:.3f} {f['method']} {f['path']} -> "
                   f"{f['status'] or 'transport error'} from {f['served_by'] or 'the proxy'}: "
                   f"{f['error']}", markup=False, highlight=False)
-    flip = (f"fence held {out['fence_hold_ms']} ms" if out["flipped"] else
-            "not reached (rolled back before it)")
+    tail = out.get("tail_check")
+    flip = (f"fence held {out['fence_hold_ms']} ms" + (
+        f" (tail check: the {tail['checked']} rows changed last compared in "
+        f"{tail['seconds'] * 1000:.0f} ms, {'equal' if tail['ok'] else 'DIFFERENT'})"
+        if isinstance(tail, dict) and tail.get("checked") is not None else "")
+        if out["flipped"] else "not reached (rolled back before it)")
     con.print(f"flip: {flip}; rollback "
               f"{'drill' if out['rollback_was_drill'] else 'run'}: traffic on blue after "
               f"{out['rollback_traffic_back_ms']} ms, complete in {out['rollback_seconds']}s"

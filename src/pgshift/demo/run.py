@@ -95,6 +95,9 @@ class DemoResult:
             "rollback_was_drill": rb.get("drill"),
             "stranded": rb.get("stranded"),
             "fence_hold_ms": j.get("fence_hold_ms"),
+            "tail_check": {k: (j.get("tail_check") or {}).get(k)
+                           for k in ("ok", "checked", "seconds")}
+            if j.get("tail_check") else None,
             "sync_lag_ms_max": max((s.get("sync_lag_ms") or 0 for s in self.steps),
                                    default=None),
             "conflicts": (j.get("final_sync") or {}).get("conflicts",
