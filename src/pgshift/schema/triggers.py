@@ -3,8 +3,9 @@
 The common forms are translated:
 
 - *touch*: ``UPDATE t SET updated_at = <now> WHERE id = NEW.id`` on ``t`` itself
-  becomes a BEFORE trigger assigning ``NEW.updated_at`` (PostgreSQL's idiom;
-  SQLite's AFTER-then-UPDATE would recurse in PostgreSQL);
+  (any value of this row alone: clocks, constants, ``NEW.x``) becomes a BEFORE
+  trigger assigning ``NEW.updated_at`` (PostgreSQL's idiom; SQLite's
+  AFTER-then-UPDATE would recurse in PostgreSQL);
 - statements on *other* tables (keep a counter, write an audit row):
   the same UPDATE/INSERT/DELETE in a function run at the same timing, with
   ``NEW``/``OLD`` as PostgreSQL's records and clock values typed by the column
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from sqlglot import exp
 
-from pgshift.schema.defaults import now_sql_for
+from pgshift.schema.defaults import now_sql_for, plan_default
 from pgshift.schema.expr import ExprContext, Untranslatable, translate, translate_statement
 from pgshift.schema.expr import parse_one_sqlite as _parse
 from pgshift.schema.model import Note, Table, qident
@@ -190,7 +191,7 @@ def _translate(planned: PlannedTrigger, trig: SourceTrigger, table: Table, plan:
     if touch is not None:
         planned.form = "touch"
         timing, ret = "BEFORE", "RETURN NEW;"
-        lines = [f"NEW.{qident(table.pg(c))} := {now_sql_for(v, table.column(c).pg_type)};"
+        lines = [f"NEW.{qident(table.pg(c))} := {plan_default(v, table.column(c), ctx)};"
                  for c, v in touch]
     else:
         planned.form = "statements"
@@ -231,7 +232,10 @@ def _touch_columns(h: _Header, table: Table) -> list[tuple[str, str]] | None:
             value = eq.expression.sql(dialect="sqlite")
             column = next((c.name for c in table.columns if c.name.lower() == eq.this.name.lower()),
                           None)
-            if column is None or now_sql_for(value, "text", probe=True) is None:
+            # A value of this row alone (constants, clocks, NEW./OLD. columns): other
+            # rows' columns would need a query, left to the review file.
+            if column is None or any(_col(c) is None or _col(c)[0] not in ("new", "old")
+                                     for c in eq.expression.find_all(exp.Column)):
                 return None
             out.append((column, value))
     return out
