@@ -47,7 +47,7 @@ def checked_plan(plan: Plan, opts: MigrateOptions, coord: psycopg.Connection | N
         finally:
             if coord is None:
                 conn.close()
-    text = review_sql(plan)
+    text = review_sql(plan.schema, plan.tables, plan.triggers)
     state = state_for(opts)
     if text is not None:
         state.ensure()

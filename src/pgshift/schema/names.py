@@ -15,6 +15,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from pgshift.errors import UsageError
+
+if TYPE_CHECKING:
+    from pgshift.schema.model import Table
 
 PG_MAX_BYTES = 63
 _HASH_HEX = 8
@@ -97,3 +103,22 @@ def _why(original: str, pg: str) -> str:
     return (f"longer than {PG_MAX_BYTES} bytes and equal to another name once PostgreSQL cuts "
             f"it to {pg_truncate(original)!r}: created as {pg!r} (deterministic; verify and sync "
             "use the same name). Rename it in the application's schema to choose another")
+
+
+def refuse_shortened(tables: Iterable[Table], consumer: str) -> None:
+    """Raise UsageError when a planned table or column carries a hash-shortened name.
+
+    ``consumer`` (sync) addresses PostgreSQL by the SQLite spelling, which PostgreSQL
+    cuts to 63 bytes: right for a long name that stayed unique, wrong for a shortened one.
+    """
+    for t in tables:
+        bad = [(t.name, t.pg_name)] if t.pg_name != pg_truncate(t.name) else []
+        bad += [(f"{t.name}.{c.name}", c.pg_name) for c in t.columns
+                if c.pg_name != pg_truncate(c.name)]
+        for original, pg in bad[:1]:
+                raise UsageError(
+                    f"{consumer} cannot follow a shortened name yet: SQLite's {original!r} is "
+                    f"{pg!r} in PostgreSQL (longer than {PG_MAX_BYTES} bytes and equal to "
+                    "another name once cut)",
+                    hint=f"rename it in the application's schema to at most {PG_MAX_BYTES} "
+                         "bytes (ALTER TABLE ... RENAME), then migrate again")

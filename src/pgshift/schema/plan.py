@@ -144,7 +144,7 @@ def build_plan(
                                    translate_query(view.select_sql, view_ctx)))
         except Untranslatable as exc:
             plan.notes.append(Note("untranslated", view.name, f"view not created: {exc}"))
-    triggers.plan_triggers(plan, catalog)
+    plan.triggers = triggers.plan_triggers(schema, plan.tables, catalog.triggers, plan.notes)
     return plan
 
 

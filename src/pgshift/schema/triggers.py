@@ -21,7 +21,6 @@ so they never fire on the copied rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from sqlglot import exp
 
@@ -31,10 +30,18 @@ from pgshift.schema.expr import parse_one_sqlite as _parse
 from pgshift.schema.model import Note, Table, qident
 from pgshift.schema.names import PG_MAX_BYTES, shortened
 from pgshift.source import sqltokens as tk
-from pgshift.source.catalog import Catalog, SourceTrigger
+from pgshift.source.catalog import SourceTrigger
 
-if TYPE_CHECKING:
-    from pgshift.schema.plan import Plan
+
+@dataclass
+class _Scope:
+    """What a trigger's translation sees: the target schema and the planned tables."""
+
+    schema: str
+    tables: list[Table]
+
+    def table(self, name: str) -> Table:
+        return next(t for t in self.tables if t.name == name)
 
 REVIEW_FILE = "triggers-review.sql"
 _TIMINGS = ("BEFORE", "AFTER", "INSTEAD")
@@ -74,30 +81,35 @@ class _Header:
     body: list[str]
 
 
-def plan_triggers(plan: Plan, catalog: Catalog) -> None:
-    """Translate every trigger on a planned table; note each outcome in the plan."""
-    tables = {t.name: t for t in plan.tables}
-    for trig in catalog.triggers:
-        table = tables.get(trig.table)
+def plan_triggers(schema: str, tables: list[Table], source: list[SourceTrigger],
+                  notes: list[Note]) -> list[PlannedTrigger]:
+    """Translate every trigger on a planned table; note each outcome."""
+    scope = _Scope(schema, tables)
+    by_name = {t.name: t for t in tables}
+    out: list[PlannedTrigger] = []
+    for trig in source:
+        table = by_name.get(trig.table)
         if table is None:
             continue
         planned = PlannedTrigger(trig.name, trig.table, trig.sql)
         try:
-            _translate(planned, trig, table, plan)
-            plan.notes.append(Note("info", trig.name, f"trigger on {trig.table} translated "
-                                   f"({planned.form}): created after the load as a PL/pgSQL "
-                                   "function and trigger"))
+            _translate(planned, trig, table, scope)
+            notes.append(Note("info", trig.name, f"trigger on {trig.table} translated "
+                              f"({planned.form}): created after the load as a PL/pgSQL "
+                              "function and trigger"))
         except Untranslatable as exc:
             planned.reason = str(exc)
-            plan.notes.append(Note("untranslated", trig.name, f"trigger on {trig.table} not "
-                                   f"created: {exc}. Its original body is in {REVIEW_FILE} in "
-                                   "the state directory for review"))
-        plan.triggers.append(planned)
+            notes.append(Note("untranslated", trig.name, f"trigger on {trig.table} not "
+                              f"created: {exc}. Its original body is in {REVIEW_FILE} in "
+                              "the state directory for review"))
+        out.append(planned)
+    return out
 
 
-def review_sql(plan: Plan) -> str | None:
+def review_sql(schema: str, tables: list[Table], planned: list[PlannedTrigger]) -> str | None:
     """The reviewable file: each untranslated trigger's original SQL and a skeleton."""
-    todo = [t for t in plan.triggers if t.reason]
+    plan = _Scope(schema, tables)
+    todo = [t for t in planned if t.reason]
     if not todo:
         return None
     out = ["-- SQLite triggers pgshift did not translate. Each needs a PL/pgSQL function and",
@@ -164,7 +176,7 @@ def _header(sql: str) -> _Header:
     return _Header(name, timing, event, of_cols, table, when, body)
 
 
-def _ctx(plan: Plan) -> ExprContext:
+def _ctx(plan: _Scope) -> ExprContext:
     spellings: dict[str, set[str]] = {}
     types: dict[str, set[str]] = {}
     for t in plan.tables:
@@ -178,7 +190,7 @@ def _ctx(plan: Plan) -> ExprContext:
                        names=names)
 
 
-def _translate(planned: PlannedTrigger, trig: SourceTrigger, table: Table, plan: Plan) -> None:
+def _translate(planned: PlannedTrigger, trig: SourceTrigger, table: Table, plan: _Scope) -> None:
     h = _header(trig.sql)
     if h.timing == "INSTEAD":
         raise Untranslatable("INSTEAD OF triggers belong to views")
@@ -234,8 +246,8 @@ def _touch_columns(h: _Header, table: Table) -> list[tuple[str, str]] | None:
                           None)
             # A value of this row alone (constants, clocks, NEW./OLD. columns): other
             # rows' columns would need a query, left to the review file.
-            if column is None or any(_col(c) is None or _col(c)[0] not in ("new", "old")
-                                     for c in eq.expression.find_all(exp.Column)):
+            refs = [_col(c) for c in eq.expression.find_all(exp.Column)]
+            if column is None or any(r is None or r[0] not in ("new", "old") for r in refs):
                 return None
             out.append((column, value))
     return out
@@ -247,7 +259,7 @@ def _col(node: exp.Expression) -> tuple[str | None, str] | None:
     return (node.table.lower() or None, node.name.lower())
 
 
-def _statement(sql: str, ctx: ExprContext, plan: Plan, own: Table) -> str:
+def _statement(sql: str, ctx: ExprContext, plan: _Scope, own: Table) -> str:
     tree = _parse(sql)
     target = tree.this.this if isinstance(tree, exp.Insert) else tree.this
     if not isinstance(tree, (exp.Update, exp.Insert, exp.Delete)) \
