@@ -98,7 +98,7 @@ def plan_triggers(schema: str, tables: list[Table], source: list[SourceTrigger],
                               f"({planned.form}): created after the load as a PL/pgSQL "
                               "function and trigger"))
         except Untranslatable as exc:
-            planned.reason = str(exc)
+            planned.reason, planned.form = str(exc), None
             notes.append(Note("untranslated", trig.name, f"trigger on {trig.table} not "
                               f"created: {exc}. Its original body is in {REVIEW_FILE} in "
                               "the state directory for review"))
