@@ -163,6 +163,7 @@ def test_defaults_translated_by_target_type_and_checked(tmp_path: Path, pg_dsn: 
     assert num_text == 42  # '42' in an INTEGER column is the number 42 to SQLite
     assert local_ts == now.replace(microsecond=0)
     assert note == "7"  # TEXT affinity stores the number's text
+    _verify(db, pg_dsn)
 
 
 # ---------------------------------------------------------------- 3. NULL primary keys

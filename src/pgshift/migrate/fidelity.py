@@ -42,7 +42,7 @@ def checked_plan(plan: Plan, opts: MigrateOptions, coord: psycopg.Connection | N
                                        f"against PostgreSQL: {exc.message}"))
     if conn is not None:
         try:
-            check_defaults(conn, plan.schema, plan.tables, plan.notes,
+            check_defaults(conn, plan.tables, plan.notes,
                            lambda t, c: t.source.column(c.name).default or "")
         finally:
             if coord is None:
