@@ -12,6 +12,7 @@ sqlite3 and migrated into the real test PostgreSQL.
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 import struct
 from pathlib import Path
 
@@ -21,7 +22,10 @@ import pytest
 from pgshift.dsn import Dsn
 from pgshift.errors import ExitCode, UsageError
 from pgshift.schema.names import assign, pg_truncate, refuse_shortened, shortened
+from pgshift.schema.plan import Plan, build_plan
 from pgshift.schema.triggers import REVIEW_FILE
+from pgshift.source.catalog import read_catalog
+from pgshift.source.profile import profile_tables
 from pgshift.verify.run import VerifyOptions, verify
 from sqlite_helpers import make_db, note_messages, pg_rows, read_jsonl, run_migrate
 
@@ -29,6 +33,18 @@ pytestmark = pytest.mark.data
 
 LONG = "col_very_long_name_that_goes_past_the_postgresql_limit_of_63_bytes_aaa"
 LONG_TABLE = "a_table_name_that_is_far_too_long_for_postgresql_identifiers_version_"
+
+
+def _plan_of(db: Path, exclude: str = "") -> Plan:
+    """The plan migrate would make (no PostgreSQL involved)."""
+    con = sqlite3.connect(db)
+    try:
+        catalog = read_catalog(con)
+    finally:
+        con.close()
+    tables = [t for t in catalog.tables if t.name != exclude]
+    return build_plan(catalog, profile_tables(lambda: sqlite3.connect(db), tables),
+                      tables=tables)
 
 
 def _verify(db: Path, dsn: Dsn, schema: str = "public") -> None:
@@ -276,6 +292,11 @@ CREATE TRIGGER items_audit AFTER DELETE ON items
 BEGIN
   INSERT INTO audit (item_id, action, at) VALUES (OLD.id, 'delete', datetime('now'));
 END;
+CREATE TRIGGER items_renamed AFTER UPDATE OF name ON items WHEN NEW.name <> OLD.name
+BEGIN
+  INSERT INTO audit (item_id, action, at) VALUES (NEW.id, 'rename:' || OLD.name,
+                                                  CURRENT_TIMESTAMP);
+END;
 CREATE TRIGGER items_guard BEFORE INSERT ON items WHEN NEW.name = ''
 BEGIN
   SELECT RAISE(ABORT, 'empty name');
@@ -294,7 +315,7 @@ def test_triggers_translated_and_the_rest_written_for_review(
     forms = {t.name: t.form for t in dry.plan.triggers}  # type: ignore[union-attr]
     assert forms == {"items_touch": "touch", "items_count": "statements",
                      "items_uncount": "statements", "items_audit": "statements",
-                     "items_guard": None}
+                     "items_renamed": "statements", "items_guard": None}
     review = (state / REVIEW_FILE).read_text()
     assert "-- trigger items_guard on items:" in review
     assert "--   SELECT RAISE(ABORT, 'empty name');" in review
@@ -314,10 +335,42 @@ def test_triggers_translated_and_the_rest_written_for_review(
                                "FROM items WHERE id = 1")[0]
     assert touched[0] == touched[2].strftime("%Y-%m-%d %H:%M:%S")  # SQLite's text shape
     assert touched[1] == touched[2].replace(microsecond=0)  # typed by its column
+    pg_conn.execute("UPDATE items SET name = 'A' WHERE id = 1")  # WHEN: no change, no row
+    pg_conn.execute("UPDATE items SET updated_at = 'x' WHERE id = 2")  # UPDATE OF name only
     pg_conn.execute("DELETE FROM items WHERE id = 2")
     assert pg_rows(pg_conn, "SELECT items FROM counters") == [(2,)]
-    audit = pg_rows(pg_conn, "SELECT item_id, action, at IS NOT NULL FROM audit")
-    assert audit == [(2, "delete", True)]
+    audit = pg_rows(pg_conn, "SELECT item_id, action, at IS NOT NULL FROM audit ORDER BY id")
+    assert audit == [(1, "rename:a", True), (2, "delete", True)]
     names = {r[0] for r in pg_rows(pg_conn, "SELECT tgname FROM pg_trigger "
                                             "WHERE NOT tgisinternal")}
-    assert names == {"items_touch", "items_count", "items_uncount", "items_audit"}
+    assert names == {"items_touch", "items_count", "items_uncount", "items_audit",
+                     "items_renamed"}
+
+
+@pytest.mark.parametrize("body, why", [
+    ("UPDATE counters SET items = NEW.nope WHERE id = 1", "NEW.nope: items has no such column"),
+    ("UPDATE counters SET nope = 1 WHERE id = 1", "column nope is in no migrated table"),
+    ("INSERT OR REPLACE INTO counters VALUES (1, 0)", "INSERT OR REPLACE"),
+    ("UPDATE items SET name = upper(name) WHERE id = NEW.id", "own table"),
+    ("DELETE FROM elsewhere", "elsewhere is not migrated"),
+])
+def test_trigger_forms_not_translated(tmp_path: Path, body: str, why: str) -> None:
+    db = make_db(tmp_path / "t.db", f"""
+        CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT);
+        CREATE TABLE counters (id INTEGER PRIMARY KEY, items INTEGER);
+        CREATE TABLE elsewhere (id INTEGER PRIMARY KEY);
+        CREATE TRIGGER t AFTER UPDATE ON items BEGIN {body}; END;
+    """)
+    (trig,) = _plan_of(db, exclude="elsewhere").triggers
+    assert trig.form is None and trig.reason is not None and why in trig.reason
+
+
+def test_touch_by_rowid_is_translated(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "t.db", """
+        CREATE TABLE notes (body TEXT, touched TEXT);
+        CREATE TRIGGER n AFTER INSERT ON notes
+        BEGIN UPDATE notes SET touched = CURRENT_TIMESTAMP WHERE rowid = NEW.rowid; END;
+    """)
+    (trig,) = _plan_of(db).triggers
+    assert trig.form == "touch"
+    assert trig.trigger_sql is not None and " BEFORE INSERT " in trig.trigger_sql

@@ -227,16 +227,19 @@ def _touch_columns(h: _Header, table: Table) -> list[tuple[str, str]] | None:
     if h.event not in ("UPDATE", "INSERT"):
         return None
     out: list[tuple[str, str]] = []
-    key = [k.lower() for k in (table.primary_key or ["rowid"])]
+    # The row itself: by its key, or by rowid where the table has one (and the key is it).
+    keys = {k.lower() for k in table.primary_key} if len(table.primary_key) == 1 else set()
+    if table.source.rowid_alias or not table.primary_key:
+        keys.add("rowid")
+    mine = {c.name.lower() for c in table.columns}
     for stmt in h.body:
         tree = _parse(stmt)
         if not isinstance(tree, exp.Update) or tree.this.name.lower() != table.name.lower():
             return None
         where = tree.args.get("where")
         cond = where.this if where is not None else None
-        if not (isinstance(cond, exp.EQ) and len(key) == 1
-                and {_col(cond.this), _col(cond.expression)} == {(None, key[0]),
-                                                                  ("new", key[0])}):
+        sides = {_col(cond.this), _col(cond.expression)} if isinstance(cond, exp.EQ) else set()
+        if not any(sides == {(None, k), ("new", k)} for k in keys):
             return None
         for eq in tree.expressions:
             if not isinstance(eq, exp.EQ) or not isinstance(eq.this, exp.Column):
@@ -247,7 +250,8 @@ def _touch_columns(h: _Header, table: Table) -> list[tuple[str, str]] | None:
             # A value of this row alone (constants, clocks, NEW./OLD. columns): other
             # rows' columns would need a query, left to the review file.
             refs = [_col(c) for c in eq.expression.find_all(exp.Column)]
-            if column is None or any(r is None or r[0] not in ("new", "old") for r in refs):
+            if column is None or any(r is None or r[0] not in ("new", "old") or r[1] not in mine
+                                     for r in refs):
                 return None
             out.append((column, value))
     return out
@@ -257,6 +261,22 @@ def _col(node: exp.Expression) -> tuple[str | None, str] | None:
     if not isinstance(node, exp.Column):
         return None
     return (node.table.lower() or None, node.name.lower())
+
+
+def _check_columns(tree: exp.Expression, plan: _Scope, own: Table) -> None:
+    """Every column a statement names exists: PL/pgSQL checks only syntax when the
+    function is created, so a wrong name would fail the application's writes later."""
+    known = {c.name.lower() for t in plan.tables for c in t.columns}
+    mine = {c.name.lower() for c in own.columns}
+    for node in tree.find_all(exp.Column):
+        ref = _col(node)
+        if ref is None:
+            continue
+        qualifier, name = ref
+        if qualifier in ("new", "old") and name not in mine:
+            raise Untranslatable(f"{qualifier.upper()}.{name}: {own.name} has no such column")
+        if qualifier not in ("new", "old") and name not in known:
+            raise Untranslatable(f"column {name} is in no migrated table")
 
 
 def _statement(sql: str, ctx: ExprContext, plan: _Scope, own: Table) -> str:
@@ -272,6 +292,7 @@ def _statement(sql: str, ctx: ExprContext, plan: _Scope, own: Table) -> str:
     dest = next((t for t in plan.tables if t.name.lower() == target.name.lower()), None)
     if dest is None:
         raise Untranslatable(f"table {target.name} is not migrated")
+    _check_columns(tree, plan, own)
     typed: dict[str, str] = {}
 
     def typed_clock(value: exp.Expression, column: str) -> exp.Expression:
