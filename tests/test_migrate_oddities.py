@@ -189,6 +189,8 @@ def test_auto_increment_null_keys_filled_past_the_maximum(tmp_path: Path, pg_dsn
                                                           pg_conn: psycopg.Connection) -> None:
     db = make_db(tmp_path / "keys.db", """
         CREATE TABLE auto (id integer auto_increment primary key, name TEXT);
+        CREATE TABLE whole (id int auto_increment primary key, name TEXT);
+        INSERT INTO whole VALUES (3, 'three');
         INSERT INTO auto (name) VALUES ('a'), ('b'), ('c');
         INSERT INTO auto (id, name) VALUES (10, 'ten');
     """)
@@ -203,6 +205,8 @@ def test_auto_increment_null_keys_filled_past_the_maximum(tmp_path: Path, pg_dsn
     assert pg_rows(pg_conn, "INSERT INTO auto (name) VALUES ('next') RETURNING id") == [(14,)]
     assert pg_rows(pg_conn, "SELECT attidentity, attnotnull FROM pg_attribute WHERE "
                             "attrelid = 'auto'::regclass AND attname = 'id'") == [("d", True)]
+    # Declared auto-increment without NULLs: an identity too, past the maximum.
+    assert pg_rows(pg_conn, "INSERT INTO whole (name) VALUES ('x') RETURNING id") == [(4,)]
 
 
 def test_null_keys_rejected_by_default_and_filled_when_asked(
