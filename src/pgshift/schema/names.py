@@ -8,7 +8,9 @@ queries the same way), so it is left alone. Names that *collide* once cut
 deterministic short name instead: its first bytes, ``_`` and 8 hex digits of
 the SHA-1 of the full name. The choice depends only on the names of one
 namespace, so every consumer that rebuilds the plan from the catalog (migrate,
-verify, sync) arrives at the same names without reading them from anywhere.
+verify) arrives at the same names without reading them from anywhere; sync,
+which still addresses PostgreSQL by SQLite's spelling, refuses such a table
+(``refuse_shortened``) with the rename to make.
 """
 
 from __future__ import annotations
@@ -101,8 +103,9 @@ def _why(original: str, pg: str) -> str:
         return (f"longer than {PG_MAX_BYTES} bytes: PostgreSQL stores it as {pg!r} (queries "
                 "spelling the full name still find it)")
     return (f"longer than {PG_MAX_BYTES} bytes and equal to another name once PostgreSQL cuts "
-            f"it to {pg_truncate(original)!r}: created as {pg!r} (deterministic; verify and sync "
-            "use the same name). Rename it in the application's schema to choose another")
+            f"it to {pg_truncate(original)!r}: created as {pg!r} (deterministic; verify uses "
+            "the same name, sync refuses the table until it is renamed). Rename it in the "
+            f"application's schema to at most {PG_MAX_BYTES} bytes to choose the name yourself")
 
 
 def refuse_shortened(tables: Iterable[Table], consumer: str) -> None:
