@@ -349,6 +349,11 @@ def test_triggers_translated_and_the_rest_written_for_review(
                                             "WHERE NOT tgisinternal")}
     assert names == {"items_touch", "items_count", "items_uncount", "items_audit",
                      "items_renamed"}
+    # Migrating again over the tables (--drop): the functions are replaced, not refused.
+    again = run_migrate(db, pg_dsn, state, drop=True)
+    assert again.exit_code == ExitCode.OK
+    assert not [m for _, m in note_messages(again, "untranslated") if "refused" in m]
+    assert len(pg_rows(pg_conn, "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")) == 5
 
 
 @pytest.mark.parametrize("body, why", [

@@ -215,8 +215,10 @@ def _translate(planned: PlannedTrigger, trig: SourceTrigger, table: Table, plan:
     of = (" OF " + ", ".join(qident(table.pg(c)) for c in h.of_columns)) if h.of_columns else ""
     fn = f"{qident(schema)}.{qident(_function_name(h.name))}"
     body = "\n    ".join([*lines, ret])
-    planned.function_sql = (f"CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS "
-                            f"$pgshift$\nBEGIN\n    {body}\nEND\n$pgshift$")
+    # OR REPLACE: a migrate --drop over an earlier one finds the function (dropping the
+    # table drops its triggers, not their functions).
+    planned.function_sql = (f"CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE "
+                            f"plpgsql AS $pgshift$\nBEGIN\n    {body}\nEND\n$pgshift$")
     planned.trigger_sql = (f"CREATE TRIGGER {qident(h.name)} {timing} {h.event}{of} ON "
                            f"{qident(schema)}.{qident(table.pg_name)} FOR EACH ROW{when} "
                            f"EXECUTE FUNCTION {fn}()")
