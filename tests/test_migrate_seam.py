@@ -44,7 +44,7 @@ class RecordingProgress:
     def task(self, key: str, total: int) -> None:
         self.advanced.setdefault(key, 0)
 
-    def advance(self, key: str, amount: int) -> None:
+    def advance(self, key: str, amount: int, seconds: float | None = None) -> None:
         self.advanced[key] = self.advanced.get(key, 0) + amount
 
     def close(self) -> None:

@@ -34,8 +34,9 @@ class Progress(Protocol):
     def task(self, key: str, total: int) -> None:
         """A unit of work with ``total`` items (rows) begins."""
 
-    def advance(self, key: str, amount: int) -> None:
-        """``amount`` more items of ``key`` are done."""
+    def advance(self, key: str, amount: int, seconds: float | None = None) -> None:
+        """``amount`` more items of ``key`` are done; ``seconds``: how long that piece of
+        work took, when known (a copy chunk's own time), so a key's time is its own."""
 
     def close(self) -> None:
         """All work is over; release the terminal."""
@@ -50,7 +51,7 @@ class NullProgress:
     def task(self, key: str, total: int) -> None:
         pass
 
-    def advance(self, key: str, amount: int) -> None:
+    def advance(self, key: str, amount: int, seconds: float | None = None) -> None:
         pass
 
     def close(self) -> None:
@@ -67,6 +68,9 @@ class LineProgress:
         self.totals: dict[str, int] = {}
         self.done: dict[str, int] = {}
         self.t0: dict[str, float] = {}
+        # The earliest start of a reported piece of work per key: a table's clock starts
+        # when its first chunk started, not when the copy step did.
+        self.began: dict[str, float] = {}
         self.lock = threading.Lock()
 
     def _print(self, text: str) -> None:
@@ -80,12 +84,17 @@ class LineProgress:
         with self.lock:
             self.totals[key], self.done[key], self.t0[key] = total, 0, time.perf_counter()
 
-    def advance(self, key: str, amount: int) -> None:
+    def advance(self, key: str, amount: int, seconds: float | None = None) -> None:
         with self.lock:
+            now = time.perf_counter()
+            if seconds is not None:
+                self.began[key] = min(self.began.get(key, now), now - seconds)
             self.done[key] = self.done.get(key, 0) + amount
             finished = self.done[key] >= self.totals.get(key, 0)
             if finished and key in self.t0:
-                took = max(time.perf_counter() - self.t0.pop(key), 1e-6)
+                start = self.began.pop(key, self.t0[key])
+                self.t0.pop(key)
+                took = max(now - start, 1e-6)
                 self._print(f"  {key}: {self.done[key]:,} rows in {took:.1f}s "
                             f"({self.done[key] / took:,.0f} rows/s)")
 
@@ -118,7 +127,7 @@ class BarProgress:
             self.ids[key] = self.bars.add_task(key, total=max(total, 1), rate="")
             self.t0[key] = time.perf_counter()
 
-    def advance(self, key: str, amount: int) -> None:
+    def advance(self, key: str, amount: int, seconds: float | None = None) -> None:
         with self.lock:
             tid = self.ids[key]
             self.bars.advance(tid, amount)

@@ -66,11 +66,13 @@ def plan_text(plan: Plan) -> Group:
     """``--dry-run``: type decisions per table, the DDL, anomalies and untranslated parts."""
     parts: list[Table | Text] = []
     for tbl in plan.tables:
-        t = Table(title=f"{tbl.name} ({tbl.rows:,} rows)", title_justify="left")
+        renamed = "" if tbl.pg_name == tbl.name else f" -> {tbl.pg_name}"
+        t = Table(title=f"{tbl.name}{renamed} ({tbl.rows:,} rows)", title_justify="left")
         for col in ("column", "SQLite", "PostgreSQL", "conversion", "why"):
             t.add_column(col, overflow="fold")
         for c in tbl.columns:
-            t.add_row(c.name, tbl.source.column(c.name).declared_type or "(none)", c.pg_type,
+            shown = c.name if c.pg_name == c.name else f"{c.name} -> {c.pg_name}"
+            t.add_row(shown, tbl.source.column(c.name).declared_type or "(none)", c.pg_type,
                       c.decision.conversion, c.decision.reason)
         parts.append(t)
     sql = []
@@ -79,6 +81,8 @@ def plan_text(plan: Plan) -> Group:
         sql.extend(s + ";" for s in ddl.defaults(plan.schema, tbl))
         sql.extend(s + ";" for s in ddl.post_load_statements(plan.schema, tbl))
     sql.extend(ddl.create_view(plan.schema, v) + ";" for v in plan.views)
+    for trig in plan.triggers:
+        sql.extend(s + ";" for s in trig.statements())
     parts.append(Text("\n-- DDL\n" + "\n".join(sql) + "\n"))
     if plan.notes:
         parts.append(notes_table(plan.notes))

@@ -15,6 +15,7 @@ from pgshift.existing.plan import MappedPlan
 from pgshift.migrate import DEFAULT_BATCH, MigrateOptions, MigrateResult, migrate
 from pgshift.progress import for_terminal
 from pgshift.report_tables import mapped_plan_text, migrate_summary, plan_text
+from pgshift.schema.keys import FILL_OPTION
 
 
 def migrate_command(
@@ -73,11 +74,16 @@ def migrate_command(
     strict: Annotated[bool, typer.Option(
         "--strict", help="With --into-existing: a source column that feeds no target column "
         "is a plan error unless the mapping's `drop:` names it.")] = False,
+    fill_null_keys: Annotated[bool, typer.Option(
+        "--fill-null-keys", help="Rows whose (non-rowid) integer primary key is NULL get "
+        "identity values past the maximum instead of being rejected; automatic when the "
+        "declared type says AUTO_INCREMENT.")] = False,
     keep_snapshot: Annotated[bool, typer.Option(
         "--keep-snapshot", help="Keep the snapshot (a 0600 copy of the source in the state "
         "directory) after a successful run; by default it is removed.")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
-    = False,
+    json_output: Annotated[bool, typer.Option(
+        "--json", help="Print the result (or with --dry-run the plan) as JSON on stdout: the "
+        "machine-readable form; the tables are for people.")] = False,
 ) -> None:
     """Copy a SQLite database into PostgreSQL: schema, data, keys, indexes, constraints.
 
@@ -107,6 +113,7 @@ def migrate_command(
         owner=owner, state_dir=state_dir, require_wal=require_wal,
         into_existing=into_existing, mapping=mapping, assume_tz=assume_tz, truncate=truncate,
         keep_indexes=keep_indexes, strict=strict, keep_snapshot=keep_snapshot,
+        fill_null_keys=fill_null_keys,
     )
     with closing(for_terminal(json_output)) as progress:
         result = migrate(opts, progress)
@@ -143,9 +150,12 @@ class _ExitWith(PgshiftError):
 
     def __init__(self, result: MigrateResult) -> None:
         n, v = result.rejects, len(result.violations)
+        null_keys = any(FILL_OPTION in note.message for note in result.plan.notes)
         super().__init__(f"completed with {n} rejected row(s) and {v} unvalidated constraint(s)",
                          hint="read the rejects file, fix the source or rerun with "
-                              "--allow-rejects")
+                              "--allow-rejects" + (f" (rows with NULL keys: rerun with "
+                                                   f"--restart --drop {FILL_OPTION})"
+                                                   if null_keys else ""))
         self.exit_code = result.exit_code
 
 

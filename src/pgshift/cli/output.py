@@ -17,9 +17,19 @@ def err_console(*, markup: bool = True) -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True, markup=markup)
 
 
+# Width of tables printed to a pipe or file (CI logs): wide enough that no name, key or
+# number is ever cut or folded; each table is only as wide as its content.
+LOG_WIDTH = 100_000
+
+
 def out_console(*, markup: bool = True) -> Console:
-    """Stdout; ``markup=False`` for text that may hold brackets (SQL, ``[scope]``)."""
-    return Console(highlight=False, soft_wrap=True, markup=markup)
+    """Stdout; ``markup=False`` for text that may hold brackets (SQL, ``[scope]``).
+
+    On a terminal, tables fit its width; anywhere else (a CI log) they are printed
+    at full width, never cut at 80 columns. ``--json`` is the machine-readable form.
+    """
+    width = None if sys.stdout.isatty() else LOG_WIDTH
+    return Console(highlight=False, soft_wrap=True, markup=markup, width=width)
 
 
 def print_error(exc: PgshiftError) -> None:

@@ -69,4 +69,4 @@ class ChunkCounter:
         s.rejects += r.rejects
         s.bytes += r.nbytes
         s.seconds += r.seconds
-        self.progress.advance(r.table, r.rows + r.rejects)
+        self.progress.advance(r.table, r.rows + r.rejects, seconds=r.seconds)

@@ -24,9 +24,10 @@ from psycopg import sql as pgsql
 from pgshift.copy import checkpoint
 from pgshift.copy.checkpoint import RunRecord
 from pgshift.copy.chunks import encode_bound, key_columns, plan_chunks
-from pgshift.copy.pipeline import CopyJob, TableSql, run_copy
+from pgshift.copy.pipeline import CopyJob, run_copy
 from pgshift.errors import UsageError
 from pgshift.migrate.copying import ChunkCounter, pending_chunks
+from pgshift.migrate.fidelity import checked_plan, create_triggers, load_sql
 from pgshift.migrate.options import MigrateOptions, TableSummary
 from pgshift.migrate.sessions import in_sessions, session_sql, violating_keys
 from pgshift.migrate.steps import Steps
@@ -85,8 +86,9 @@ class FreshLoad:
             chosen = select_tables(catalog, opts.tables, opts.exclude)
             profiles = steps.run("profile", lambda: profile_tables(snap.connect, chosen,
                                                                    opts.jobs))
-            return steps.run("plan", lambda: build_plan(catalog, profiles, schema=opts.schema,
-                                                        tables=chosen))
+            return steps.run("plan", lambda: checked_plan(
+                build_plan(catalog, profiles, schema=opts.schema, tables=chosen,
+                           fill_null_keys=opts.fill_null_keys), opts, coord))
         finally:
             con.close()
 
@@ -101,7 +103,7 @@ class FreshLoad:
             steps.run("schema", lambda: _create_tables(coord, opts, plan, run, self.done))
             return
         existing = _existing_tables(coord, opts.schema)
-        missing = [t.name for t in plan.tables if t.name not in existing]
+        missing = [t.pg_name for t in plan.tables if t.pg_name not in existing]
         if missing:
             raise UsageError(f"--data-only: table(s) missing in schema {opts.schema!r}: "
                              f"{', '.join(missing[:5])}",
@@ -132,7 +134,7 @@ class FreshLoad:
         size = {t.name: t.rows for t in plan.tables}
         todo = sorted((c for chunks in pending.values() for c in chunks),
                       key=lambda c: (-size[c.table], c.no))
-        tables = {t.name: TableSql.build(opts.schema, t) for t in plan.tables}
+        tables = {t.name: load_sql(opts.schema, t) for t in plan.tables}
         job = CopyJob(opts.schema, run.run_id, opts.dsn, snap.connect, tables,
                       session_sql(opts.schema), ChunkCounter(summaries, progress))
         run_copy(job, todo, opts.jobs)
@@ -173,7 +175,7 @@ def _exec_step(conn: psycopg.Connection, run_id: str, done: set[str], statement:
 def _create_tables(conn: psycopg.Connection, opts: MigrateOptions, plan: Plan, run: RunRecord,
                    done: set[str]) -> None:
     existing = _existing_tables(conn, opts.schema)
-    clash = [t.name for t in plan.tables if t.name in existing]
+    clash = [t.pg_name for t in plan.tables if t.pg_name in existing]
     fresh = run.status == "new"
     if clash and fresh:
         if not (opts.drop or opts.restart):
@@ -251,7 +253,7 @@ def _constraints(conn: psycopg.Connection, opts: MigrateOptions, plan: Plan, run
             except _REFUSED as exc:
                 plan.notes.append(Note("untranslated", t.name, f"{_short_stmt(stmt)} refused "
                                        f"by PostgreSQL: {exc.diag.message_primary}"))
-    rels = [ddl.qualified(opts.schema, t.name) for t in plan.tables]
+    rels = [ddl.qualified(opts.schema, t.pg_name) for t in plan.tables]
     rows = conn.execute(
         "SELECT c.conrelid::regclass::text, c.conname, c.contype FROM pg_constraint c "
         "WHERE c.conrelid = ANY(%s::regclass[]) AND NOT c.convalidated "
@@ -276,15 +278,15 @@ def _finish(conn: psycopg.Connection, opts: MigrateOptions, plan: Plan, run: Run
             done: set[str]) -> None:
     for t in plan.tables:
         if t.identity_column and not opts.schema_only:
-            col = qident(t.identity_column)
+            col = qident(t.pg(t.identity_column))
             max_row = conn.execute(
-                f"SELECT max({col}) FROM {ddl.qualified(opts.schema, t.name)}").fetchone()
+                f"SELECT max({col}) FROM {ddl.qualified(opts.schema, t.pg_name)}").fetchone()
             # An aggregate always returns one row; NULL means an empty table.
             current = (max_row[0] if max_row is not None else None) or 0
             # Never reuse an id: restart past both max(id) and AUTOINCREMENT's high mark.
             start = max(int(current), t.sequence_floor) + 1
             with conn.transaction():
-                conn.execute(f"ALTER TABLE {ddl.qualified(opts.schema, t.name)} ALTER COLUMN "
+                conn.execute(f"ALTER TABLE {ddl.qualified(opts.schema, t.pg_name)} ALTER COLUMN "
                              f"{col} RESTART WITH {start}")
     if not opts.data_only:
         for v in plan.views:
@@ -295,6 +297,7 @@ def _finish(conn: psycopg.Connection, opts: MigrateOptions, plan: Plan, run: Run
             except psycopg.Error as exc:
                 plan.notes.append(Note("untranslated", v.name, f"view refused by PostgreSQL: "
                                        f"{exc.diag.message_primary}"))
+        create_triggers(conn, plan, lambda stmt: _exec_step(conn, run.run_id, done, stmt))
     if opts.analyze and not opts.schema_only:
         in_sessions(opts, plan.tables, lambda session, t: session.execute(
-            f"ANALYZE {ddl.qualified(opts.schema, t.name)}"), role=False)
+            f"ANALYZE {ddl.qualified(opts.schema, t.pg_name)}"), role=False)

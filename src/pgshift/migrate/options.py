@@ -13,6 +13,7 @@ from pgshift.migrate.steps import StepTiming
 from pgshift.schema.model import Note
 from pgshift.schema.plan import Plan
 from pgshift.source.snapshot import Snapshot, check_snapshot_of, check_sqlite_file
+from pgshift.state import StateDir
 
 DEFAULT_BATCH = 50_000  # rows per chunk: ~6 MB of CSV for hyperpage rows; see docs/benchmarks.md
 
@@ -52,6 +53,9 @@ class MigrateOptions:
     truncate: bool = False
     keep_indexes: bool = False  # --into-existing: load with the app's plain indexes in place
     strict: bool = False  # --into-existing: a source column feeding nothing is a plan error
+    # Rows whose non-rowid integer primary key is NULL get identity values past the
+    # maximum (automatic when the declared type says AUTO_INCREMENT): schema.keys.
+    fill_null_keys: bool = False
 
 
 @dataclass
@@ -113,6 +117,13 @@ class MigrateResult:
         }
 
 
+def state_for(opts: MigrateOptions) -> StateDir:
+    """The run's state directory: ``--state-dir``, or ``./.pgshift/<db name>``."""
+    if opts.state_dir is not None:
+        return StateDir(opts.state_dir)
+    return StateDir.for_name(Path.cwd(), opts.sqlite_path.stem)
+
+
 def validate(opts: MigrateOptions) -> None:
     """Refuse impossible option combinations and a source that is not a SQLite file."""
     if opts.data_only and opts.schema_only:
@@ -120,6 +131,9 @@ def validate(opts: MigrateOptions) -> None:
                          hint="pick one; without either, migrate copies schema and data")
     if opts.resume and opts.restart:
         raise UsageError("--resume and --restart exclude each other")
+    if opts.into_existing and opts.fill_null_keys:
+        raise UsageError("--fill-null-keys is for tables migrate creates, not --into-existing",
+                         hint="drop --fill-null-keys, or map the key in the mapping file")
     if not opts.into_existing:
         given = [n for n, v in (("--map", opts.mapping), ("--assume-tz", opts.assume_tz),
                                 ("--truncate", opts.truncate),

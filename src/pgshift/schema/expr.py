@@ -248,3 +248,31 @@ def translate_default(sql: str, pg_type: str, ctx: ExprContext | None = None) ->
     if pg_type == "boolean" and text in ("0", "1", "'0'", "'1'", "TRUE", "FALSE", "true", "false"):
         return "true" if text.strip("'").lower() in ("1", "true") else "false"
     return translate(text, ctx)
+
+
+def translate_statement(sql: str, ctx: ExprContext, schema: str,
+                        typed: Mapping[str, str] | None = None) -> str:
+    """PostgreSQL text of one SQLite UPDATE, INSERT or DELETE (a trigger body's statement).
+
+    Tables are qualified with ``schema`` (a trigger function runs with the caller's
+    search_path). ``typed`` maps placeholder column names the caller put in place of
+    values to their PostgreSQL text (clock values typed by their target column).
+    """
+    tree = _parse(sql, sql)
+    if not isinstance(tree, (exp.Update, exp.Insert, exp.Delete)):
+        raise Untranslatable(f"{sql[:60]!r} is not an UPDATE, INSERT or DELETE")
+    if tree.args.get("alternative") or tree.args.get("conflict") or tree.args.get("returning"):
+        raise Untranslatable("INSERT OR REPLACE/IGNORE, ON CONFLICT and RETURNING differ in "
+                             "PostgreSQL; rewrite by hand")
+    out = _rewrite(tree, ctx, top=False)
+    for table in out.find_all(exp.Table):
+        table.set("db", exp.Identifier(this=schema, quoted=True))
+    text = out.sql(dialect="postgres", identify=True)
+    for placeholder, value in (typed or {}).items():
+        text = text.replace(f'"{placeholder}"', value)
+    return text
+
+
+def parse_one_sqlite(sql: str) -> exp.Expression:
+    """One SQLite statement or expression as a sqlglot tree; Untranslatable if unreadable."""
+    return _parse(sql, sql)

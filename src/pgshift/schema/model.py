@@ -26,6 +26,11 @@ class Column:
     nulls: int = 0
     nul_texts: int = 0  # texts with a NUL byte: always routed to the slow form (a reject)
     classes: frozenset[str] = frozenset()  # storage classes present (verify orders keys by them)
+    # The name in PostgreSQL (schema.names): differs from ``name`` only past 63 bytes.
+    pg_name: str = ""
+
+    def __post_init__(self) -> None:
+        self.pg_name = self.pg_name or self.name
 
     @property
     def copied(self) -> bool:
@@ -40,6 +45,7 @@ class Index:
     unique: bool
     parts: list[str]  # rendered key parts (quoted column or (expression), with DESC)
     where: str | None = None
+    source_name: str = ""  # the SQLite name when ``name`` was shortened
 
 
 @dataclass
@@ -57,6 +63,9 @@ class ForeignKey:
     on_update: str
     on_delete: str
     deferred: bool = False
+    # PostgreSQL names of the referenced table and columns (schema.names).
+    pg_ref_table: str = ""
+    pg_ref_columns: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -73,6 +82,16 @@ class Table:
     identity_column: str | None = None
     sequence_floor: int = 0  # sqlite_sequence value: identity must restart above it
     rows: int = 0
+    pg_name: str = ""  # the name in PostgreSQL (schema.names)
+    # --fill-null-keys: rows whose key is NULL get identity values past the maximum.
+    fill_null_keys: bool = False
+
+    def __post_init__(self) -> None:
+        self.pg_name = self.pg_name or self.name
+
+    def pg(self, column: str) -> str:
+        """The PostgreSQL name of the source column ``column``."""
+        return self.column(column).pg_name
 
     @property
     def copy_columns(self) -> list[Column]:

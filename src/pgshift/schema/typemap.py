@@ -161,8 +161,29 @@ def _decide_from_profile(decl: str, p: ColumnProfile) -> TypeDecision:
         return TypeDecision("double precision", "float", why)
     if classes == {"blob"}:
         return TypeDecision("bytea", "bytea", why)
-    if "blob" in classes:
-        return TypeDecision("bytea", "bytea", why, [f"mixed storage classes {p.classes}: "
-                            "text stored as UTF-8 bytes, numbers rejected"])
-    return TypeDecision("text", "text", why, [f"mixed storage classes {p.classes}: numbers "
-                        "carried as their text form"])
+    return decide_mixed(why, p.integers, p.reals, p.texts, p.blobs)
+
+
+def decide_mixed(why: str, integers: int, reals: int, texts: int, blobs: int) -> TypeDecision:
+    """A column of several storage classes: the type that keeps the most values exactly.
+
+    ``text`` keeps integers, reals (their shortest round-trip decimal, which
+    parses back to the same double) and texts; ``bytea`` keeps blobs and texts
+    (as their UTF-8 bytes). No type keeps both numbers and blobs, so the smaller
+    group is rejected (a tie keeps the numbers: text stays readable). A pure
+    function of the counts, whichever scan supplies them.
+    """
+    numbers = integers + reals
+    classes = {k: v for k, v in (("integer", integers), ("real", reals), ("text", texts),
+                                 ("blob", blobs)) if v}
+    if blobs and blobs > numbers:
+        return TypeDecision("bytea", "bytea", why + f"; bytea keeps the {blobs} blob(s) and "
+                            f"{texts} text(s)",
+                            [f"mixed storage classes {classes}: texts stored as their UTF-8 "
+                             f"bytes; the {numbers} number(s) are rejects (no type keeps "
+                             "numbers and blobs)"])
+    kept = f"text keeps the {numbers} number(s) (reals as their exact round-trip decimal)"
+    notes = [f"mixed storage classes {classes}: {kept} and the {texts} text(s)"]
+    if blobs:
+        notes.append(f"{blobs} blob value(s) are rejects: no type keeps numbers and blobs")
+    return TypeDecision("text", "text", why + "; " + kept, notes)

@@ -33,6 +33,7 @@ from pgshift.copy.convert import Reject
 from pgshift.dsn import connect
 from pgshift.errors import PgshiftError, SourceError, TargetError, UsageError
 from pgshift.existing.verify_plan import PROFILE_MARK, is_into_existing
+from pgshift.schema.names import refuse_shortened
 from pgshift.schema.plan import build_plan
 from pgshift.source.catalog import read_catalog
 from pgshift.source.profile import profile_table, profiles_from_json
@@ -190,6 +191,7 @@ class PostgresSink:
                 if t.name not in profiles:
                     profiles[t.name] = profile_table(self.src, t)
             plan = build_plan(catalog, profiles, schema=self.opts.schema, tables=chosen)
+            refuse_shortened(plan.tables, "sync")
             missing = [t.name for t in plan.tables if st.scalar(
                 self.pg, "SELECT to_regclass(%s) IS NULL",
                 (pgsql.Identifier(self.opts.schema, t.name).as_string(),))]

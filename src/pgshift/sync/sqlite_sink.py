@@ -32,6 +32,7 @@ from pgshift.copy.checkpoint import load_profile
 from pgshift.copy.convert import Reject
 from pgshift.errors import PgshiftError, UsageError
 from pgshift.existing.verify_plan import PROFILE_MARK, is_into_existing
+from pgshift.schema.names import refuse_shortened
 from pgshift.schema.plan import build_plan
 from pgshift.source.catalog import read_catalog
 from pgshift.source.profile import profile_table, profiles_from_json
@@ -78,6 +79,7 @@ def sqlite_tables(con: sqlite3.Connection, pg: psycopg.Connection,
         if t.name not in profiles:
             profiles[t.name] = profile_table(con, t)
     plan = build_plan(catalog, profiles, schema=opts.schema, tables=chosen)
+    refuse_shortened(plan.tables, "sync")
     return {t.name: SqliteTable(t) for t in plan.tables}
 
 

@@ -77,7 +77,8 @@ class TableComparer:
             fmts.append(f)
             args.append(a)
         self.sqlite_row = _printf_groups(fmts, args)
-        self.pg_parts = [cn.pg_expr(c.decision.conversion, c.name) for c in self.columns]
+        # PostgreSQL's side by its own names (schema.names: identifiers past 63 bytes).
+        self.pg_parts = [cn.pg_expr(c.decision.conversion, c.pg_name) for c in self.columns]
         self.pg_row = cn.pg_row_text(self.pg_parts)
 
     @property
@@ -100,7 +101,8 @@ class TableComparer:
                          for k in self.keys)
 
     def _pg_key(self, alias: str = "") -> str:
-        return ", ".join(alias + qident(k) + (' COLLATE "C"' if self._is_text(k) else "")
+        return ", ".join(alias + qident(self.table.pg(k)) + (' COLLATE "C"' if self._is_text(k)
+                                                               else "")
                          for k in self.keys)
 
     def _is_text(self, k: str) -> bool:
@@ -174,7 +176,7 @@ class TableComparer:
     def pg_figures(self, r: Range) -> tuple[int, str]:
         """(rows, checksum) of a range on the PostgreSQL side."""
         where, params = self._where(r, pg=True)
-        table = qualified(self.schema, self.table.name)
+        table = qualified(self.schema, self.table.pg_name)
         if self.segmentable:
             row = self.pg.execute(
                 f"SELECT count(*), coalesce(md5(string_agg({self.pg_row}, E'\\n' ORDER BY "
@@ -206,7 +208,7 @@ class TableComparer:
                          self._where(r, pg=True) if r else ("true", []))
         out = {}
         cur = self.pg.execute(f"SELECT {', '.join(self.pg_parts)} FROM "
-                              f"{qualified(self.schema, self.table.name)} WHERE {where}", params)
+                              f"{qualified(self.schema, self.table.pg_name)} WHERE {where}", params)
         for canon in cur:
             out[self._key_text(list(canon))] = (cn.row_text(canon), list(canon))
         return out
@@ -278,7 +280,7 @@ class TableComparer:
 
     def pg_rows_multi(self) -> Iterator[str]:
         cur = self.pg.execute(f"SELECT {', '.join(self.pg_parts)} FROM "
-                              f"{qualified(self.schema, self.table.name)}")
+                              f"{qualified(self.schema, self.table.pg_name)}")
         for canon in cur:
             yield cn.row_text(canon)
 
