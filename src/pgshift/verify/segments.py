@@ -235,7 +235,7 @@ class TableComparer:
         if not keys:
             return ("false" if pg else "0"), []
         ph = "%s" if pg else "?"
-        cols = [qident(k) if pg else _q(k) for k in self.keys]
+        cols = [qident(self.table.pg(k)) if pg else _q(k) for k in self.keys]
         if len(cols) == 1:
             return f"{cols[0]} IN ({', '.join(ph for _ in keys)})", [k[0] for k in keys]
         row = "(" + ", ".join(ph for _ in cols) + ")"
