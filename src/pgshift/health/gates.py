@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from scipy import stats
 
+from pgshift.durations import EXAMPLES, seconds
 from pgshift.errors import UsageError
 from pgshift.traffic.router import BackendFigures, Figures
 
@@ -176,18 +177,17 @@ class Sample:
         return cls(ts, f.requests, f.errors, healthy)
 
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?$")
 _RULE = re.compile(
     r"^\s*(?:(?P<metric>error[_ ]rate)\s*(?P<op>>=|>)\s*(?P<value>\d+(?:\.\d+)?)\s*(?P<pct>%)?"
     r"|(?P<unavailable>unavailable))\s+for\s+(?P<duration>.+?)\s*$", re.IGNORECASE)
 
 
 def parse_duration(text: str) -> float:
-    m = _DURATION.match(text.strip().lower())
-    if not m:
-        raise UsageError(f"bad duration {text!r}", hint="use e.g. 90s, 10m or 1h")
-    unit = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}[m[2] or "s"]
-    return float(m[1]) * unit
+    """A rule's duration (the grammar of :mod:`pgshift.durations`); ``UsageError``."""
+    try:
+        return seconds(text)
+    except ValueError:
+        raise UsageError(f"bad duration {text!r}", hint=f"use e.g. {EXAMPLES}") from None
 
 
 @dataclass(frozen=True)

@@ -21,24 +21,13 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from pgshift.durations import seconds
 from pgshift.errors import UsageError
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|m|min|h|d)?\s*$", re.IGNORECASE)
-_UNITS = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
 
 def parse_duration(value: Any) -> float:
-    """``"10m"`` -> 600.0; a bare number is seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"a duration cannot be negative: {value}")
-        return float(value)
-    m = _DURATION.match(str(value))
-    if not m:
-        raise ValueError(f"not a duration: {value!r} (e.g. 500ms, 30s, 10m, 48h)")
-    return float(m[1]) * _UNITS[(m[2] or "s").lower()]
+    """``"10m"`` -> 600.0; a bare number is seconds (:func:`pgshift.durations.seconds`)."""
+    return seconds(value)
 
 
 def parse_rate(value: Any) -> float:
