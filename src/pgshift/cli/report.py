@@ -19,6 +19,11 @@ def report_command(
                                           "with charts).")] = "md",
     output: Annotated[Path | None, typer.Option("--output", "-o",
                                                 help="Write here instead of stdout.")] = None,
+    document: Annotated[str | None, typer.Option(
+        "--document", "-d", help="Only one operational document: rollback (the procedure "
+                                 "for this deployment), decommission (blue's checklist) or "
+                                 "incident (the communication template).",
+        show_default=False)] = None,
     json_output: Annotated[bool, typer.Option("--json", help="The report's facts as JSON "
                                               "on stdout.")] = False,
 ) -> None:
@@ -26,6 +31,7 @@ def report_command(
 
       pgshift report cutover.yaml
       pgshift report cutover.yaml --format html --output report.html
+      pgshift report cutover.yaml --document decommission
     """
     from pgshift.errors import UsageError
     from pgshift.report import make_report
@@ -34,7 +40,7 @@ def report_command(
         raise UsageError(f"--format {fmt}: expected md or html",
                          hint=f"pgshift report {cutover} --format html")
     kind: Literal["md", "html"] = "html" if fmt == "html" else "md"
-    rep = make_report(cutover, kind, output)
+    rep = make_report(cutover, kind, output, document)
     if json_output:
         print_json(rep.to_dict())
     elif output is None:

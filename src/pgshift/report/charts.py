@@ -6,11 +6,14 @@ an empty string when there is nothing recorded to draw.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from html import escape
 
 from pgshift.report.facts import ReportFacts, parse_ts
+from pgshift.report.traffic import Span
 
-W, H, PAD_L, PAD_B, PAD_T, PAD_R = 640, 220, 56, 32, 16, 16
+W, H, PAD_L, PAD_B, PAD_T, PAD_R = 640, 220, 56, 32, 20, 16
+BLUE, GREEN = "#37a", "#2a7"
 
 
 def _frame(title: str, body: list[str], y_max: float, y_unit: str, x_label: str) -> str:
@@ -29,27 +32,150 @@ def _frame(title: str, body: list[str], y_max: float, y_unit: str, x_label: str)
             f'{escape(x_label)}</text></svg>')
 
 
-def weight_over_time(f: ReportFacts) -> str:
-    """Green's traffic weight (a step line) from the run's start to its last event."""
-    t0, t1 = f.first_ts, f.last_ts
-    pts = [(parse_ts(w.ts), w.weight) for w in f.weights]
-    pts_ok = [(t, w) for t, w in pts if t is not None]
-    if not pts_ok or t0 is None or t1 is None:
+Point = tuple[float, float | None]  # epoch seconds, value (None: a break in the line)
+Line = tuple[str, list[Point], str, bool]  # name, points, colour, dashed
+
+
+def _time_axis(t0: float, span: float) -> tuple[float, str]:
+    """The x axis' unit (seconds per unit) and its name, from the span."""
+    if span >= 3 * 3600:
+        return 3600.0, "h"
+    if span >= 180:
+        return 60.0, "min"
+    return 1.0, "s"
+
+
+def lines(title: str, series: list[Line], unit: str, t0: float, t1: float, *,
+          y_max: float | None = None, markers: list[tuple[float, str]] | None = None) -> str:
+    """A time-series chart: one polyline per series over ``t0``..``t1`` (a ``None`` value
+    breaks the line), dashed vertical markers (the weight changes) and a legend."""
+    values = [v for _, pts, _, _ in series for _, v in pts if v is not None]
+    if not values:
         return ""
+    top = y_max or max(values) * 1.1 or 1.0
     span = max(t1 - t0, 1e-3)
     pw, ph = W - PAD_L - PAD_R, H - PAD_B - PAD_T
 
-    def xy(t: float, w: float) -> str:
-        return f"{PAD_L + pw * (t - t0) / span:.1f},{PAD_T + ph - ph * w / 100:.1f}"
+    def x(t: float) -> float:
+        return PAD_L + pw * min(max(t - t0, 0.0), span) / span
 
-    path, cur = [xy(t0, 0)], 0.0
-    for t, w in pts_ok:
-        path += [xy(t, cur), xy(t, w)]
-        cur = w
-    path.append(xy(t1, cur))
-    body = [f'<polyline fill="none" stroke="#2a7" stroke-width="2" points="{" ".join(path)}"/>']
-    return _frame("Green traffic weight over time (%)", body, 100, " %",
-                  f"seconds since the start (0 – {span:.0f} s)")
+    def y(v: float) -> float:
+        return PAD_T + ph - ph * min(v, top) / top
+
+    body: list[str] = []
+    for t, label in markers or []:
+        body.append(f'<line x1="{x(t):.1f}" y1="{PAD_T}" x2="{x(t):.1f}" y2="{PAD_T + ph}" '
+                    f'stroke="#bbb" stroke-dasharray="3,3"/><text x="{x(t) + 2:.1f}" '
+                    f'y="{PAD_T + 10}" font-size="10" fill="#666">{escape(label)}</text>')
+    for name, pts, color, dashed in series:
+        runs: list[list[str]] = [[]]
+        for t, v in pts:
+            if v is None:
+                runs.append([])
+            else:
+                runs[-1].append(f"{x(t):.1f},{y(v):.1f}")
+        dash = ' stroke-dasharray="6,4"' if dashed else ""
+        for run in runs:
+            if len(run) == 1:
+                cx, cy = run[0].split(",")
+                body.append(f'<circle cx="{cx}" cy="{cy}" r="2" fill="{color}"/>')
+            elif run:
+                body.append(f'<polyline fill="none" stroke="{color}" stroke-width="2"{dash} '
+                            f'points="{" ".join(run)}"><title>{escape(name)}</title>'
+                            "</polyline>")
+    step, uname = _time_axis(t0, span)
+    for i in range(5):
+        t = t0 + span * i / 4
+        body.append(f'<text x="{x(t):.1f}" y="{H - PAD_B + 14}" text-anchor="middle" '
+                    f'font-size="11">{_fmt((t - t0) / step)}</text>')
+    body += _legend([(n, c, d) for n, _, c, d in series])
+    return _frame(title, body, top, unit, f"{uname} since the start")
+
+
+def _legend(entries: list[tuple[str, str, bool]]) -> list[str]:
+    out, lx = [], float(W - PAD_R)
+    for name, color, dashed in reversed(entries):
+        lx -= 18 + 6.5 * len(name)
+        dash = ' stroke-dasharray="4,3"' if dashed else ""
+        out.append(f'<line x1="{lx:.1f}" y1="7" x2="{lx + 12:.1f}" y2="7" stroke="{color}" '
+                   f'stroke-width="2"{dash}/><text x="{lx + 15:.1f}" y="11" font-size="11">'
+                   f"{escape(name)}</text>")
+    return out
+
+
+def _weight_points(f: ReportFacts, t0: float, t1: float) -> list[Point]:
+    """Green's configured weight as a step line."""
+    pts: list[Point] = [(t0, 0.0)]
+    cur = 0.0
+    for w in f.weights:
+        t = parse_ts(w.ts)
+        if t is None:
+            continue
+        pts += [(t, cur), (t, w.weight)]
+        cur = w.weight
+    return [*pts, (t1, cur)]
+
+
+def _markers(f: ReportFacts) -> list[tuple[float, str]]:
+    out = []
+    for w in f.weights:
+        t = parse_ts(w.ts)
+        if t is not None:
+            out.append((t, f"{w.weight:g} %"))
+    return out
+
+
+def _span_points(spans: list[Span], value: Callable[[Span], float | None]) -> list[Point]:
+    return [(s.mid, value(s)) for s in spans]
+
+
+def time_series(f: ReportFacts) -> dict[str, str]:
+    """The charts over time: traffic share and error rate per environment, latency p50 and
+    p99 per environment, sync lag both ways; the weight alone when no samples were
+    journaled."""
+    t0, t1 = f.first_ts, f.last_ts
+    if t0 is None or t1 is None:
+        return {}
+    spans = [s for s in f.traffic.spans() if s.seconds > 0]
+    marks = _markers(f)
+    weight: Line = ("green weight (set)", _weight_points(f, t0, t1), "#888", True)
+    if not spans:
+        return {"traffic": lines("Green traffic weight over time (%)", [weight], " %", t0, t1,
+                                 y_max=100)}
+
+    def share(side: str) -> Callable[[Span], float | None]:
+        return lambda s: s.requests(side) / s.requests() * 100 if s.requests() else None
+
+    def err(side: str) -> Callable[[Span], float | None]:
+        def rate(s: Span) -> float | None:
+            r = s.error_rate(side)
+            return None if r is None else r * 100
+        return rate
+
+    def q(side: str, p: float) -> Callable[[Span], float | None]:
+        return lambda s: s.quantile(side, p)
+
+    lagged = [s for s in spans if s.lag_ms is not None or s.to_sqlite_lag_ms is not None]
+    return {
+        "traffic": lines("Traffic per environment over time (% of requests)", [
+            ("blue", _span_points(spans, share("blue")), BLUE, False),
+            ("green", _span_points(spans, share("green")), GREEN, False), weight],
+            " %", t0, t1, y_max=100, markers=marks),
+        "errors": lines("Error rate over time per environment (%)", [
+            ("blue", _span_points(spans, err("blue")), BLUE, False),
+            ("green", _span_points(spans, err("green")), GREEN, False)],
+            " %", t0, t1, markers=marks),
+        "latency": lines("Latency over time, p50 and p99 (ms)", [
+            ("blue p50", _span_points(spans, q("blue", 0.5)), BLUE, True),
+            ("blue p99", _span_points(spans, q("blue", 0.99)), BLUE, False),
+            ("green p50", _span_points(spans, q("green", 0.5)), GREEN, True),
+            ("green p99", _span_points(spans, q("green", 0.99)), GREEN, False)],
+            " ms", t0, t1, markers=marks),
+        "lag": lines("Sync lag over time (ms)", [
+            ("to PostgreSQL", [(s.t1, s.lag_ms) for s in lagged], "#a73", False),
+            ("to SQLite", [(s.t1, s.to_sqlite_lag_ms) for s in lagged], "#73a", False)],
+            " ms", t0, t1, markers=marks),
+    }
 
 
 def _fmt(v: float) -> str:
@@ -93,22 +219,10 @@ def bars(title: str, labels: list[str], series: list[Series], unit: str) -> str:
 
 def charts(f: ReportFacts) -> dict[str, str]:
     """Every chart the report can draw, by the name sections refer to."""
-    labels = [f"{s.get('weight', 0):g} %" for s in f.shift_results]
     mig = f.step("migrate")
     tables = sorted(((mig.figures.get("tables") or {}) if mig else {}).items())
-    rounds = f.monitor_rounds
     return {
-        "weight": weight_over_time(f),
-        "errors": bars("Green error rate per step (%)", labels, [(
-            "green", [None if s.get("error_rate") is None else float(s["error_rate"]) * 100
-                      for s in f.shift_results], "#c44")], " %"),
-        "p99": bars("p99 latency per step, green and blue (ms)", labels, [
-            ("green", [s.get("p99_ms") for s in f.shift_results], "#2a7"),
-            ("blue", [s.get("blue_p99_ms") for s in f.shift_results], "#37a")], " ms"),
-        "lag": bars("Sync lag per step, then per monitoring round (ms)",
-                    labels + [f"m{i + 1}" for i in range(len(rounds))], [(
-                        "lag", [s.get("sync_lag_ms") for s in f.shift_results] +
-                        [e.figures.get("to_sqlite_lag_ms") for e in rounds], "#a73")], " ms"),
+        **time_series(f),
         "rows": bars("Rows migrated per table", [t for t, _ in tables],
                      [("rows", [float(n) for _, n in tables], "#777")], ""),
     }

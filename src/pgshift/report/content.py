@@ -96,23 +96,56 @@ def summary(f: ReportFacts) -> Section:
     progression = (" → ".join(f"{w.weight:g}" for w in shifted) + f" % in {dur(span)} "
                    f"(first step at {clock(shifted[0].ts)})" if shifted else
                    f"{NR}: no traffic moved")
-    errors = sum(int(s.get("errors") or 0) for s in f.shift_results)
-    requests = sum(int(s.get("requests") or 0) for s in f.shift_results)
     fence = ("writes held at the router" if f.setup.fence_mode == "hold"
              else "writes refused with 503 Retry-After")
     hold = (f"the flip's write fence lasted {f.fence_hold_ms:g} ms ({fence}, reads kept "
             "flowing)" if f.fence_hold_ms is not None else "no flip recorded, so no write fence")
-    downtime = (f"no outage recorded by pgshift; {hold}. Failed client requests are not in "
-                "the journal (the load generator's or the clients' own counts are); green answered "
-                f"{num(errors)} error(s) in {num(requests)} request(s) in the analysis windows")
     return Section("Deployment Summary", items=[
         ("Date", when(f.first_ts)),
         ("Duration", f"{dur(total)} ({when(f.first_ts)} – {when(f.last_ts)})"),
         ("Traffic Switch", f"{f.setup.router} router, sticky cohorts by weight, writes to the "
                            f"system of record; {progression}"),
-        ("Downtime", downtime),
+        ("Downtime", downtime(f, hold)),
+        ("Requests and failures", requests_line(f)),
         ("Status", _status(f)),
     ])
+
+
+def requests_line(f: ReportFacts) -> str:
+    """What the router counted over the recorded series, per environment."""
+    t = f.traffic
+    if not t.recorded:
+        return (f"{NR}: the engine journaled no traffic samples (a journal from before "
+                "pgshift recorded them)")
+    b, g = t.total("blue"), t.total("green")
+    start = ("since the engine started the router" if t.first is not None
+             else f"from {when(t.rows[0][0])}")
+    own = f.router_checks_until(t.rows[-1][0])
+    return (f"the router saw {num(b[0] + g[0])} requests {start} to {when(t.rows[-1][0])}: "
+            f"blue {num(b[0])} ({num(b[1])} failed), green {num(g[0])} ({num(g[1])} failed)"
+            f"; {num(t.refused)} answered by the router itself (503: no backend, fence "
+            f"timeout); {num(own)} of the requests were pgshift's own critical-path checks, "
+            f"so clients sent {num(b[0] + g[0] + t.refused - own)}" +
+            ("" if t.source == "counters" else " (summed from the router's windowed figures: "
+             "as exact as its windows)"))
+
+
+def downtime(f: ReportFacts, hold: str) -> str:
+    """Failed requests and the longest stretch without a successful answer, measured by
+    the router; the fence hold."""
+    t = f.traffic
+    if not t.recorded:
+        errors = sum(int(s.get("errors") or 0) for s in f.shift_results)
+        requests = sum(int(s.get("requests") or 0) for s in f.shift_results)
+        return (f"{hold}. Failed client requests: {NR} (no traffic samples in the journal); "
+                f"green answered {num(errors)} error(s) in {num(requests)} request(s) in the "
+                "analysis windows")
+    failed = t.total("blue")[1] + t.total("green")[1] + t.refused
+    out = t.longest_outage()
+    gap = (f"longest stretch with failures and no successful answer: {dur(out[0])} from "
+           f"{when(out[1])}" if out else "no stretch without a successful answer")
+    return (f"{num(failed)} failed request(s) (5xx, no answer, or refused by the router); "
+            f"{gap} (samples about every {dur(t.resolution)}); {hold}")
 
 
 def pre_deployment(f: ReportFacts) -> Section:
@@ -136,10 +169,24 @@ def pre_deployment(f: ReportFacts) -> Section:
     ])
     tables = m.get("tables") or {}
     if tables:
-        sec.tables.append(Table(["table", "rows migrated"],
-                                [[t, num(n)] for t, n in sorted(tables.items())]))
+        sec.tables.append(migration_table(m))
         sec.charts.append("rows")
     return sec
+
+
+def migration_table(m: dict[str, Any]) -> Table:
+    """Rows, COPY bytes, copy time and rejects per table, as migrate counted them."""
+    per: dict[str, Any] = m.get("table_figures") or {}
+    missing = "not recorded by migrate"
+    rows = []
+    for t, n in sorted((m.get("tables") or {}).items()):
+        p = per.get(t) or {}
+        rows.append([t, num(n), num(p.get("bytes")) if "bytes" in p else missing,
+                     dur(p.get("seconds")) if "seconds" in p else missing,
+                     num(p.get("rejects")) if "rejects" in p else missing])
+    note = " (this run's chunks; resumed)" if m.get("resumed") else ""
+    return Table(["table", "rows migrated", f"COPY bytes{note}", f"copy time, chunks summed{note}",
+                  "rejects"], rows)
 
 
 def _preflight(f: ReportFacts) -> str:
@@ -164,7 +211,7 @@ def _hook_tail(f: ReportFacts) -> str:
 
 
 def execution(f: ReportFacts) -> Section:
-    sec = Section("Deployment Execution", charts=["weight", "errors", "p99", "lag"])
+    sec = Section("Deployment Execution", charts=["traffic", "errors", "latency", "lag"])
     sec.items.append(("Traffic switching progression", " → ".join(
         f"{w.weight:g} % at {clock(w.ts)} ({w.why})" for w in f.weights) or NR))
     flip = f.step("flip")
@@ -186,12 +233,38 @@ def execution(f: ReportFacts) -> Section:
     sec.tables.append(Table(["time", "step", "decision", "reason"],
                             [[clock(d.ts), d.step, d.decision, d.reason] for d in f.decisions]
                             or [[NR, "", "", ""]]))
+    phases = phase_table(f)
+    if phases is not None:
+        sec.tables.append(phases)
     issues = issue_rows(f)
     sec.items.append(("Issues encountered", f"{len(issues)} (table below)" if issues
                       else "none recorded"))
     if issues:
         sec.tables.append(Table(["time", "step", "issue", "resolution"], issues))
     return sec
+
+
+def phase_table(f: ReportFacts) -> Table | None:
+    """The router's figures per phase, per environment (from the time series)."""
+    spans = f.traffic.by_phase()
+    if not spans:
+        return None
+    rows = []
+    for s in spans:
+        when_ = (f"before {clock_epoch(s.t1)} (since the router started)" if s.t0 == s.t1
+                 else f"{clock_epoch(s.t0)} – {clock_epoch(s.t1)}")
+        row = [s.phase or NR, when_]
+        for side in ("blue", "green"):
+            row += [num(s.requests(side)), num(s.errors(side)),
+                    num(s.quantile(side, 0.5), "ms"), num(s.quantile(side, 0.99), "ms")]
+        rows.append([*row, num(s.refused)])
+    return Table(["phase", "time", "blue requests", "blue failed", "blue p50", "blue p99",
+                  "green requests", "green failed", "green p50", "green p99",
+                  "refused by the router"], rows)
+
+
+def clock_epoch(t: float) -> str:
+    return time.strftime("%m-%d %H:%M:%S", time.gmtime(t))
 
 
 def issue_rows(f: ReportFacts) -> list[list[str]]:
@@ -354,25 +427,8 @@ def approvals(f: ReportFacts) -> Section:
     return sec
 
 
-def rollback_procedure(f: ReportFacts) -> Section:
-    c = f.setup.cutover
-    measured = f.drill or f.last_rollback
-    times = (f"Measured on this deployment: traffic on blue after "
-             f"{num(measured.get('traffic_back_ms'), 'ms')}, complete in "
-             f"{num(measured.get('seconds'), 's')}." if measured else
-             "Not measured on this deployment (no drill or rollback ran).")
-    return Section("Rollback Procedure for this Deployment", bullets=[
-        times,
-        f"Green's writes are drained into SQLite with a deadline of "
-        f"{dur(f.setup.rollback_drain_deadline_s)}; anything not drained by then is printed "
-        "and recorded as the stranded range, and the command exits 1.",
-        "It works with the engine stopped, and with an unreadable journal (moved aside).",
-    ], code=(f"pgshift status {c}\n"
-             f"pgshift rollback {c} -m \"why\"   # traffic and writes back to blue\n"
-             f"pgshift status {c} --json        # last_rollback: times, stranded range"))
-
-
 def build(f: ReportFacts) -> list[Section]:
-    """The whole report, section by section."""
+    """The report's template sections (the operational documents follow them:
+    ``documents.py``)."""
     return [summary(f), pre_deployment(f), execution(f), post_deployment(f), lessons(f),
-            rollback_capability(f), approvals(f), rollback_procedure(f)]
+            rollback_capability(f), approvals(f)]

@@ -2,7 +2,8 @@
 
 The sources are the engine's own (``pgshift.rollout.journal``): ``journal.sqlite``
 (``kv`` state such as ``shift_results``, ``drill``, ``last_rollback``, ``fence_hold_ms``,
-``final_sync``; the ``steps``, ``decisions``, ``commands`` and ``approvals`` tables) and
+``final_sync``; the ``steps``, ``decisions``, ``commands``, ``approvals`` and ``samples``
+(the traffic time series, ``pgshift.rollout.series``) tables) and
 ``audit.jsonl`` (one event per line). Nothing here runs a rollout or writes to the state
 directory: the journal is opened read-only, so a report can be made while the engine runs.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pgshift.errors import SourceError, UsageError
+from pgshift.report.traffic import Traffic
 from pgshift.state import StateDir
 
 
@@ -84,6 +86,16 @@ class Setup:
     monitor_window_s: float
     monitor_interval_s: float
     approvals_required: list[str]
+    # what the operational documents name (all from the cutover file, no secret in them:
+    # the config refuses a target DSN with a password)
+    sqlite: str = ""
+    target_dsn: str = ""
+    blue_url: str = ""
+    green_url: str = ""
+    stop_blue: str | None = None
+    stop_blue_workers: str | None = None
+    archive_dest: str | None = None
+    remove_capture: bool = True
 
 
 @dataclass(frozen=True)
@@ -109,6 +121,8 @@ class ReportFacts:
     fence_hold_ms: float | None
     final_sync: dict[str, Any] | None
     kv: dict[str, Any] = field(default_factory=dict)
+    # the traffic time series: (epoch, row) with cumulative counters per backend
+    samples: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,6 +142,17 @@ class ReportFacts:
     @property
     def notes(self) -> list[Event]:
         return self.of_kind("note")
+
+    @property
+    def traffic(self) -> Traffic:
+        """The router's time series (empty when the engine recorded none)."""
+        return Traffic(self.samples)
+
+    def router_checks_until(self, until: float) -> int:
+        """pgshift's own requests through the router up to ``until``: the ``GET /path``
+        critical-path checks (the router counts them; the clients' totals do not)."""
+        return sum(1 for e in self.of_kind("critical-path")
+                   if e.figures.get("url") and (e.epoch or 0) <= until)
 
     @property
     def monitor_rounds(self) -> list[Event]:
@@ -230,6 +255,8 @@ def read_facts(state: StateDir, setup: Setup, name: str) -> ReportFacts:
                      "handled_at": r[4], "outcome": r[5]} for r in _rows(
             con, "SELECT ts, verb, actor, reason, handled_at, outcome FROM commands "
                  "ORDER BY id")]
+        samples = [(float(r[0]), json.loads(r[1])) for r in _rows(
+            con, "SELECT ts, data FROM samples ORDER BY id")]
     except sqlite3.DatabaseError as exc:
         raise SourceError(f"the journal {state.journal} is unreadable: {exc}") from exc
     finally:
@@ -241,4 +268,5 @@ def read_facts(state: StateDir, setup: Setup, name: str) -> ReportFacts:
         steps=steps, decisions=decisions, shift_results=list(kv.get("shift_results") or []),
         weights=weight_timeline(events), events=events, approvals=approvals,
         commands=commands, drill=kv.get("drill"), last_rollback=kv.get("last_rollback"),
-        fence_hold_ms=kv.get("fence_hold_ms"), final_sync=kv.get("final_sync"), kv=kv)
+        fence_hold_ms=kv.get("fence_hold_ms"), final_sync=kv.get("final_sync"), kv=kv,
+        samples=samples)

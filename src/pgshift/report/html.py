@@ -40,10 +40,9 @@ def _section(s: Section, svgs: dict[str, str]) -> str:
     return "".join(parts) + "</section>"
 
 
-def render(facts: ReportFacts, sections: list[Section]) -> str:
-    """The HTML document."""
+def render(facts: ReportFacts, sections: list[Section], title: str) -> str:
+    """The HTML document (the report, or one operational document)."""
     svgs = charts(facts)
-    title = f"Production Deployment Report - PostgreSQL Migration ({facts.name})"
     body = "\n".join(_section(s, svgs) for s in sections)
     return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"

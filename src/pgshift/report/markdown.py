@@ -17,9 +17,9 @@ def table(t: Table) -> list[str]:
     return [*out, ""]
 
 
-def render(facts: ReportFacts, sections: list[Section]) -> str:
-    """Markdown text of the report."""
-    lines = [f"# Production Deployment Report - PostgreSQL Migration ({facts.name})", ""]
+def render(facts: ReportFacts, sections: list[Section], title: str) -> str:
+    """Markdown text of the report (or of one operational document)."""
+    lines = [f"# {title}", ""]
     for s in sections:
         lines += [f"## {s.title}", ""]
         lines += [f"- **{label}**: {value}" for label, value in s.items]

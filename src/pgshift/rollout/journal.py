@@ -12,6 +12,8 @@
 - ``commands``: operator verbs (pause, resume, promote, abort, rollback) queued by other
   processes and handled by the engine, each recorded with who, when and the outcome.
 - ``approvals``: who approved which role, and when (``pgshift approve --as ROLE``).
+- ``samples``: the traffic time series (``pgshift.rollout.series``): one row per sample
+  interval with cumulative per-backend counters, thinned to at most ``MAX_SAMPLES`` rows.
 
 Every row is also an event in ``audit.jsonl`` (the report's raw material).
 """
@@ -57,7 +59,16 @@ CREATE TABLE IF NOT EXISTS approvals (
     ts TEXT NOT NULL,
     note TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS samples (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    data TEXT NOT NULL
+);
 """
+
+# The samples table's cap: past it every other row (first and last kept) is dropped, so a
+# 48 h monitoring window at one row a second ends near 64 s a row, ~2,900 rows (~2 MB).
+MAX_SAMPLES = 2880
 
 VERBS = ("pause", "resume", "promote", "abort", "rollback")
 
@@ -284,3 +295,34 @@ class Journal:
     def approvals(self) -> dict[str, dict[str, str]]:
         return {r[0]: {"actor": r[1], "ts": r[2], "note": r[3]} for r in self._con.execute(
             "SELECT role, actor, ts, note FROM approvals ORDER BY role")}
+
+    # -- the traffic time series ---------------------------------------------------------------
+
+    def add_sample(self, ts: float, data: dict[str, Any]) -> bool:
+        """Append one row of the time series; True when the table went past
+        ``MAX_SAMPLES`` and was thinned (every other row dropped, first and last kept:
+        the rows hold cumulative counters, so totals over any span stay exact)."""
+        self._con.execute("INSERT INTO samples (ts, data) VALUES (?, ?)",
+                          (ts, json.dumps(data, default=str)))
+        (count,) = self._con.execute("SELECT count(*) FROM samples").fetchone()
+        if count <= MAX_SAMPLES:
+            return False
+        ids = [r[0] for r in self._con.execute("SELECT id FROM samples ORDER BY id")]
+        self._con.execute("BEGIN IMMEDIATE")  # one transaction (one fsync), not one per row
+        try:
+            self._con.executemany("DELETE FROM samples WHERE id = ?",
+                                  [(i,) for i in ids[1:-1:2]])
+            self._con.execute("COMMIT")
+        except BaseException:
+            self._con.execute("ROLLBACK")
+            raise
+        return True
+
+    def last_sample(self) -> tuple[float, dict[str, Any]] | None:
+        row = self._con.execute("SELECT ts, data FROM samples ORDER BY id DESC LIMIT 1"
+                                ).fetchone()
+        return (float(row[0]), json.loads(row[1])) if row else None
+
+    def samples(self) -> list[tuple[float, dict[str, Any]]]:
+        return [(float(r[0]), json.loads(r[1])) for r in self._con.execute(
+            "SELECT ts, data FROM samples ORDER BY id")]

@@ -20,6 +20,7 @@ from pgshift.rollout import hooks, syncing
 from pgshift.rollout.config import Cutover
 from pgshift.rollout.context import PROXY, Context
 from pgshift.rollout.procs import pgshift_argv
+from pgshift.rollout.series import Recorder
 from pgshift.rollout.watch import Interrupt, probe
 from pgshift.source.snapshot import Snapshot, take_snapshot
 
@@ -195,6 +196,7 @@ class Migrate(_Base):
     def run(self, ctx: Context) -> dict[str, Any]:
         from pgshift.migrate import MigrateOptions, migrate
 
+        Recorder(ctx).record()  # the traffic series starts here: blue's load during the copy
         cfg = ctx.cfg
         attempted = bool(ctx.journal.get("migrate_attempted"))
         ctx.journal.set(migrate_attempted=True)
@@ -206,8 +208,16 @@ class Migrate(_Base):
             snapshot=_snapshot(ctx)))
         figures = result.to_dict()
         return {"rows": sum(t.rows for t in result.tables), "rejects": result.rejects,
-                "migrate_seconds": figures.get("seconds"),
-                "tables": {t.name: t.rows for t in result.tables}}
+                "migrate_seconds": figures.get("seconds"), "resumed": attempted,
+                "tables": {t.name: t.rows for t in result.tables},
+                # per table as migrate counted it: COPY bytes sent (text format), copy
+                # seconds summed over its chunks (parallel chunks add up), rejects; a
+                # resumed run counts only the chunks it copied itself
+                "table_figures": {t.name: {"rows": t.rows, "bytes": t.bytes,
+                                           "seconds": round(t.seconds, 3),
+                                           "rejects": t.rejects,
+                                           "source_rows": t.source_rows}
+                                  for t in result.tables}}
 
 
 class Verify(_Base):
@@ -354,6 +364,7 @@ class Finalize(_Base):
     def run(self, ctx: Context) -> dict[str, Any]:
         f, hooks_ = ctx.cfg.finalize, ctx.cfg.hooks
         out: dict[str, Any] = {}
+        Recorder(ctx).record()  # the traffic series' last row, before blue is stopped
         # the last word on sync before its state goes with the capture
         out["sync"] = syncing.brief(ctx)
         ctx.journal.set(final_sync=out["sync"])

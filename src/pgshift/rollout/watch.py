@@ -1,7 +1,8 @@
 """Waiting that keeps watching: every wait of the engine (a bake, an approval, the
 monitoring window, a pause) samples the router, checks green's health, evaluates the
 emergency triggers and handles operator commands. Nothing waits blind: a failing green
-during an approval wait still rolls back (Flagger #1801).
+during an approval wait still rolls back (Flagger #1801). Each tick also offers the
+traffic time series a row (``series.py``: at most one a second, into the journal).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import httpx
 from pgshift.errors import PgshiftError
 from pgshift.health.gates import Sample, SustainedRule
 from pgshift.rollout.context import Context
+from pgshift.rollout.series import Recorder
 from pgshift.traffic.router import Figures
 
 
@@ -121,6 +123,7 @@ class Watcher:
         self.green_live = green_live
         self.paused = bool(ctx.journal.get("paused", False))
         self.db = DbProbe(ctx)
+        self.series = Recorder(ctx)
 
     # -- one tick ------------------------------------------------------------------------------
 
@@ -146,6 +149,7 @@ class Watcher:
             self._latency(now, figures)
         else:
             self.samples.append(Sample(now, 0, 0, healthy))
+        self.series.offer(now)
         for rule in self.rules:
             if rule.triggered(list(self.samples)):
                 raise Interrupt("emergency", f"emergency trigger: {rule.text}")
