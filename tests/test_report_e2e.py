@@ -124,7 +124,7 @@ def test_report_of_a_real_rollout(tmp_path: Path, pg_dsn: Dsn,
     assert "0 failed request(s)" in text and "no stretch without a successful answer" in text
     # the series is a time series: many rows, per phase, with latency quantiles
     phases = [s.phase for s in t.by_phase()]
-    for name in ("migrate", "shift-25", "shift-50", "shift-100", "monitor", "approvals"):
+    for name in ("shift-25", "shift-50", "shift-100", "monitor", "approvals"):
         assert name in phases, phases
     assert len(t.rows) > 10
     assert any(s.quantile("green", 0.5) is not None for s in t.spans())

@@ -6,14 +6,24 @@ an empty string when there is nothing recorded to draw.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from html import escape
 
 from pgshift.report.facts import ReportFacts, parse_ts
 from pgshift.report.traffic import Span
 
-W, H, PAD_L, PAD_B, PAD_T, PAD_R = 640, 220, 56, 32, 20, 16
+W, H, PAD_L, PAD_B, PAD_T, PAD_R = 640, 240, 64, 32, 36, 16
 BLUE, GREEN = "#37a", "#2a7"
+
+
+def nice(v: float) -> float:
+    """The smallest 1, 2, 2.5 or 5 times a power of ten at or above ``v`` (an axis top
+    whose quarters read well)."""
+    if v <= 0:
+        return 1.0
+    mag = 10 ** math.floor(math.log10(v))
+    return next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= v * (1 - 1e-9))
 
 
 def _frame(title: str, body: list[str], y_max: float, y_unit: str, x_label: str) -> str:
@@ -27,7 +37,8 @@ def _frame(title: str, body: list[str], y_max: float, y_unit: str, x_label: str)
                      f'text-anchor="end" font-size="11">{_fmt(v)}{escape(y_unit)}</text>')
     return (f'<svg role="img" viewBox="0 0 {W} {H}" '
             f'width="100%" style="max-width:{W}px"><title>{escape(title)}</title>'
-            + "".join(ticks) + "".join(body) +
+            f'<text x="{PAD_L}" y="13" font-size="13" font-weight="bold">{escape(title)}'
+            "</text>" + "".join(ticks) + "".join(body) +
             f'<text x="{(W + PAD_L) / 2}" y="{H - 4}" text-anchor="middle" font-size="11">'
             f'{escape(x_label)}</text></svg>')
 
@@ -52,7 +63,7 @@ def lines(title: str, series: list[Line], unit: str, t0: float, t1: float, *,
     values = [v for _, pts, _, _ in series for _, v in pts if v is not None]
     if not values:
         return ""
-    top = y_max or max(values) * 1.1 or 1.0
+    top = y_max or nice(max(values))
     span = max(t1 - t0, 1e-3)
     pw, ph = W - PAD_L - PAD_R, H - PAD_B - PAD_T
 
@@ -63,10 +74,14 @@ def lines(title: str, series: list[Line], unit: str, t0: float, t1: float, *,
         return PAD_T + ph - ph * min(v, top) / top
 
     body: list[str] = []
+    label_end = -1e9  # a marker's label is left out where it would overprint the last one
     for t, label in markers or []:
         body.append(f'<line x1="{x(t):.1f}" y1="{PAD_T}" x2="{x(t):.1f}" y2="{PAD_T + ph}" '
-                    f'stroke="#bbb" stroke-dasharray="3,3"/><text x="{x(t) + 2:.1f}" '
-                    f'y="{PAD_T + 10}" font-size="10" fill="#666">{escape(label)}</text>')
+                    f'stroke="#bbb" stroke-dasharray="3,3"/>')
+        if x(t) >= label_end:
+            body.append(f'<text x="{x(t) + 2:.1f}" y="{PAD_T + 10}" font-size="10" '
+                        f'fill="#666">{escape(label)}</text>')
+            label_end = x(t) + 8 + 6 * len(label)
     for name, pts, color, dashed in series:
         runs: list[list[str]] = [[]]
         for t, v in pts:
@@ -83,22 +98,28 @@ def lines(title: str, series: list[Line], unit: str, t0: float, t1: float, *,
                 body.append(f'<polyline fill="none" stroke="{color}" stroke-width="2"{dash} '
                             f'points="{" ".join(run)}"><title>{escape(name)}</title>'
                             "</polyline>")
-    step, uname = _time_axis(t0, span)
-    for i in range(5):
-        t = t0 + span * i / 4
+    unit_s, uname = _time_axis(t0, span)
+    width = span / unit_s
+    step = next(m for m in (1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 1e9)
+                if width / m <= 6)
+    k = 0
+    while k * step <= width + 1e-9:
+        t = t0 + k * step * unit_s
         body.append(f'<text x="{x(t):.1f}" y="{H - PAD_B + 14}" text-anchor="middle" '
-                    f'font-size="11">{_fmt((t - t0) / step)}</text>')
+                    f'font-size="11">{_fmt(k * step)}</text>')
+        k += 1
     body += _legend([(n, c, d) for n, _, c, d in series])
     return _frame(title, body, top, unit, f"{uname} since the start")
 
 
 def _legend(entries: list[tuple[str, str, bool]]) -> list[str]:
+    """One row under the title, right-aligned."""
     out, lx = [], float(W - PAD_R)
     for name, color, dashed in reversed(entries):
-        lx -= 18 + 6.5 * len(name)
+        lx -= 22 + 6.2 * len(name)
         dash = ' stroke-dasharray="4,3"' if dashed else ""
-        out.append(f'<line x1="{lx:.1f}" y1="7" x2="{lx + 12:.1f}" y2="7" stroke="{color}" '
-                   f'stroke-width="2"{dash}/><text x="{lx + 15:.1f}" y="11" font-size="11">'
+        out.append(f'<line x1="{lx:.1f}" y1="24" x2="{lx + 14:.1f}" y2="24" stroke="{color}" '
+                   f'stroke-width="2"{dash}/><text x="{lx + 17:.1f}" y="28" font-size="11">'
                    f"{escape(name)}</text>")
     return out
 
@@ -179,42 +200,32 @@ def time_series(f: ReportFacts) -> dict[str, str]:
 
 
 def _fmt(v: float) -> str:
-    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+    return f"{v:,.0f}" if abs(v) >= 1000 or float(v).is_integer() else f"{v:.3g}"
 
 
-Series = tuple[str, list[float | None], str]  # name, one value per label, colour
-
-
-def bars(title: str, labels: list[str], series: list[Series], unit: str) -> str:
-    """Grouped bars: one group per label, one bar per series (with a legend when there
-    are several); a missing value is drawn as "n/r" (not recorded)."""
+def hbars(title: str, labels: list[str], values: list[float], unit: str) -> str:
+    """Horizontal bars, one row per label (table names can be long), the value at the
+    end of each bar."""
     if not labels:
         return ""
-    top = max([v for _, vs, _ in series for v in vs if v is not None] or [0.0]) or 1.0
-    pw, ph = W - PAD_L - PAD_R, H - PAD_B - PAD_T
-    gw = pw / len(labels)
-    bw = gw * 0.7 / len(series)
+    top = nice(max(values) or 1.0)
+    left = min(200, 16 + 6.5 * max(len(label) for label in labels))
+    row, head = 18, 30
+    h = head + row * len(labels) + 8
+    pw = W - left - PAD_R - 60
     body = []
-    for i, label in enumerate(labels):
-        x = PAD_L + i * gw
-        body.append(f'<text x="{x + gw / 2:.1f}" y="{H - PAD_B + 14}" text-anchor="middle" '
-                    f'font-size="11">{escape(label)}</text>')
-        for k, (name, values, color) in enumerate(series):
-            v, bx = values[i], x + gw * 0.15 + k * bw
-            if v is None:
-                body.append(f'<text x="{bx + bw / 2:.1f}" y="{PAD_T + ph - 4}" '
-                            f'text-anchor="middle" font-size="10">n/r</text>')
-                continue
-            h = ph * v / top
-            body.append(f'<rect x="{bx:.1f}" y="{PAD_T + ph - h:.1f}" width="{bw:.1f}" '
-                        f'height="{h:.1f}" fill="{color}"><title>{escape(name)} '
-                        f'{escape(label)}: {_fmt(v)}{escape(unit)}</title></rect>')
-    if len(series) > 1:
-        for k, (name, _, color) in enumerate(series):
-            lx = W - PAD_R - 90 * (len(series) - k)
-            body.append(f'<rect x="{lx}" y="2" width="10" height="10" fill="{color}"/>'
-                        f'<text x="{lx + 14}" y="11" font-size="11">{escape(name)}</text>')
-    return _frame(title, body, top, unit, "")
+    for i, (label, v) in enumerate(zip(labels, values, strict=True)):
+        y = head + i * row
+        bw = pw * v / top
+        body.append(f'<text x="{left - 6:.1f}" y="{y + 12}" text-anchor="end" '
+                    f'font-size="11">{escape(label)}</text><rect x="{left:.1f}" y="{y + 2}" '
+                    f'width="{bw:.1f}" height="{row - 5}" fill="#777"><title>{escape(label)}: '
+                    f"{_fmt(v)}{escape(unit)}</title></rect>"
+                    f'<text x="{left + bw + 4:.1f}" y="{y + 12}" font-size="11">{_fmt(v)}'
+                    f"{escape(unit)}</text>")
+    return (f'<svg role="img" viewBox="0 0 {W} {h}" width="100%" style="max-width:{W}px">'
+            f'<title>{escape(title)}</title><text x="{PAD_L}" y="13" font-size="13" '
+            f'font-weight="bold">{escape(title)}</text>' + "".join(body) + "</svg>")
 
 
 def charts(f: ReportFacts) -> dict[str, str]:
@@ -223,6 +234,6 @@ def charts(f: ReportFacts) -> dict[str, str]:
     tables = sorted(((mig.figures.get("tables") or {}) if mig else {}).items())
     return {
         **time_series(f),
-        "rows": bars("Rows migrated per table", [t for t, _ in tables],
-                     [("rows", [float(n) for _, n in tables], "#777")], ""),
+        "rows": hbars("Rows migrated per table", [t for t, _ in tables],
+                      [float(n) for _, n in tables], ""),
     }

@@ -34,6 +34,7 @@ class Section:
     tables: list[Table] = field(default_factory=list)
     code: str | None = None
     charts: list[str] = field(default_factory=list)
+    code_lang: str = "bash"  # "text": a message to send, wrapped when shown
 
 
 def when(epoch: float | None) -> str:
@@ -51,6 +52,8 @@ def clock(ts: str | None) -> str:
 def dur(seconds: float | None) -> str:
     if seconds is None:
         return NR
+    if seconds < 1:
+        return f"{seconds * 1000:.3g} ms"
     if seconds < 120:
         return f"{seconds:.1f} s"
     m, s = divmod(round(seconds), 60)

@@ -11,6 +11,7 @@ saw).
 from __future__ import annotations
 
 import shlex
+import textwrap
 from typing import Any
 
 from pgshift.report.content import NR, Section, dur, num, when
@@ -26,6 +27,12 @@ def _q(text: str) -> str:
 def _finalize(f: ReportFacts) -> dict[str, Any] | None:
     s = f.step("finalize")
     return s.figures if s is not None and s.status == "done" else None
+
+
+def _retired(f: ReportFacts) -> bool:
+    """Finalize removed change capture: ``pgshift rollback`` cannot carry writes back."""
+    fin = _finalize(f)
+    return fin is not None and fin.get("capture_removed") is not None
 
 
 def _current(f: ReportFacts) -> str:
@@ -45,7 +52,7 @@ def rollback_procedure(f: ReportFacts) -> Section:
              f"{num(measured.get('fence_hold_ms'), 'ms')}." if measured else
              "Not measured on this deployment (no drill or rollback ran).")
     fin = _finalize(f)
-    if fin is not None and fin.get("capture_removed") is not None:
+    if fin is not None and _retired(f):
         return Section("Rollback Procedure for this Deployment", bullets=[
             "Finalize ran: change capture is removed and blue was retired, so "
             "`pgshift rollback` no longer applies (blue's SQLite stopped receiving "
@@ -150,40 +157,66 @@ def _blue_after_flip(f: ReportFacts) -> int | None:
     return sum(s.requests("blue") for s in after) if after else None
 
 
+def _plain_state(f: ReportFacts) -> str:
+    """Where users are, in words for people outside the team."""
+    weight = f.kv.get("weight")
+    if weight is None:
+        return "no user has been moved to the new database yet"
+    writes = ("the new database (PostgreSQL) receives all writes" if f.kv.get("flipped")
+              else "all writes still go to the current database (SQLite)")
+    return f"{float(weight):g} % of users read from the new database; {writes}"
+
+
+def _para(text: str) -> str:
+    return textwrap.fill(text, 78)
+
+
 def incident_template(f: ReportFacts) -> Section:
-    """What to tell users and stakeholders if this deployment goes wrong."""
+    """What to tell users and stakeholders if this deployment goes wrong: the facts to
+    quote, and three messages with only the incident's own details left blank."""
     c = _q(f.setup.cutover)
     measured = f.drill or f.last_rollback
     back = (f"on this deployment a rollback moved traffic back in "
             f"{num(measured.get('traffic_back_ms'), 'ms')} and completed in "
             f"{num(measured.get('seconds'), 's')}" if measured else
             "the rollback time was not measured on this deployment (no drill)")
+    retired = _retired(f)
     people = sorted({a["actor"] for a in f.approvals.values()} |
                     {str(cmd["actor"]) for cmd in f.commands} |
                     {e.actor for e in f.notes if e.actor})
     t = f.traffic
     failed = (t.total("blue")[1] + t.total("green")[1] + t.refused) if t.recorded else None
     name = f.name
+    if retired:
+        rollback = ("no longer available: finalize retired blue (capture removed); "
+                    "problems are fixed forward on PostgreSQL")
+        mitigate = ("We have identified the cause and are fixing it on the new database; "
+                    "the previous database was retired after the migration completed.")
+    else:
+        rollback = f"`pgshift rollback {c} -m \"why\"`; {back}"
+        mitigate = ("We are moving all traffic back to the previous database. No "
+                    "acknowledged write is lost: writes made on the new database are carried "
+                    f"back first; {back}.")
+    messages = [
+        f"INVESTIGATING ({name}) - ____ UTC",
+        _para(f"We are investigating ____ (what users see) affecting {name}. A planned "
+              f"database migration is in progress: {_plain_state(f)}. Next update within "
+              "30 minutes."), "",
+        f"MITIGATING ({name}) - ____ UTC", _para(mitigate), "",
+        f"RESOLVED ({name}) - ____ UTC",
+        _para("Service is back to normal since ____ UTC. Requests that failed during the "
+              f"incident: ____ (`pgshift report {c}`: requests and failures). A review "
+              "follows."),
+    ]
     return Section("Incident Communication Template", items=[
         ("Change", f"database migration of {name}: SQLite (blue, {f.setup.blue_url}) to "
                    f"PostgreSQL (green, {f.setup.green_url}), cutover file {f.setup.cutover}"),
         ("Window", f"{when(f.first_ts)} – {when(f.last_ts)}"),
         ("State when this report was made", _current(f)),
         ("Failed requests so far (router)", num(failed)),
-        ("Rollback", f"`pgshift rollback {c} -m \"why\"`; {back}"),
+        ("Rollback", rollback),
         ("People on this deployment", ", ".join(people) or NR),
-    ], code=(
-        f"INVESTIGATING ({name}) - ____ UTC\n"
-        f"We are investigating ____ (what users see) affecting {name}. A planned database\n"
-        f"migration is in progress ({_current(f)}).\n"
-        "Next update within 30 minutes.\n\n"
-        f"MITIGATING ({name}) - ____ UTC\n"
-        "We are moving all traffic back to the previous database. No acknowledged write\n"
-        f"is lost: writes made on the new database are carried back first; {back}.\n\n"
-        f"RESOLVED ({name}) - ____ UTC\n"
-        "Service is back to normal on the previous database since ____ UTC. Requests that\n"
-        f"failed during the incident: ____ (`pgshift report {c}`: requests and failures).\n"
-        "A review follows; the migration will be rescheduled."))
+    ], code="\n".join(messages), code_lang="text")
 
 
 DOCUMENTS = {"rollback": rollback_procedure, "decommission": decommission_checklist,

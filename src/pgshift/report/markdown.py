@@ -29,6 +29,6 @@ def render(facts: ReportFacts, sections: list[Section], title: str) -> str:
         for t in s.tables:
             lines += table(t)
         if s.code:
-            lines += ["```bash", s.code, "```", ""]
+            lines += [f"```{s.code_lang}", s.code, "```", ""]
     lines.append(f"_From the journal and audit trail in `{facts.state_dir}`._")
     return "\n".join(lines) + "\n"
