@@ -114,6 +114,7 @@ class Recorder:
         """Read the router and append a row now; None when the router cannot be read (a
         hole in the series, not a failure of the step)."""
         now = time.time() if now is None else now
+        started = time.perf_counter()
         try:
             raw, refused, window = self._read(now)
         except PgshiftError as exc:
@@ -150,6 +151,7 @@ class Recorder:
             brief = syncing.brief(self.ctx)
             row["lag_ms"] = brief.get("lag_ms")
             row["to_sqlite_lag_ms"] = brief.get("to_sqlite_lag_ms")
+        row["took_ms"] = round((time.perf_counter() - started) * 1000, 1)  # its own cost
         if j.add_sample(now, row):
             self.every *= 2
             j.set(series_every=self.every)
