@@ -127,8 +127,8 @@ def requests_line(f: ReportFacts) -> str:
     return (f"the router saw {num(b[0] + g[0])} requests {start} to {when(t.rows[-1][0])}: "
             f"blue {num(b[0])} ({num(b[1])} failed), green {num(g[0])} ({num(g[1])} failed)"
             f"; {num(t.refused)} answered by the router itself (503: no backend, fence "
-            f"timeout); {num(own)} of the requests were pgshift's own critical-path checks, "
-            f"so clients sent {num(b[0] + g[0] + t.refused - own)}" +
+            f"timeout); pgshift's own critical-path checks among them: {num(own)}; so "
+            f"clients sent {num(b[0] + g[0] + t.refused - own)}" +
             ("" if t.source == "counters" else " (summed from the router's windowed figures: "
              "as exact as its windows)"))
 
