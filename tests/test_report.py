@@ -254,6 +254,17 @@ def test_a_rollback_with_a_stranded_range_is_an_issue(tmp_path: Path) -> None:
     assert "reproduce the failing step's errors" in md
 
 
+def test_a_rehearsal_says_so(done_rollout: Path) -> None:
+    """``pgshift rollout --rehearse`` ends rolled back on purpose (status rolled_back)."""
+    j = Journal(StateDir.for_name(done_rollout.parent, "shop"))
+    j.set(status="rolled_back", rehearsal=True, rehearsed=1796420000.0)
+    j.close()
+    md = render(load_facts(done_rollout), "md")
+    assert ("**Status**: REHEARSED: cut over, monitored and swapped back to blue at "
+            "2026-12-04 21:33:20 UTC" in md and f"`pgshift rollout {done_rollout} --resume`"
+            in md)
+
+
 def test_report_cli(done_rollout: Path, tmp_path: Path,
                    capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(done_rollout)]) == 0

@@ -78,6 +78,10 @@ def pct(v: Any) -> str:
 
 
 def _status(f: ReportFacts) -> str:
+    if f.status == "rolled_back" and f.kv.get("rehearsal") and f.kv.get("rehearsed"):
+        return (f"REHEARSED: cut over, monitored and swapped back to blue at "
+                f"{when(f.kv['rehearsed'])}; `pgshift rollout {f.setup.cutover} --resume` "
+                "runs the real cutover")
     return {"done": "SUCCESS", "rolled_back": "ROLLBACK", "aborted": "ABORTED",
             "failed": f"FAILED at {f.phase}", None: NR}.get(
         f.status, f"IN PROGRESS ({f.status} at {f.phase})")
