@@ -93,14 +93,18 @@ def decommission_checklist(f: ReportFacts) -> Section:
         items.append(f"{DONE if ok else TODO} {text}")
 
     mon = f.step("monitor")
-    item(mon is not None and mon.status == "done",
-         f"Monitoring window over: {len(f.monitor_rounds)} check round(s) of "
-         f"{dur(f.setup.monitor_window_s)} configured; monitor step "
-         f"{mon.status if mon else 'did not run'}")
+    checks = (mon.figures.get("checks") if mon else None) or 0
+    item(mon is not None and mon.status == "done" and checks > 0,
+         "Monitoring window over: " + ("the monitor step did not run" if mon is None else
+                                       f"the last monitor step {mon.status} with {checks} "
+                                       "check round(s)" +
+                                       ("; the window was not watched" if not checks else ""))
+         + f" ({dur(f.setup.monitor_window_s)} configured)")
     blue_after = _blue_after_flip(f)
     item(blue_after == 0, "Nothing reaches blue any more: " + (
         f"blue served {num(blue_after)} request(s) through the router after the flip"
-        if blue_after is not None else f"{NR} (no flip, or no traffic samples after it)"))
+        if blue_after is not None else f"{NR} (no flip, or no traffic sample taken wholly "
+                                    "after it)"))
     missing = [r for r in f.setup.approvals_required if r not in f.approvals]
     item(not missing, "Approvals: " + (", ".join(
         f"{r} by {f.approvals[r]['actor']}" for r in f.setup.approvals_required
