@@ -74,7 +74,7 @@ def rollout_command(
     finally:
         ctx.close()
         if dash is not None:
-            dash.stop()
+            dash.stop(grace=3.0)  # open pages get the final state
     if json_output:
         print_json(outcome.to_dict())
     else:

@@ -27,7 +27,8 @@ min-width:0}
 .facts{display:grid;grid-template-columns:max-content 1fr;gap:.25rem .8rem;margin:0}
 .facts dt{color:var(--muted)}.facts dd{margin:0;overflow-wrap:anywhere}
 meter{width:8rem;vertical-align:middle}
-table{border-collapse:collapse;width:100%;margin-bottom:.8rem}
+.scroll{overflow-x:auto;margin-bottom:.8rem}
+table{border-collapse:collapse;width:100%}
 caption{text-align:left;color:var(--muted);padding-bottom:.3rem}
 th,td{text-align:left;padding:.25rem .5rem;border-bottom:1px solid var(--line)}
 .charts{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:.8rem}
@@ -54,7 +55,8 @@ button:disabled{opacity:.5}
 #verb-result:empty{display:none}
 #verb-result{padding:.4rem;border-left:4px solid var(--blue);background:var(--bg)}
 @media (max-width:600px){main,.charts{grid-template-columns:1fr}main{padding:0 .5rem}
-.facts{grid-template-columns:1fr}.facts dt{margin-top:.3rem}}
+.facts{grid-template-columns:1fr}.facts dt{margin-top:.3rem}
+th,td{padding:.2rem .3rem;font-size:.9rem}}
 """
 
 SCRIPT = """
@@ -65,10 +67,11 @@ SCRIPT = """
   function setText(id, v) { var e = $(id); if (e && e.textContent !== v) e.textContent = v; }
   function draw(svg, pts) {
     var keys = svg.getAttribute("data-keys").split(" "), w = 600, h = 150, pad = 28;
-    var scale = Number(svg.getAttribute("data-scale")) || 1, top = 1e-9;
+    var scale = Number(svg.getAttribute("data-scale")) || 1, top = 0, seen = false;
     pts.forEach(function (p) { keys.forEach(function (k) {
-      if (p[k] !== null && p[k] !== undefined) top = Math.max(top, p[k] * scale); }); });
-    if (svg.getAttribute("data-top")) top = Number(svg.getAttribute("data-top"));
+      if (p[k] !== null && p[k] !== undefined) { seen = true; top = Math.max(top, p[k] * scale); }
+    }); });
+    top = svg.getAttribute("data-top") ? Number(svg.getAttribute("data-top")) : (top || 1);
     var t0 = pts.length ? pts[0].t : 0;
     var span = Math.max(pts.length ? pts[pts.length - 1].t - t0 : 1, 1);
     var lines = svg.querySelectorAll("polyline");
@@ -82,7 +85,8 @@ SCRIPT = """
       if (lines[i]) lines[i].setAttribute("points", out.join(" "));
     });
     var y = svg.querySelector(".ymax");
-    if (y) y.textContent = Number(top.toPrecision(3)) + " " + svg.getAttribute("data-unit");
+    if (y) y.textContent = seen ? Number(top.toPrecision(3)) + " " +
+      svg.getAttribute("data-unit") : "no data yet";
   }
   function rows(id, data) {
     var body = $(id).tBodies[0];
@@ -114,7 +118,8 @@ SCRIPT = """
     document.title = t.title;
     ["status_line:status", "status:f-status", "phase:f-phase", "weight:f-weight",
      "router_weight:f-router-weight", "sor:f-sor", "lag:f-lag", "controller:f-controller",
-     "rollback:f-rollback", "approvals:f-approvals", "next:f-next", "updated:f-updated"
+     "rollback:f-rollback", "approvals:f-approvals", "next:f-next", "updated:f-updated",
+     "figures_window:sides-c"
     ].forEach(function (pair) { var kv = pair.split(":"); setText(kv[1], t[kv[0]]); });
     var m = $("m-weight");
     m.value = t.weight_value; m.textContent = t.weight + " %";

@@ -40,7 +40,7 @@ AUDIT_ROWS = 60
 AUDIT_KINDS = frozenset({
     "decision", "command", "command-handled", "note", "approval", "weight", "paused",
     "resumed", "promoted", "waiting", "extend", "aborted", "rollback-started", "rolled-back",
-    "re-advanced", "takeover", "journal-broken", "done", "late-blue-writes"})
+    "re-advanced", "takeover", "journal-broken", "late-blue-writes"})
 FINAL = {"done": "the rollout is complete", "rolled_back": "rolled back: traffic is on blue",
          "aborted": "aborted: traffic is on the system of record",
          "failed": "stopped on a failed step: `pgshift rollout CUTOVER --resume` retries it"}
@@ -67,7 +67,8 @@ def side_figures(side: dict[str, Any] | None) -> dict[str, Any] | None:
 def audit_rows(events: list[Event], limit: int = AUDIT_ROWS) -> list[dict[str, Any]]:
     """The page's audit trail, newest first, every text redacted."""
     rows = [{"ts": e.ts, "step": e.step, "kind": e.kind, "message": redact(e.message),
-             "actor": redact(e.actor)} for e in events if e.kind in AUDIT_KINDS]
+             "actor": redact(e.actor)} for e in events
+            if e.kind in AUDIT_KINDS or (e.kind, e.step) == ("done", "rollout")]
     return rows[::-1][:limit]
 
 
@@ -121,6 +122,7 @@ class Sampler:
         self._snapshot = Snapshot(0, {"cutover": self.cfg.name, "status": "not started"})
         self._cond = threading.Condition()
         self._stop = threading.Event()
+        self._kick = threading.Event()  # sample now (``refresh``) or stop
         self._thread: threading.Thread | None = None
         self._ctx: Context | None = None
         self._audit: tuple[int, list[Event]] = (-1, [])
@@ -139,10 +141,18 @@ class Sampler:
     def stop(self) -> None:
         """Ask the thread to stop; it closes its own journal connection."""
         self._stop.set()
+        self._kick.set()
         with self._cond:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=30)
+
+    def refresh(self, timeout: float) -> Snapshot:
+        """Take a reading now (not at the next interval) and return it, or the latest one
+        after ``timeout``."""
+        seq = self.latest().seq
+        self._kick.set()
+        return self.wait_newer(seq, timeout)
 
     @property
     def stopped(self) -> bool:
@@ -151,7 +161,11 @@ class Sampler:
     def _run(self) -> None:
         try:
             self.sample()
-            while not self._stop.wait(self.interval):
+            while True:
+                self._kick.wait(self.interval)
+                self._kick.clear()
+                if self._stop.is_set():
+                    break
                 self.sample()
         finally:
             self._close()

@@ -96,8 +96,9 @@ def texts(s: dict[str, Any]) -> dict[str, Any]:
         "controller": (f"running (pid {ctl.get('pid')})" if ctl.get("alive")
                        else "no engine running"),
         "next": nxt.get("what") or "—",
-        "countdown": "—" if left is None else f"{left:.0f} s",
-        "figures_window": f"last {_num(fig.get('window_s'))} s" if fig else "router unreadable",
+        "countdown": "none" if left is None else f"{left:.0f} s",
+        "figures_window": (f"Traffic per side, last {_num(fig.get('window_s'))} s" if fig
+                           else "Traffic per side: the router is not readable yet"),
         "sides": sides,
         "steps": [[f"{st.get('weight'):g} %", _num(st.get("requests")), _num(st.get("errors")),
                    _rate(st.get("error_rate")), _num(st.get("p99_ms"), " ms", 1),
@@ -122,10 +123,10 @@ def chart_svg(name: str, title: str, series: tuple[tuple[str, str], ...], unit: 
     """One chart as inline SVG (the script redraws it with the same geometry)."""
     w, h, pad = 600, 150, 28
     scale = 100.0 if name == "err" else 1.0
-    values = [p.get(k) for p in points for k, _ in series]
-    top = max([float(v) * scale for v in values if v is not None] + [1e-9])
-    if name == "weight":
-        top = 100.0
+    values = [float(v) * scale for p in points for k, _ in series
+              if (v := p.get(k)) is not None]
+    top = 100.0 if name == "weight" else (max(values) or 1.0) if values else 1.0
+    ymax = f"{top:.3g} {unit}" if values else "no data yet"
     t0 = points[0]["t"] if points else 0.0
     span = max((points[-1]["t"] - t0) if points else 1.0, 1.0)
     lines = []
@@ -143,7 +144,7 @@ def chart_svg(name: str, title: str, series: tuple[tuple[str, str], ...], unit: 
             f'<title id="c-{name}-t">{escape(title)} ({escape(legend)}), {escape(unit)}</title>'
             f'<line class="axis" x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}"/>'
             f'<line class="axis" x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}"/>'
-            f'<text class="ymax" x="{pad + 4}" y="{pad - 8}">{top:.3g} {escape(unit)}</text>'
+            f'<text class="ymax" x="{pad + 4}" y="{pad - 8}">{escape(ymax)}</text>'
             + "".join(lines) + "</svg>")
 
 
@@ -164,10 +165,12 @@ def _dl(t: dict[str, Any]) -> str:
 
 
 def _table(tid: str, caption: str, head: list[str], rows: list[list[str]]) -> str:
-    return (f'<table id="{tid}"><caption>{escape(caption)}</caption><thead><tr>'
+    # a narrow screen scrolls the table, not the page (a focusable, labelled region)
+    return (f'<div class="scroll" role="region" tabindex="0" aria-labelledby="{tid}-c">'
+            f'<table id="{tid}"><caption id="{tid}-c">{escape(caption)}</caption><thead><tr>'
             + "".join(f'<th scope="col">{escape(h)}</th>' for h in head) + "</tr></thead><tbody>"
             + "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in r) + "</tr>"
-                      for r in rows) + "</tbody></table>")
+                      for r in rows) + "</tbody></table></div>")
 
 
 def _audit(rows: list[dict[str, Any]]) -> str:
@@ -203,8 +206,9 @@ def render_page(s: dict[str, Any], nonce: str) -> str:
     t = texts(s)
     points = s.get("points") or []
     charts = "".join(f"<figure>{chart_svg(n, title, series, unit, points)}"
-                     f"<figcaption>{escape(title)} ({escape(unit)}): "
-                     + escape(" / ".join(lbl for _, lbl in series)) + "</figcaption></figure>"
+                     f"<figcaption>{escape(title)} ({escape(unit)})"
+                     + (": blue solid, green dashed" if len(series) == 2 else "")
+                     + "</figcaption></figure>"
                      for n, title, series, unit in CHARTS)
     return f"""<!doctype html>
 <html lang="en">
@@ -224,14 +228,14 @@ def render_page(s: dict[str, Any], nonce: str) -> str:
 <section class="card" aria-labelledby="h-now"><h2 id="h-now">Now</h2>{_dl(t)}</section>
 <section class="card" aria-labelledby="h-next"><h2 id="h-next">Next decision</h2>
 <p id="f-next">{escape(t["next"])}</p>
-<p>In <span id="f-countdown" role="timer" data-at="{(s.get("next") or {}).get("at") or ""}"
->{escape(t["countdown"])}</span> (estimated).</p>
+<p>Countdown: <span id="f-countdown" role="timer">{escape(t["countdown"])}</span>
+(estimated).</p>
 <h2 id="h-controls">Controls</h2>
 <p id="verb-result" role="status" aria-live="assertive"></p>
 {_controls()}
 </section>
 <section class="card wide" aria-labelledby="h-traffic"><h2 id="h-traffic">Blue vs green</h2>
-{_table("sides", "Traffic per side, " + t["figures_window"],
+{_table("sides", t["figures_window"],
         ["side", "requests", "errors", "error rate", "p50", "p99"], t["sides"])}
 <div class="charts">{charts}</div>
 </section>

@@ -32,6 +32,7 @@ import json
 import os
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -96,6 +97,22 @@ class Dashboard:
         self.host = host
         self.port = int(self.httpd.server_address[1])
         self._thread: threading.Thread | None = None
+        self._busy = 0  # verbs being carried out
+        self._busy_lock = threading.Lock()
+
+    @property
+    def busy(self) -> bool:
+        return self._busy > 0
+
+    def verb(self, verb: str, reason: str, actor: str) -> VerbResult:
+        """Carry out an operator verb (counted, so ``stop(grace)`` can wait for it)."""
+        with self._busy_lock:
+            self._busy += 1
+        try:
+            return run_verb(self.cutover, verb, reason, actor)
+        finally:
+            with self._busy_lock:
+                self._busy -= 1
 
     @property
     def url(self) -> str:
@@ -129,8 +146,17 @@ class Dashboard:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
-        """Stop serving (open event streams end too) and close the journal."""
+    def stop(self, grace: float = 0.0) -> None:
+        """Stop serving (open event streams end too) and close the journal. With ``grace``
+        (seconds), first publish one last reading to the open pages and let verbs in flight
+        answer: ``rollout --dashboard`` ends with the rollout, and the page should show how
+        it ended."""
+        if grace > 0 and self._thread is not None:
+            deadline = time.monotonic() + grace
+            self.sampler.refresh(grace)
+            while self.busy and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))  # streams flush
         self.sampler.stop()
         if self._thread is not None:
             self.httpd.shutdown()
@@ -337,7 +363,7 @@ class _Handler(BaseHTTPRequestHandler):
         if problem:
             return self._verb_answer(400, verb, problem, html)
         try:
-            res = run_verb(self.dash.cutover, verb, reason[:500], _actor())
+            res = self.dash.verb(verb, reason[:500], _actor())
         except PgshiftError as exc:
             return self._verb_answer(409 if isinstance(exc, UsageError) else 502, verb,
                                      redact(exc.message), html)
