@@ -18,7 +18,9 @@ import pytest
 import yaml
 
 from pgshift.dashboard import Dashboard
+from pgshift.dashboard.live import next_decision
 from pgshift.errors import ExitCode, SourceError
+from pgshift.report.facts import parse_ts
 from pgshift.rollout import config as cfgmod
 from pgshift.rollout.journal import Journal
 from pgshift.state import StateDir
@@ -279,3 +281,25 @@ def test_cli_bad_input(tmp_path: Path) -> None:
     assert out.returncode == ExitCode.USAGE
     assert out.stderr.startswith("Error: cutover file") and "Try:" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_next_decision_follows_the_engine_state(cutover: Path) -> None:
+    write_journal(cutover)
+    cfg, _ = cfgmod.load(cutover)
+    j = Journal.read_only(state_of(cutover))
+    try:
+        base = {"status": "running", "phase": "shift-25", "weight": 25}
+        step = next_decision(base, j, cfg, 0.0)
+        last = j.decisions()[-1]["ts"]  # the bake restarts after an inconclusive analysis
+        assert step["at"] == pytest.approx((parse_ts(last) or 0) + 3.0)
+        held = next_decision({**base, "waiting_for": "promote",
+                              "waiting_reason": "manual approval"}, j, cfg, 0.0)
+        assert held["at"] is None and "promote to go on" in held["what"]
+        assert "paused at 25 %" in next_decision({**base, "paused": True}, j, cfg, 0.0)["what"]
+        mon = next_decision({**base, "phase": "monitor", "monitor_started": 100.0}, j, cfg, 0)
+        assert mon["at"] == 102.0  # monitor.window 2s
+        done = next_decision({**base, "status": "rolled_back"}, j, cfg, 0.0)
+        assert done == {"what": "rolled back: traffic is on blue", "at": None}
+        assert "no rollout yet" in next_decision({}, None, cfg, 0.0)["what"]
+    finally:
+        j.close()

@@ -20,6 +20,7 @@ def start(cutover: Path, *, host: str = "127.0.0.1", port: int = 0,
           interval: float = 1.0) -> Dashboard:
     """Serve the dashboard in a thread and print its URL once (stderr)."""
     from pgshift.dashboard import Dashboard
+    from pgshift.traffic.proxy.config import is_loopback
 
     if interval <= 0:
         raise UsageError("--interval must be a positive number of seconds", hint="--interval 1")
@@ -27,7 +28,7 @@ def start(cutover: Path, *, host: str = "127.0.0.1", port: int = 0,
     print(f"dashboard: {dash.startup_url()}", file=sys.stderr, flush=True)
     if dash.token_source == "cutover":
         print(f"  sign in with the admin token (${dash.token_var})", file=sys.stderr)
-    if dash.host not in ("127.0.0.1", "localhost", "::1"):
+    if not is_loopback(dash.host):
         print(f"  warning: listening on {dash.host}, plain HTTP: prefer 127.0.0.1 and "
               f"`ssh -L {dash.port}:127.0.0.1:{dash.port}`", file=sys.stderr)
     return dash

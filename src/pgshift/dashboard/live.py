@@ -235,6 +235,10 @@ class Sampler:
         rb = st.get("last_rollback") or {}
         nxt = next_decision(st, ctx.journal, self.cfg, now)
         lease = st.get("controller") or {}
+        if "error" in router:
+            # a fresh context next time: the router (and its token) is looked up again once
+            # the engine has started it
+            self._close()
         return {
             **base, "status": st["status"], "phase": st.get("phase"),
             "weight": st.get("weight"), "router_weight": router.get("weight"),

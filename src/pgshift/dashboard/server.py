@@ -27,7 +27,6 @@ from __future__ import annotations
 import getpass
 import hashlib
 import hmac
-import ipaddress
 import json
 import os
 import secrets
@@ -46,6 +45,7 @@ from pgshift.dsn import redact
 from pgshift.errors import PgshiftError, UsageError
 from pgshift.rollout.journal import VERBS
 from pgshift.rollout.verbs import VerbResult, open_context, open_for_rollback, request
+from pgshift.traffic.proxy.config import is_loopback
 
 MAX_BODY = 64 * 1024
 KEEPALIVE = 15.0  # seconds between SSE comments when nothing changed (proxies drop idle streams)
@@ -54,15 +54,6 @@ KEEPALIVE = 15.0  # seconds between SSE comments when nothing changed (proxies d
 def _session(token: str) -> str:
     """The cookie's value: proves the token was given without storing it in the browser."""
     return hmac.new(token.encode(), b"pgshift-dashboard-session", hashlib.sha256).hexdigest()
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def run_verb(cutover: Path, verb: str, reason: str, actor: str) -> VerbResult:
@@ -236,7 +227,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _host_ok(self) -> bool:
         """On a loopback address the Host header must name this server (DNS rebinding)."""
-        if not _loopback(self.dash.host):
+        if not is_loopback(self.dash.host):
             return True
         port = self.dash.port
         allowed = {f"{h}:{port}" for h in ("127.0.0.1", "localhost", "[::1]", self.dash.host)}
