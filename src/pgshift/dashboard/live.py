@@ -54,6 +54,7 @@ class Snapshot:
     data: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The reading as JSON-ready data, with its sequence number."""
         return {"seq": self.seq, **self.data}
 
 
@@ -156,6 +157,7 @@ class Sampler:
 
     @property
     def stopped(self) -> bool:
+        """Whether ``stop()`` was called."""
         return self._stop.is_set()
 
     def _run(self) -> None:
@@ -176,6 +178,7 @@ class Sampler:
             self._ctx = None
 
     def latest(self) -> Snapshot:
+        """The newest published reading."""
         with self._cond:
             return self._snapshot
 

@@ -93,6 +93,7 @@ class Dashboard:
 
     @property
     def busy(self) -> bool:
+        """Whether a verb is being carried out."""
         return self._busy > 0
 
     def verb(self, verb: str, reason: str, actor: str) -> VerbResult:
@@ -107,6 +108,7 @@ class Dashboard:
 
     @property
     def url(self) -> str:
+        """The page's address, without the token."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/"
 
@@ -117,19 +119,24 @@ class Dashboard:
 
     @property
     def cookie_name(self) -> str:
+        """The session cookie's name."""
         return f"pgshift_dashboard_{self.port}"  # cookies ignore ports: one per dashboard
 
     def check_token(self, given: str) -> bool:
+        """Whether ``given`` is the admin token (constant time)."""
         return hmac.compare_digest(given.encode(), self._token.encode())
 
     def check_session(self, value: str) -> bool:
+        """Whether ``value`` is this dashboard's session cookie (constant time)."""
         return hmac.compare_digest(value.encode(), _session(self._token).encode())
 
     def session_cookie(self) -> str:
+        """The ``Set-Cookie`` value after a sign-in."""
         return (f"{self.cookie_name}={_session(self._token)}; HttpOnly; SameSite=Strict; "
                 "Path=/")
 
     def start(self) -> Dashboard:
+        """Sample and serve in threads; returns once the first reading is published."""
         self.sampler.start()
         self._thread = threading.Thread(target=self.httpd.serve_forever,
                                         kwargs={"poll_interval": 0.2},
