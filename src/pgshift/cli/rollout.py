@@ -55,6 +55,7 @@ def rollout_command(
 
       pgshift rollout cutover.yaml --confirm backups-checked="yes, restored yesterday"
     """
+    from pgshift.cli import dashboard as dashboard_cli
     from pgshift.rollout import engine
     from pgshift.rollout.verbs import open_context
 
@@ -65,8 +66,6 @@ def rollout_command(
             raise UsageError(f"--confirm {item!r} is not NAME=TEXT",
                              hint='--confirm backups-checked="yes"')
         confirmations[name] = text
-    from pgshift.cli import dashboard as dashboard_cli
-
     dash = dashboard_cli.start(cutover, port=dashboard_port) if dashboard else None
     ctx = open_context(cutover, confirmations=confirmations)
     try:

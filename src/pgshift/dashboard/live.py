@@ -40,7 +40,7 @@ AUDIT_ROWS = 60
 AUDIT_KINDS = frozenset({
     "decision", "command", "command-handled", "note", "approval", "weight", "paused",
     "resumed", "promoted", "waiting", "extend", "aborted", "rollback-started", "rolled-back",
-    "re-advanced", "takeover", "journal-broken", "late-blue-writes"})
+    "re-advanced", "takeover", "journal-broken", "late-blue-writes", "rehearsed"})
 FINAL = {"done": "the rollout is complete", "rolled_back": "rolled back: traffic is on blue",
          "aborted": "aborted: traffic is on the system of record",
          "failed": "stopped on a failed step: `pgshift rollout CUTOVER --resume` retries it"}
