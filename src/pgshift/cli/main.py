@@ -57,6 +57,7 @@ def root(
 
 def _register() -> None:
     import pgshift.cli.archive as archive_cli
+    import pgshift.cli.dashboard as dashboard_cli
     import pgshift.cli.init as init_cli
     import pgshift.cli.optimize as optimize_cli
     import pgshift.cli.preflight as preflight_cli
@@ -78,6 +79,7 @@ def _register() -> None:
     app.command(name="init", no_args_is_help=True)(init_cli.init_command)
     app.command(name="preflight", no_args_is_help=True)(preflight_cli.preflight_command)
     app.command(name="report", no_args_is_help=True)(report_cli.report_command)
+    app.command(name="dashboard", no_args_is_help=True)(dashboard_cli.dashboard_command)
 
 
 _register()

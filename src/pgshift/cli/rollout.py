@@ -31,6 +31,11 @@ def rollout_command(
         "--rehearse", help="The whole cutover, flip and monitoring (rehearsal.monitor) "
         "included, then back to blue as a rollback goes; --resume afterwards runs the real "
         "one.")] = False,
+    dashboard: Annotated[bool, typer.Option("--dashboard", help="Serve the live dashboard "
+                                            "(`pgshift dashboard`) while the rollout runs.")
+                         ] = False,
+    dashboard_port: Annotated[int, typer.Option("--dashboard-port", help="Its port (0: a "
+                                                "free one, printed).")] = 0,
     json_output: Json = False,
 ) -> None:
     """Run the whole blue-green cutover the cutover file describes, step by step.
@@ -46,8 +51,11 @@ def rollout_command(
 
       pgshift rollout cutover.yaml --resume
 
+      pgshift rollout cutover.yaml --dashboard --dashboard-port 8765
+
       pgshift rollout cutover.yaml --confirm backups-checked="yes, restored yesterday"
     """
+    from pgshift.cli import dashboard as dashboard_cli
     from pgshift.rollout import engine
     from pgshift.rollout.verbs import open_context
 
@@ -58,11 +66,14 @@ def rollout_command(
             raise UsageError(f"--confirm {item!r} is not NAME=TEXT",
                              hint='--confirm backups-checked="yes"')
         confirmations[name] = text
+    dash = dashboard_cli.start(cutover, port=dashboard_port) if dashboard else None
     ctx = open_context(cutover, confirmations=confirmations)
     try:
         outcome = engine.run(ctx, resume=resume, rehearse=rehearse)
     finally:
         ctx.close()
+        if dash is not None:
+            dash.stop(grace=3.0)  # open pages get the final state
     if json_output:
         print_json(outcome.to_dict())
     else:

@@ -141,6 +141,28 @@ class Journal:
                                    "the file aside to start a new journal") from exc
         self.epoch: int | None = None
 
+    @classmethod
+    def read_only(cls, state: StateDir) -> Journal:
+        """A reader's connection (``mode=ro``): watchers such as the dashboard read the
+        engine's state while it runs without creating, migrating or locking anything. The
+        readers work; every writer fails. ``SourceError`` when there is no readable journal."""
+        from urllib.parse import quote
+
+        self = cls.__new__(cls)
+        self.dir, self.epoch = state, None
+        con: sqlite3.Connection | None = None
+        try:
+            con = sqlite3.connect(f"file:{quote(str(state.journal))}?mode=ro", uri=True,
+                                  isolation_level=None, timeout=10.0)
+            con.execute("SELECT count(*) FROM kv").fetchone()
+        except sqlite3.DatabaseError as exc:
+            if con is not None:
+                con.close()
+            raise SourceError(f"the journal {state.journal} cannot be read: {exc}",
+                              hint="pgshift status CUTOVER") from exc
+        self._con = con
+        return self
+
     def close(self) -> None:
         self._con.close()
 
