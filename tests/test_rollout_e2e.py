@@ -521,6 +521,14 @@ def test_a_rehearsal_cuts_over_swaps_back_then_the_real_cutover_resumes(
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
         assert json.loads(resumed.stdout)["status"] == "done"
         assert r.journal_value("status") == "done" and not r.journal_value("rehearsal")
+        # the real run watched its own monitoring window (not the rehearsal's, long over)
+        import sqlite3
+
+        with sqlite3.connect(r.state_root / "journal.sqlite") as con:
+            rounds = [json.loads(f)["checks"] for (f,) in con.execute(
+                "SELECT figures FROM steps WHERE name = 'monitor' AND status = 'done' "
+                "ORDER BY id")]
+        assert len(rounds) == 2 and all(n >= 1 for n in rounds), rounds
         assert r.check_ledger("postgresql").violations == []
         for load in (rehearsal_load, real_load):
             assert load[0].total.errors == 0, (load[0].total.failures, r.proxy_warnings())

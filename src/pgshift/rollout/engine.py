@@ -117,7 +117,10 @@ def run(ctx: Context, *, resume: bool = False, rehearse: bool = False) -> Outcom
             for note in reconcile(ctx):
                 ctx.event("resume", "reconciled", note)
             if status in ("rolled_back",):  # re-advance from the first traffic step
-                j.set(phase_index=first_shift(ctx))
+                # a new pass over the traffic steps: the monitoring window starts again
+                # when it is reached (kept, a rehearsal's or an earlier pass's start would
+                # leave the real run's window already over)
+                j.set(phase_index=first_shift(ctx), monitor_started=None)
         j.set(status="running", run_started=j.get("run_started") or time.time())
         plan = phases(ctx)
         idx = int(j.get("phase_index", 0))
