@@ -136,6 +136,9 @@ def test_failing_step_rolls_back_automatically(tmp_path: Path, pg_dsn: Dsn,
         try:
             assert ctx.router.weight() == 0
             assert verbs.status(ctx)["system_of_record"] == "blue"
+            # the traffic series (the report's charts) goes on past the rollback
+            last = ctx.journal.last_sample()
+            assert last is not None and last[1]["weight"] == 0, last
         finally:
             ctx.close()
 

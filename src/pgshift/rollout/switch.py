@@ -17,6 +17,7 @@ from typing import Any
 from pgshift.errors import PgshiftError
 from pgshift.rollout import syncing
 from pgshift.rollout.context import Context
+from pgshift.rollout.series import Recorder
 from pgshift.rollout.watch import probe
 from pgshift.traffic.embedded import EmbeddedRouter
 from pgshift.traffic.router import WriteFence, WritePause, WriteRouting
@@ -278,6 +279,7 @@ def rollback(ctx: Context, reason: str, *, drill: bool = False) -> RollbackResul
         ctx.hook("rollback", ctx.cfg.apps.green.stop)
     res.blue_healthy = probe(ctx.cfg.apps.blue.url.rstrip("/") + ctx.cfg.apps.blue.health)
     res.seconds = round(time.monotonic() - started, 3)
+    Recorder(ctx).record()  # the traffic series goes on past the rollback (the report's charts)
     j.set(rollback_stage="done", last_rollback=res.to_dict())
     ctx.event("rollback", "rolled-back",
               f"{'drill: ' if drill else ''}traffic on blue after {res.traffic_back_ms} ms, "
