@@ -298,6 +298,10 @@ def test_next_decision_follows_the_engine_state(cutover: Path) -> None:
         assert "paused at 25 %" in next_decision({**base, "paused": True}, j, cfg, 0.0)["what"]
         mon = next_decision({**base, "phase": "monitor", "monitor_started": 100.0}, j, cfg, 0)
         assert mon["at"] == 102.0  # monitor.window 2s
+        rehearsing = next_decision({**base, "phase": "monitor", "monitor_started": 100.0,
+                                    "rehearsal": True}, j, cfg, 0)
+        assert "swap back" in rehearsing["what"]
+        assert rehearsing["at"] == 100.0 + cfg.seconds(cfg.rehearsal.monitor)
         done = next_decision({**base, "status": "rolled_back"}, j, cfg, 0.0)
         assert done == {"what": "rolled back: traffic is on blue", "at": None}
         assert "no rollout yet" in next_decision({}, None, cfg, 0.0)["what"]

@@ -101,6 +101,9 @@ def next_decision(st: dict[str, Any], journal: Journal | None, cfg: cfgmod.Cutov
         return {"what": f"analysis of the {step.weight:g} % step (pass, extend or roll back)",
                 "at": since + cfg.seconds(step.bake)}
     if phase == "monitor" and st.get("monitor_started"):
+        if st.get("rehearsal"):
+            return {"what": "the rehearsal's monitoring ends; then the swap back to blue",
+                    "at": float(st["monitor_started"]) + cfg.seconds(cfg.rehearsal.monitor)}
         return {"what": "the monitoring window ends; then approvals and finalize",
                 "at": float(st["monitor_started"]) + cfg.seconds(cfg.monitor.window)}
     return {"what": f"{phase or 'the rollout'} running; traffic moves at the shift steps",
