@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS pgshift.migrate_chunks (
     done_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (run_id, table_name, chunk_no)
 );
+ALTER TABLE pgshift.migrate_chunks ADD COLUMN IF NOT EXISTS profile jsonb;
 CREATE TABLE IF NOT EXISTS pgshift.migrate_steps (
     run_id text NOT NULL,
     step text NOT NULL,
@@ -179,8 +180,13 @@ def done_chunks(conn: psycopg.Connection, run_id: str) -> dict[tuple[str, int], 
 
 
 def record_chunk(conn: psycopg.Connection, run_id: str, table: str, chunk_no: int, rows: int,
-                 nbytes: int, rejects: list[RejectRecord], seconds: float) -> None:
-    """Insert the chunk's rejects and checkpoint; the caller's transaction commits them."""
+                 nbytes: int, rejects: list[RejectRecord], seconds: float,
+                 profile: dict[str, Any] | None = None) -> None:
+    """Insert the chunk's rejects and checkpoint; the caller's transaction commits them.
+
+    ``profile`` is the chunk's own source profile when the copy scan computed it
+    (the run's profile is the merge of its chunks').
+    """
     if rejects:
         with conn.cursor() as cur:
             cur.executemany(
@@ -190,9 +196,31 @@ def record_chunk(conn: psycopg.Connection, run_id: str, table: str, chunk_no: in
                   r.reason) for r in rejects])
     conn.execute(
         "INSERT INTO pgshift.migrate_chunks (run_id, table_name, chunk_no, rows, bytes, rejects, "
-        "seconds) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        "seconds, profile) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
         (run_id, table, chunk_no, rows, nbytes, len({repr(sorted(r.key.items())) for r in rejects}),
-         seconds))
+         seconds, None if profile is None else Jsonb(profile)))
+
+
+def chunk_profiles(conn: psycopg.Connection, run_id: str, table: str
+                   ) -> dict[int, dict[str, Any] | None]:
+    """chunk_no -> the profile recorded with each committed chunk of ``table`` (or None)."""
+    rows = conn.execute("SELECT chunk_no, profile FROM pgshift.migrate_chunks "
+                        "WHERE run_id = %s AND table_name = %s", (run_id, table)).fetchall()
+    return {n: p for n, p in rows}
+
+
+def forget_table(conn: psycopg.Connection, run_id: str, table: str) -> None:
+    """Drop one table's chunk checkpoints and rejects (the caller's transaction)."""
+    for bookkeeping in ("migrate_chunks", "rejects"):
+        conn.execute(f"DELETE FROM pgshift.{bookkeeping} WHERE run_id = %s AND table_name = %s",
+                     (run_id, table))
+
+
+def save_table_profile(conn: psycopg.Connection, run_id: str, table: str,
+                       profile: dict[str, Any]) -> None:
+    """Replace one table's entry in the run's stored profile (the caller's transaction)."""
+    conn.execute("UPDATE pgshift.migrate_runs SET profile = jsonb_set(coalesce(profile, '{}'), "
+                 "ARRAY[%s], %s) WHERE run_id = %s", (table, Jsonb(profile), run_id))
 
 
 def _pg_safe(text: str | None) -> str | None:

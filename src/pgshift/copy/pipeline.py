@@ -15,13 +15,13 @@ the PostgreSQL backend parsing in the other).
 
 from __future__ import annotations
 
-import queue
 import re
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ import psycopg
 from pgshift.copy import checkpoint
 from pgshift.copy.checkpoint import RejectRecord
 from pgshift.copy.chunks import Chunk, q
+from pgshift.copy.classes import cautious, contradicts
 from pgshift.copy.convert import (
     FastField,
     InvalidText,
@@ -42,6 +43,7 @@ from pgshift.dsn import Dsn, connect
 from pgshift.errors import PgshiftError, SourceError, TargetError
 from pgshift.schema.ddl import qualified
 from pgshift.schema.model import Table
+from pgshift.source.profile import ScanProfile, TableProfile, profiles_to_json
 
 
 def _text_factory(raw: bytes) -> str | InvalidText:
@@ -60,6 +62,7 @@ class ChunkResult:
     rejects: int
     seconds: float
     slow_rows: int = 0
+    profile: TableProfile | None = None  # the chunk's own profile (TableSql.scan)
 
 
 @dataclass(frozen=True)
@@ -88,10 +91,19 @@ class TableSql:
     all_select: str  # every row of a chunk, for the full slow form
     conversions: list[str]
     key_names: list[str]  # the key as rejects name it
+    # The profile folded into the copy scan: its aggregates follow the fast select's
+    # three values, and a chunk they show to contradict the plan's profile-derived
+    # shortcuts is rendered again by ``safe`` (every check on); see classes.py.
+    scan: ScanProfile | None = None
+    safe: TableSql | None = None
 
     @classmethod
-    def build(cls, schema: str, table: Table, rows: RowSource | None = None) -> TableSql:
-        """The SQL of one table; ``rows`` reads mapped rows instead of ``table.name``."""
+    def build(cls, schema: str, table: Table, rows: RowSource | None = None, *,
+              scan: ScanProfile | None = None) -> TableSql:
+        """The SQL of one table; ``rows`` reads mapped rows instead of ``table.name``.
+
+        With ``scan`` the fast select also computes the profile of each chunk.
+        """
         cols = table.copy_columns
         fields = [fast_field(c.decision.conversion, c.name, clean=c.clean, not_null=c.nulls == 0)
                   for c in cols]
@@ -112,17 +124,21 @@ class TableSql:
             src, where, keys, labels = f"({rows.sql} LIMIT -1)", "1", rows.keys, rows.labels
         key_sql = ", ".join("rowid" if k == "rowid" else q(k) for k in keys)
         values = ", ".join(q(c.name) for c in cols)
+        aggs = "".join(", " + a for a in scan.exprs) if scan is not None else ""
         if suspects:
             any_suspect = " OR ".join(f"({s})" for s in suspects)
+            taken = {c.name.lower() for c in table.source.columns} if scan else set()
+            sus, text = _alias("sus", taken), _alias("line", taken)
+            passed = "".join(", " + q(c.name) for c in table.source.columns) if scan else ""
             # LIMIT -1 keeps SQLite from flattening the subquery, which would
             # evaluate the suspect predicate twice per row.
-            fast = (f"SELECT group_concat(iif(sus, NULL, line), char(10)), sum(sus), count(*) "
-                    f"FROM (SELECT ({any_suspect}) AS sus, {line} AS line FROM {src} "
-                    f"WHERE {where} LIMIT -1)")
+            fast = (f"SELECT group_concat(iif({sus}, NULL, {text}), char(10)), sum({sus}), "
+                    f"count(*){aggs} FROM (SELECT ({any_suspect}) AS {sus}, {line} AS {text}"
+                    f"{passed} FROM {src} WHERE {where} LIMIT -1)")
             slow = f"SELECT {key_sql}, {values} FROM {src} WHERE ({where}) AND ({any_suspect})"
         else:
-            fast = (f"SELECT group_concat(line, char(10)), 0, count(*) FROM "
-                    f"(SELECT {line} AS line FROM {src} WHERE {where})")
+            fast = (f"SELECT group_concat({line}, char(10)), 0, count(*){aggs} FROM {src} "
+                    f"WHERE {where}")
             slow = f"SELECT {key_sql}, {values} FROM {src} WHERE 0"
         return cls(
             table=table,
@@ -133,7 +149,16 @@ class TableSql:
             all_select=f"SELECT {key_sql}, {values} FROM {src} WHERE {where}",
             conversions=[c.decision.conversion for c in cols],
             key_names=labels,
+            scan=scan,
+            safe=TableSql.build(schema, cautious(table), rows) if scan is not None else None,
         )
+
+
+def _alias(name: str, taken: set[str]) -> str:
+    """An output name for the fast select's subquery that no source column has."""
+    while name.lower() in taken:
+        name += "_"
+    return name
 
 
 # SQLite's default SQLITE_MAX_FUNCTION_ARG is 127 (1000 in newer builds).
@@ -168,20 +193,87 @@ class CopyJob:
     results: list[ChunkResult] = field(default_factory=list)
 
 
-def run_copy(job: CopyJob, chunks: list[Chunk], jobs: int) -> list[ChunkResult]:
-    """Copy ``chunks`` with ``jobs`` workers; re-raise the first worker error."""
-    work: queue.Queue[Chunk | None] = queue.Queue()
-    for c in chunks:
-        work.put(c)
+Task = Callable[[psycopg.Connection], None]
+"""Work other than a chunk that a copy worker runs on its PostgreSQL session (autocommit)."""
+
+
+class WorkQueue:
+    """The copy workers' work: chunks, and tasks that may arrive while chunks copy.
+
+    Tasks go first (a table's keys and indexes start as soon as its last chunk is
+    in, while other tables still copy). A worker waiting for work returns None
+    only when nothing is queued and no other worker holds an item, since only
+    a finishing item can queue more.
+    """
+
+    def __init__(self, chunks: Sequence[Chunk] = ()) -> None:
+        self._cond = threading.Condition()
+        self._chunks: deque[Chunk] = deque(chunks)
+        self._tasks: deque[Task] = deque()
+        self._busy = 0
+        self._stopped = False
+
+    def put_chunks(self, chunks: Sequence[Chunk]) -> None:
+        """Queue more chunks (after the ones queued)."""
+        with self._cond:
+            self._chunks.extend(chunks)
+            self._cond.notify_all()
+
+    def put_task(self, task: Task) -> None:
+        """Queue a task; it runs before any queued chunk."""
+        with self._cond:
+            self._tasks.append(task)
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._chunks) + len(self._tasks)
+
+    def take(self, *, wait: bool) -> Chunk | Task | None:
+        """The next item (call :meth:`done` when it is finished), or None."""
+        with self._cond:
+            while not self._stopped:
+                if self._tasks or self._chunks:
+                    self._busy += 1
+                    return self._tasks.popleft() if self._tasks else self._chunks.popleft()
+                if not wait or self._busy == 0:
+                    return None
+                self._cond.wait()
+            return None
+
+    def done(self) -> None:
+        """One taken item is finished (anything it queued is already queued)."""
+        with self._cond:
+            self._busy -= 1
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        """No more items for anyone (a worker failed)."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+
+def run_copy(job: CopyJob, chunks: list[Chunk], jobs: int,
+             work: WorkQueue | None = None) -> list[ChunkResult]:
+    """Copy ``chunks`` (and run the tasks of ``work``) with ``jobs`` workers.
+
+    Re-raises the first worker error. ``job.on_chunk`` runs in the worker after
+    the chunk committed and before the next item is taken; it may queue more
+    work on ``work``.
+    """
+    queue = work if work is not None else WorkQueue()
+    queue.put_chunks(chunks)
     errors: list[BaseException] = []
-    stop = threading.Event()
     lock = threading.Lock()
 
-    def next_chunk() -> Chunk | None:
-        try:
-            return None if stop.is_set() else work.get_nowait()
-        except queue.Empty:
-            return None
+    def finish(w: _Worker, rendered: _Rendered) -> None:
+        result = w.load(rendered)
+        with lock:
+            job.results.append(result)
+        if job.on_chunk:
+            job.on_chunk(result)
+        queue.done()
 
     def worker() -> None:
         # Each worker renders its next chunk in SQLite while PostgreSQL loads the
@@ -189,23 +281,30 @@ def run_copy(job: CopyJob, chunks: list[Chunk], jobs: int) -> list[ChunkResult]:
         # about the same time, so without the overlap each waits for the other).
         try:
             with _Worker(job) as w, ThreadPoolExecutor(1) as ahead:
-                chunk = next_chunk()
-                pending = ahead.submit(w.render, chunk) if chunk else None
-                while pending is not None:
+                pending: Future[_Rendered] | None = None
+                while True:
+                    if pending is None:
+                        item = queue.take(wait=True)
+                        if item is None:
+                            break
+                        if not isinstance(item, Chunk):
+                            w.run_task(item)
+                            queue.done()
+                            continue
+                        pending = ahead.submit(w.render, item)
                     rendered = pending.result()
-                    chunk = next_chunk()
-                    pending = ahead.submit(w.render, chunk) if chunk else None
-                    result = w.load(rendered)
-                    with lock:
-                        job.results.append(result)
-                    if job.on_chunk:
-                        job.on_chunk(result)
+                    nxt = queue.take(wait=False)
+                    pending = ahead.submit(w.render, nxt) if isinstance(nxt, Chunk) else None
+                    finish(w, rendered)
+                    if nxt is not None and not isinstance(nxt, Chunk):
+                        w.run_task(nxt)
+                        queue.done()
         except BaseException as exc:  # re-raised in the caller's thread below
             errors.append(exc)
-            stop.set()
+            queue.stop()
 
     threads = [threading.Thread(target=worker, name=f"pgshift-copy-{i}", daemon=True)
-               for i in range(max(1, min(jobs, len(chunks))))]
+               for i in range(max(1, min(jobs, len(queue))))]
     for t in threads:
         t.start()
     for t in threads:
@@ -240,6 +339,14 @@ class _Worker:
         self.redo_con.close()
         self.pg.close()
 
+    def run_task(self, task: Task) -> None:
+        """A task on this worker's session, in autocommit mode (DDL, one statement each)."""
+        self.pg.autocommit = True
+        try:
+            task(self.pg)
+        finally:
+            self.pg.autocommit = False
+
     def copy_chunk(self, chunk: Chunk) -> ChunkResult:
         """Render and load one chunk (no read-ahead)."""
         return self.load(self.render(chunk))
@@ -249,9 +356,18 @@ class _Worker:
         started = time.perf_counter()
         ts = self.job.tables[chunk.table]
         where, params = chunk.where()
+        profile: TableProfile | None = None
         try:
-            data, suspects, total = self.fast_con.execute(
-                ts.fast_select.replace("{where}", where), params).fetchone()
+            row = self.fast_con.execute(ts.fast_select.replace("{where}", where),
+                                        params).fetchone()
+            data, suspects, total = row[:3]
+            if ts.scan is not None and ts.safe is not None:
+                profile = ts.scan.read(self.fast_con, total or 0, row[3:], where, params)
+                if contradicts(ts.table, profile):
+                    # A shortcut the plan took does not hold for this chunk: every check on.
+                    data, suspects, total = self.fast_con.execute(
+                        ts.safe.fast_select.replace("{where}", where), params).fetchone()
+                    ts = ts.safe
             slow_rows = (self.slow_con.execute(ts.slow_select.replace("{where}", where), params)
                          .fetchall() if suspects else [])
         except sqlite3.DatabaseError as exc:
@@ -259,7 +375,8 @@ class _Worker:
                               table=chunk.table, operation="copy") from exc
         rejects: list[RejectRecord] = []
         extra = self._render(ts, slow_rows, rejects)
-        return _Rendered(chunk, ts, data, total or 0, len(slow_rows), extra, rejects, started)
+        return _Rendered(chunk, ts, data, total or 0, len(slow_rows), extra, rejects, started,
+                         profile)
 
     def load(self, r: _Rendered) -> ChunkResult:
         """The PostgreSQL half: COPY, rejects and checkpoint in one transaction."""
@@ -278,9 +395,10 @@ class _Worker:
                 if parts:
                     self._copy(ts, *parts)
                 checkpoint.record_chunk(self.pg, self.job.run_id, chunk.table, chunk.no, loaded,
-                                        nbytes, rejects, time.perf_counter() - started)
+                                        nbytes, rejects, time.perf_counter() - started,
+                                        _profile_json(r.profile))
             return ChunkResult(chunk.table, chunk.no, loaded, nbytes, rejected_rows(rejects),
-                               time.perf_counter() - started, r.slow_count)
+                               time.perf_counter() - started, r.slow_count, r.profile)
         except psycopg.errors.DataError:
             pass  # PostgreSQL refused a value the fast form let through: redo slowly
         except psycopg.errors.IntegrityError:
@@ -288,7 +406,7 @@ class _Worker:
         except psycopg.OperationalError as exc:
             raise TargetError(f"PostgreSQL failed while loading {chunk.table}: {exc}",
                               table=chunk.table, operation="copy") from exc
-        return self._copy_slow(chunk, ts, started)
+        return self._copy_slow(chunk, ts, started, r.profile)
 
     def _render(self, ts: TableSql, rows: list[tuple[Any, ...]],
                 rejects: list[RejectRecord]) -> list[tuple[str, tuple[Any, ...]]]:
@@ -321,7 +439,8 @@ class _Worker:
             for part in parts:
                 cp.write(part)
 
-    def _copy_slow(self, chunk: Chunk, ts: TableSql, started: float) -> ChunkResult:
+    def _copy_slow(self, chunk: Chunk, ts: TableSql, started: float,
+                   profile: TableProfile | None) -> ChunkResult:
         where, params = chunk.where()
         rows = self.redo_con.execute(ts.all_select.replace("{where}", where), params).fetchall()
         rejects: list[RejectRecord] = []
@@ -329,9 +448,10 @@ class _Worker:
         with self.pg.transaction():
             loaded, nbytes = self._load_bisect(ts, lines, rejects)
             checkpoint.record_chunk(self.pg, self.job.run_id, chunk.table, chunk.no, loaded,
-                                    nbytes, rejects, time.perf_counter() - started)
+                                    nbytes, rejects, time.perf_counter() - started,
+                                    _profile_json(profile))
         return ChunkResult(chunk.table, chunk.no, loaded, nbytes, rejected_rows(rejects),
-                           time.perf_counter() - started, len(rows))
+                           time.perf_counter() - started, len(rows), profile)
 
     def _load_bisect(self, ts: TableSql, lines: list[tuple[str, tuple[Any, ...]]],
                      rejects: list[RejectRecord]) -> tuple[int, int]:
@@ -394,6 +514,11 @@ class _Rendered:
     extra: list[tuple[str, tuple[Any, ...]]]
     rejects: list[RejectRecord]
     started: float
+    profile: TableProfile | None = None
+
+
+def _profile_json(profile: TableProfile | None) -> dict[str, Any] | None:
+    return None if profile is None else profiles_to_json({profile.table: profile})[profile.table]
 
 
 def rejected_rows(rejects: list[RejectRecord]) -> int:
@@ -410,4 +535,5 @@ def _key_dict(names: list[str], key: tuple[Any, ...]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["ChunkResult", "CopyJob", "PgshiftError", "RowSource", "TableSql", "run_copy"]
+__all__ = ["ChunkResult", "CopyJob", "PgshiftError", "RowSource", "TableSql", "Task", "WorkQueue",
+           "run_copy"]

@@ -23,20 +23,19 @@ from psycopg import sql as pgsql
 
 from pgshift.copy import checkpoint
 from pgshift.copy.checkpoint import RunRecord
-from pgshift.copy.chunks import encode_bound, key_columns, plan_chunks
-from pgshift.copy.pipeline import CopyJob, run_copy
+from pgshift.copy.chunks import encode_bound, plan_chunks
 from pgshift.errors import UsageError
-from pgshift.migrate.copying import ChunkCounter, pending_chunks
-from pgshift.migrate.fidelity import checked_plan, create_triggers, load_sql
+from pgshift.migrate.fidelity import checked_plan, create_triggers
+from pgshift.migrate.fresh_copy import FreshCopy, from_stored, stored_json
 from pgshift.migrate.options import MigrateOptions, TableSummary
-from pgshift.migrate.sessions import in_sessions, session_sql, violating_keys
+from pgshift.migrate.sessions import in_sessions, violating_keys
 from pgshift.migrate.steps import Steps
 from pgshift.progress import Progress
 from pgshift.schema import ddl
 from pgshift.schema.model import Note, Table, qident
 from pgshift.schema.plan import Plan, build_plan, select_tables
-from pgshift.source.catalog import read_catalog
-from pgshift.source.profile import profile_tables, profiles_to_json
+from pgshift.source.catalog import Catalog, read_catalog
+from pgshift.source.profile import profile_tables, sample_tables
 from pgshift.source.snapshot import Snapshot
 
 
@@ -52,6 +51,10 @@ class FreshLoad:
     def __init__(self, opts: MigrateOptions) -> None:
         self.opts = opts
         self.done: set[str] = set()  # DDL steps already done by this run (resume skips them)
+        self.catalog: Catalog | None = None
+        self.sampled: set[str] = set()  # tables planned from a sample (see fresh_copy)
+        self.planned_notes = 0
+        self.analyzed: set[str] = set()  # tables the copy step already ANALYZEd
 
     def check_target(self, coord: psycopg.Connection) -> None:
         """Nothing to read first: the plan comes from the source alone."""
@@ -84,11 +87,27 @@ class FreshLoad:
         try:
             catalog = steps.run("catalog", lambda: read_catalog(con))
             chosen = select_tables(catalog, opts.tables, opts.exclude)
-            profiles = steps.run("profile", lambda: profile_tables(snap.connect, chosen,
-                                                                   opts.jobs))
-            return steps.run("plan", lambda: checked_plan(
+            self.catalog = catalog
+            stored = (checkpoint.load_profile(coord, opts.schema)
+                      if coord is not None and opts.resume else None)
+            counts: dict[str, int] = {}
+            if stored:
+                profiles, self.sampled, counts = from_stored(stored)
+            elif coord is not None and not (opts.schema_only or opts.data_only):
+                # The copy scan profiles every row (fresh_copy): a sample makes the plan.
+                profiles, counts = steps.run("sample", lambda: sample_tables(
+                    snap.connect, chosen, opts.jobs))
+                self.sampled = {t.name for t in chosen}
+            else:
+                profiles = steps.run("profile", lambda: profile_tables(snap.connect, chosen,
+                                                                       opts.jobs))
+            plan = steps.run("plan", lambda: checked_plan(
                 build_plan(catalog, profiles, schema=opts.schema, tables=chosen,
                            fill_null_keys=opts.fill_null_keys), opts, coord))
+            for t in plan.tables:
+                t.rows = counts.get(t.name, t.rows)
+            self.planned_notes = len(plan.notes)
+            return plan
         finally:
             con.close()
 
@@ -122,22 +141,16 @@ class FreshLoad:
 
     def stored_profile(self, plan: Plan) -> Any:
         """The source profile: verify and sync reuse its type decisions."""
-        return profiles_to_json(plan.profiles)
+        return stored_json(plan.profiles, self.sampled, {t.name: t.rows for t in plan.tables})
 
     def copy(self, coord: psycopg.Connection, plan: Plan, snap: Snapshot, run: RunRecord,
              summaries: dict[str, TableSummary], progress: Progress) -> None:
-        """Every chunk not yet committed, largest tables first."""
-        opts = self.opts
-        pending = pending_chunks(coord, run, ((t.name, t.rows, key_columns(t.source))
-                                              for t in plan.tables), summaries, progress)
-        # Largest tables first so the last chunks of small tables fill the tail.
-        size = {t.name: t.rows for t in plan.tables}
-        todo = sorted((c for chunks in pending.values() for c in chunks),
-                      key=lambda c: (-size[c.table], c.no))
-        tables = {t.name: load_sql(opts.schema, t) for t in plan.tables}
-        job = CopyJob(opts.schema, run.run_id, opts.dsn, snap.connect, tables,
-                      session_sql(opts.schema), ChunkCounter(summaries, progress))
-        run_copy(job, todo, opts.jobs)
+        """Every chunk not yet committed, largest tables first; keys as tables finish."""
+        assert self.catalog is not None
+        step = FreshCopy(coord, self.opts, plan, self.catalog, self.sampled, snap, run,
+                         summaries, progress, post_load_table, self.planned_notes)
+        step.run_copy()
+        self.analyzed = step.analyzed
 
     def after_copy(self, coord: psycopg.Connection, plan: Plan, run: RunRecord,
                    steps: Steps) -> list[Note]:
@@ -148,7 +161,7 @@ class FreshLoad:
             violations = steps.run("keys and indexes", lambda: _post_load(opts, plan, run))
             violations += steps.run("constraints",
                                     lambda: _constraints(coord, opts, plan, run, self.done))
-        steps.run("finish", lambda: _finish(coord, opts, plan, run, self.done))
+        steps.run("finish", lambda: _finish(coord, opts, plan, run, self.done, self.analyzed))
         return violations
 
     def cleanup(self, run: RunRecord) -> None:
@@ -213,28 +226,32 @@ def _post_load(opts: MigrateOptions, plan: Plan, run: RunRecord) -> list[Note]:
     equal, e.g. 1 and '1' in an untyped column) is a violation: exit code 3.
     """
 
-    def work(conn: psycopg.Connection, t: Table) -> list[Note]:
-        notes: list[Note] = []
-        done = checkpoint.step_done(conn, run.run_id)
-        stmts = [s for s in ddl.post_load_statements(opts.schema, t)
-                 if " CHECK (" not in s and " FOREIGN KEY " not in s]
-        for stmt in stmts:
-            try:
-                _exec_step(conn, run.run_id, done, stmt)
-            except psycopg.errors.UniqueViolation as exc:
-                notes.append(Note("violation", t.name, f"{_short_stmt(stmt)} failed: "
-                                  f"{exc.diag.message_primary}; {exc.diag.message_detail}"))
-            except _REFUSED as exc:
-                notes.append(Note("untranslated", t.name, f"{_short_stmt(stmt)} refused by "
-                                  f"PostgreSQL: {exc.diag.message_primary}"))
-        return notes
-
     order = sorted(plan.tables, key=lambda t: -t.rows)
     violations: list[Note] = []
-    for notes in in_sessions(opts, order, work):
+    for notes in in_sessions(opts, order, lambda conn, t: post_load_table(conn, opts,
+                                                                          run.run_id, t)):
         plan.notes.extend(n for n in notes if n.level != "violation")
         violations.extend(n for n in notes if n.level == "violation")
     return violations
+
+
+def post_load_table(conn: psycopg.Connection, opts: MigrateOptions, run_id: str,
+                    t: Table) -> list[Note]:
+    """One table's primary key, UNIQUEs and indexes in order (done ones skipped); the notes."""
+    notes: list[Note] = []
+    done = checkpoint.step_done(conn, run_id)
+    stmts = [s for s in ddl.post_load_statements(opts.schema, t)
+             if " CHECK (" not in s and " FOREIGN KEY " not in s]
+    for stmt in stmts:
+        try:
+            _exec_step(conn, run_id, done, stmt)
+        except psycopg.errors.UniqueViolation as exc:
+            notes.append(Note("violation", t.name, f"{_short_stmt(stmt)} failed: "
+                              f"{exc.diag.message_primary}; {exc.diag.message_detail}"))
+        except _REFUSED as exc:
+            notes.append(Note("untranslated", t.name, f"{_short_stmt(stmt)} refused by "
+                              f"PostgreSQL: {exc.diag.message_primary}"))
+    return notes
 
 
 def _short_stmt(stmt: str) -> str:
@@ -275,7 +292,7 @@ def _constraints(conn: psycopg.Connection, opts: MigrateOptions, plan: Plan, run
 
 
 def _finish(conn: psycopg.Connection, opts: MigrateOptions, plan: Plan, run: RunRecord,
-            done: set[str]) -> None:
+            done: set[str], analyzed: set[str]) -> None:
     for t in plan.tables:
         if t.identity_column and not opts.schema_only:
             col = qident(t.pg(t.identity_column))
@@ -299,5 +316,6 @@ def _finish(conn: psycopg.Connection, opts: MigrateOptions, plan: Plan, run: Run
                                        f"{exc.diag.message_primary}"))
         create_triggers(conn, plan, lambda stmt: _exec_step(conn, run.run_id, done, stmt))
     if opts.analyze and not opts.schema_only:
-        in_sessions(opts, plan.tables, lambda session, t: session.execute(
+        in_sessions(opts, [t for t in plan.tables if t.name not in analyzed],
+                    lambda session, t: session.execute(
             f"ANALYZE {ddl.qualified(opts.schema, t.pg_name)}"), role=False)

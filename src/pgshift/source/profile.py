@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from pgshift.errors import UsageError
@@ -176,21 +176,34 @@ def _column_aggregates(col: str, family: str, *, int_range: bool = False) -> dic
     return aggs
 
 
-def _scan(con: sqlite3.Connection, table: SourceTable, where: str,
-          params: list[object], int_range: frozenset[str] = frozenset(),
-          extra: Sequence[str] = ()) -> tuple[int, Figures, list[Any]]:
-    exprs = ["count(*)"]
+def _slots(table: SourceTable, int_range: frozenset[str] = frozenset()
+           ) -> tuple[list[str], list[tuple[str, str]]]:
+    """The profile's aggregate expressions over ``table``'s columns and what each one is."""
+    exprs: list[str] = []
     slots: list[tuple[str, str]] = []
     for col in table.columns:
         for name, agg in _column_aggregates(col.name, declared_family(col.declared_type),
                                             int_range=col.name in int_range).items():
             exprs.append(agg)
             slots.append((col.name, name))
+    return exprs, slots
+
+
+def _figures(table: SourceTable, slots: list[tuple[str, str]], values: Sequence[Any]) -> Figures:
+    figures: Figures = {c.name: {} for c in table.columns}
+    for (col_name, name), value in zip(slots, values, strict=True):
+        figures[col_name][name] = value
+    return figures
+
+
+def _scan(con: sqlite3.Connection, table: SourceTable, where: str,
+          params: list[object], int_range: frozenset[str] = frozenset(),
+          extra: Sequence[str] = ()) -> tuple[int, Figures, list[Any]]:
+    aggs, slots = _slots(table, int_range)
+    exprs = ["count(*)", *aggs]
     row = con.execute(f"SELECT {', '.join([*exprs, *extra])} FROM {_q(table.name)} "
                       f"WHERE {where}", params).fetchone()
-    figures: Figures = {c.name: {} for c in table.columns}
-    for (col_name, name), value in zip(slots, row[1:len(exprs)], strict=True):
-        figures[col_name][name] = value
+    figures = _figures(table, slots, row[1:len(exprs)])
     return int(row[0] or 0), figures, list(row[len(exprs):])
 
 
@@ -286,7 +299,8 @@ def profile_table(con: sqlite3.Connection, table: SourceTable) -> TableProfile:
 
 
 def _finish(open_connection: Callable[[], sqlite3.Connection], table: SourceTable, rows: int,
-            merged: Figures, *, close: bool = True) -> TableProfile:
+            merged: Figures, *, close: bool = True, where: str = "1",
+            params: Sequence[Any] = ()) -> TableProfile:
     prof = TableProfile(table.name, rows)
     mixed = []
     for col in table.columns:
@@ -316,7 +330,8 @@ def _finish(open_connection: Callable[[], sqlite3.Connection], table: SourceTabl
         exprs = [f"sum(typeof({_q(name)}) = '{k}')" for name in mixed for k in _CLASS_FIELD]
         con = open_connection()
         try:
-            row = con.execute(f"SELECT {', '.join(exprs)} FROM {_q(table.name)}").fetchone()
+            row = con.execute(f"SELECT {', '.join(exprs)} FROM {_q(table.name)} "
+                              f"WHERE {where}", list(params)).fetchone()
         finally:
             if close:
                 con.close()
@@ -324,3 +339,105 @@ def _finish(open_connection: Callable[[], sqlite3.Connection], table: SourceTabl
             for j, field_name in enumerate(_CLASS_FIELD.values()):
                 setattr(prof.columns[name], field_name, int(row[i * 4 + j] or 0))
     return prof
+
+
+# ---------------------------------------------------------------- the profile folded into the copy
+
+SAMPLE_ROWS = 20_000
+"""Rows a sampled profile reads per table (in ``SAMPLE_SLICES`` slices spread over the rowids)."""
+SAMPLE_SLICES = 8
+
+
+@dataclass(frozen=True)
+class ScanProfile:
+    """The profile's aggregates of one table, to be computed by another scan (the copy's).
+
+    ``exprs`` go into that scan's SELECT over the table's rows; :meth:`read` turns
+    their values, for rows ``where``, into the same :class:`TableProfile` a
+    profile scan of those rows gives (a mixed column gets its exact per-class
+    counts from a second, rare pass restricted to those rows).
+    """
+
+    table: SourceTable
+    exprs: tuple[str, ...]
+    slots: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, table: SourceTable) -> ScanProfile:
+        """The aggregates the type map reads for ``table``."""
+        exprs, slots = _slots(table)
+        return cls(table, tuple(exprs), tuple(slots))
+
+    def read(self, con: sqlite3.Connection, rows: int, values: Sequence[Any], where: str,
+             params: Sequence[Any]) -> TableProfile:
+        """The profile of the ``rows`` rows ``where`` selects, from the aggregates' values."""
+        # A copy connection reads text as bytes (typeof's names included).
+        decoded = [v.decode() if isinstance(v, bytes) else v for v in values]
+        figures = _figures(self.table, list(self.slots), decoded)
+        return _finish(lambda: con, self.table, rows, figures, close=False, where=where,
+                       params=params)
+
+
+def merge_profiles(name: str, parts: Sequence[TableProfile]) -> TableProfile:
+    """One table's profile from the profiles of disjoint parts of it (e.g. its chunks)."""
+    out = TableProfile(name, sum(p.rows for p in parts))
+    for part in parts:
+        for col, cp in part.columns.items():
+            m = out.columns.setdefault(col, ColumnProfile())
+            for f in fields(ColumnProfile):
+                old, new = getattr(m, f.name), getattr(cp, f.name)
+                if f.name == "int_min":
+                    m.int_min = new if old is None else old if new is None else min(old, new)
+                elif f.name == "int_max":
+                    m.int_max = new if old is None else old if new is None else max(old, new)
+                else:
+                    setattr(m, f.name, old + new)
+    return out
+
+
+def sample_tables(open_connection: Callable[[], sqlite3.Connection], tables: list[SourceTable],
+                  jobs: int = 2, rows: int = SAMPLE_ROWS) -> tuple[dict[str, TableProfile],
+                                                                  dict[str, int]]:
+    """A profile of a sample of each table, and each table's exact row count.
+
+    The copy scan profiles every chunk it renders (:class:`ScanProfile`), so the
+    plan made from these samples is checked against every row before the run
+    ends; the sample only has to make the first guess right in the common case.
+    Rowid tables are sampled in slices spread over their rowid span (index
+    seeks, not a scan); WITHOUT ROWID tables by their first rows in key order.
+    """
+
+    def one(table: SourceTable) -> tuple[TableProfile, int]:
+        con = open_connection()
+        try:
+            count = int(con.execute(f"SELECT count(*) FROM {_q(table.name)}").fetchone()[0])
+            ranges = _sample_ranges(con, table, count, rows)
+            parts = [_scan(con, table, w, p) for w, p in ranges]
+            n, merged = _merge([(r, f) for r, f, _ in parts])
+            where = " OR ".join(f"({w})" for w, _ in ranges)
+            params = [v for _, p in ranges for v in p]
+            return _finish(lambda: con, table, n, merged, close=False, where=where,
+                           params=params), count
+        finally:
+            con.close()
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        results = list(pool.map(one, tables))
+    return ({t.name: p for t, (p, _) in zip(tables, results, strict=True)},
+            {t.name: n for t, (_, n) in zip(tables, results, strict=True)})
+
+
+def _sample_ranges(con: sqlite3.Connection, table: SourceTable, count: int,
+                   rows: int) -> list[tuple[str, list[Any]]]:
+    if count <= rows:
+        return [("1", [])]
+    if table.without_rowid:
+        keys = ", ".join(_q(k) for k in table.primary_key)
+        key_row = f"({keys})" if len(table.primary_key) > 1 else keys
+        return [(f"{key_row} IN (SELECT {keys} FROM {_q(table.name)} ORDER BY {keys} "
+                 f"LIMIT {int(rows)})", [])]
+    lo, hi = con.execute(f"SELECT min(rowid), max(rowid) FROM {_q(table.name)}").fetchone()
+    width = max(1, rows // SAMPLE_SLICES)
+    step = max(width, (hi - lo + 1) // SAMPLE_SLICES)
+    return [("rowid >= ? AND rowid < ?", [lo + i * step, lo + i * step + width])
+            for i in range(SAMPLE_SLICES)]
