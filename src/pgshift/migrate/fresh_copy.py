@@ -15,10 +15,11 @@ Two things used to be whole passes of their own (issue 14):
   the end the run's stored profile (``pgshift.migrate_runs.profile``, which
   verify and sync read) is the merged one, and the plan is rebuilt from it.
 - **Keys and indexes.** As soon as a table is final, its primary key, UNIQUEs
-  and indexes are built on a copy worker's session while the other workers
-  keep copying (``WorkQueue`` tasks run before chunks); the ``keys and
-  indexes`` step afterwards only finds what is left (statements already done
-  are recorded steps and skipped, a failed one is tried and reported there).
+  and indexes are built and it is ANALYZEd on a copy worker's session while
+  the other workers keep copying (``WorkQueue`` tasks run before chunks); the
+  ``keys and indexes`` step afterwards only finds what is left (statements
+  already done are recorded steps and skipped, a failed one is tried and
+  reported there), and ``finish`` analyzes only the tables not analyzed yet.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class FreshCopy:
         self.work = WorkQueue()
         self.counter = ChunkCounter(summaries, progress)
         self.replanned: list[str] = []
+        self.analyzed: set[str] = set()  # tables ANALYZEd as they finished
 
     def run_copy(self) -> None:
         """Copy every pending chunk; then store the merged profile and rebuild the plan."""
@@ -155,6 +157,11 @@ class FreshCopy:
             finally:
                 if self.opts.owner:
                     conn.execute("RESET ROLE")
+        if self.opts.analyze:
+            # The table's rows are final: its statistics need not wait for the others.
+            conn.execute(f"ANALYZE {ddl.qualified(self.opts.schema, name)}")
+            with self.lock:
+                self.analyzed.add(name)
 
     def _merged(self, conn: psycopg.Connection, name: str) -> TableProfile:
         """The table's exact profile from its chunks' (a full scan if one lacks it)."""

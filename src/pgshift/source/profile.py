@@ -411,13 +411,13 @@ def sample_tables(open_connection: Callable[[], sqlite3.Connection], tables: lis
         con = open_connection()
         try:
             count = int(con.execute(f"SELECT count(*) FROM {_q(table.name)}").fetchone()[0])
-            ranges = _sample_ranges(con, table, count, rows)
-            parts = [_scan(con, table, w, p) for w, p in ranges]
-            n, merged = _merge([(r, f) for r, f, _ in parts])
-            where = " OR ".join(f"({w})" for w, _ in ranges)
-            params = [v for _, p in ranges for v in p]
-            return _finish(lambda: con, table, n, merged, close=False, where=where,
-                           params=params), count
+            parts = []
+            for where, params in _sample_ranges(con, table, count, rows):
+                n, figures, _ = _scan(con, table, where, params)
+                # Per slice, so a mixed column's second pass reads the slice, not the table.
+                parts.append(_finish(lambda: con, table, n, figures, close=False, where=where,
+                                     params=params))
+            return merge_profiles(table.name, parts), count
         finally:
             con.close()
 
