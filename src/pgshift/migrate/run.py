@@ -15,7 +15,7 @@ import sqlite3
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import psycopg
 
@@ -23,9 +23,7 @@ from pgshift.copy import checkpoint
 from pgshift.copy.checkpoint import RunRecord
 from pgshift.dsn import connect, redact
 from pgshift.errors import TargetError, UsageError
-from pgshift.existing.plan import MappedPlan
 from pgshift.migrate.fresh import FreshLoad
-from pgshift.migrate.into_existing import IntoExistingLoad
 from pgshift.migrate.options import MigrateOptions, MigrateResult, TableSummary, validate
 from pgshift.migrate.sessions import session_sql
 from pgshift.migrate.steps import Steps
@@ -35,7 +33,10 @@ from pgshift.schema.plan import Plan
 from pgshift.source.snapshot import Snapshot, sqlite_failure, take_snapshot
 from pgshift.state import StateDir, atomic_write
 
-PlanT = TypeVar("PlanT", Plan, MappedPlan)
+if TYPE_CHECKING:  # the load into existing tables (and its mapping) is imported on use
+    from pgshift.existing.plan import MappedPlan
+
+PlanT = TypeVar("PlanT", bound="Plan | MappedPlan")
 
 
 class LoadPath(Protocol[PlanT]):
@@ -93,8 +94,7 @@ def migrate(opts: MigrateOptions, progress: Progress | None = None) -> MigrateRe
     validate(opts)
     state = (StateDir(opts.state_dir) if opts.state_dir is not None
              else StateDir.for_name(Path.cwd(), opts.sqlite_path.stem))
-    load: LoadPath[Any] = (IntoExistingLoad(opts, state) if opts.into_existing
-                           else FreshLoad(opts))
+    load = _load_path(opts, state)
     t_start = time.perf_counter()
     state.ensure()
     steps = Steps(progress, state)
@@ -118,6 +118,15 @@ def migrate(opts: MigrateOptions, progress: Progress | None = None) -> MigrateRe
     except psycopg.Error as exc:
         raise TargetError(f"PostgreSQL error: {redact(str(exc)).strip().splitlines()[0]}",
                           operation="migrate") from exc
+
+
+def _load_path(opts: MigrateOptions, state: StateDir) -> LoadPath[Any]:
+    if opts.into_existing:
+        # Imported on use: the mapping machinery is not needed by a fresh load.
+        from pgshift.migrate.into_existing import IntoExistingLoad
+
+        return IntoExistingLoad(opts, state)
+    return FreshLoad(opts)
 
 
 def _dry_run(opts: MigrateOptions, load: LoadPath[PlanT], state: StateDir, steps: Steps,
