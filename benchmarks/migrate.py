@@ -21,6 +21,12 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/migrate.py --scale 1000000
     .venv/bin/python benchmarks/migrate.py --scale 2000000 --only pgshift
     .venv/bin/python benchmarks/migrate.py --scale 100000 --runs 3 --markdown docs/bench.md
+    .venv/bin/python benchmarks/migrate.py --scale 1000000 --runs 3 --baseline-src ../main --double
+
+``--baseline-src DIR`` adds a contestant: the same console script running the pgshift package
+of another checkout (``PYTHONPATH=DIR/src``), alternating with this one, so a change is
+measured before/after in one invocation on a shared machine. ``--double`` runs pgshift once
+more at twice the scale and checks that its peak RSS stays flat (within 10 %).
 """
 
 from __future__ import annotations
@@ -74,12 +80,14 @@ from _common import (
 from pgshift.dsn import Dsn
 from pgshift.embedded_pg import EmbeddedPostgres
 
-CONTESTANTS: tuple[str, ...] = ("pgshift", "pgloader", "raw")
+CONTESTANTS: tuple[str, ...] = ("pgshift", "baseline", "pgloader", "raw")
 """Contestant keys, in the order they run within a round."""
 
 TARGET_VS_RAW = 1.2
 TARGET_VS_PGLOADER = 0.5
 TARGET_RSS_MIB = 256
+RSS_GROWTH = 0.10
+"""Peak RSS at twice the scale may exceed the peak at the scale by this share ("flat")."""
 NOISY_LOAD = 0.10
 """Share of the CPU taken by other processes above which a run is flagged as noisy."""
 
@@ -250,12 +258,20 @@ def _measure(bench: Bench, name: str, fn: Callable[[Dsn], Run],
 # --------------------------------------------------------------------------- pgshift
 
 
-def run_pgshift(bench: Bench, dsn: Dsn, label: str) -> Run:
-    """``pgshift migrate SQLITE DSN --jobs J --drop --json`` as a subprocess."""
+def run_pgshift(bench: Bench, dsn: Dsn, label: str, src: Path | None = None,
+                sqlite: Path | None = None) -> Run:
+    """``pgshift migrate SQLITE DSN --jobs J --drop --json`` as a subprocess.
+
+    ``src``: run the pgshift package in that source tree instead (``--baseline-src``: the
+    same console script with ``PYTHONPATH`` pointing there, so both revisions run in one
+    invocation, alternating). ``sqlite``: another file (the doubled scale).
+    """
     target, env = libpq_env(dsn)
+    if src is not None:
+        env = {**env, "PYTHONPATH": str(src), "PYTHONDONTWRITEBYTECODE": "1"}
     with scratch_dir(bench.workdir, "pgshift-state-") as state:
-        argv = [pgshift_exe(), "migrate", str(bench.sqlite), target, "--jobs", str(bench.jobs),
-                "--drop", "--json", "--state-dir", str(state)]
+        argv = [pgshift_exe(), "migrate", str(sqlite or bench.sqlite), target, "--jobs",
+                str(bench.jobs), "--drop", "--json", "--state-dir", str(state)]
         m = run_measured(argv, out_dir=bench.logs, label=label, env=env, cwd=state)
     run = Run(m.seconds, m.peak_rss, m.cpu_seconds, None, m.returncode == 0)
     if m.returncode != 0:
@@ -268,7 +284,7 @@ def run_pgshift(bench: Bench, dsn: Dsn, label: str) -> Run:
         return run
     run.steps = list(report.get("steps") or [])
     reported = report.get("rows")
-    if reported != bench.total_rows:
+    if sqlite is None and reported != bench.total_rows:
         run.ok = False
         run.notes.append(f"--json rows {reported} != seeded {bench.total_rows:,}")
     if report.get("rejects"):
@@ -604,18 +620,55 @@ def targets(contestants: Sequence[Contestant]) -> list[Target]:
     return out
 
 
-def pgshift_steps(contestants: Sequence[Contestant]) -> str | None:
-    """pgshift's own step timings (median over runs), as one line."""
-    pgs = next((c for c in contestants if c.key == "pgshift" and c.ran), None)
-    steps = _median_steps(pgs) if pgs is not None else []
-    if not steps:
+def pgshift_steps(contestants: Sequence[Contestant]) -> list[str]:
+    """Each pgshift contestant's step timings (median over runs), one line each."""
+    lines = []
+    for pgs in contestants:
+        if pgs.key not in ("pgshift", "baseline") or not pgs.ran:
+            continue
+        steps = _median_steps(pgs)
+        if not steps:
+            continue
+        label = "median " if len(pgs.runs) > 1 else ""
+        lines.append(f"{pgs.label} steps ({label}s): "
+                     + ", ".join(f"{n} {sec:.2f}" for n, sec in steps)
+                     + f"; sum {sum(sec for _, sec in steps):.2f}")
+    return lines
+
+
+@dataclass
+class Doubled:
+    """pgshift at twice the scale: is its peak memory flat?"""
+
+    scale: int
+    rows: int
+    run: Run | None = None
+    status: str = "not run"
+
+
+def doubled_target(contestants: Sequence[Contestant], doubled: Doubled | None) -> Target | None:
+    """Peak RSS at twice the scale within 10 % of the peak at the scale (None: not run)."""
+    if doubled is None:
         return None
-    label = "median " if pgs is not None and len(pgs.runs) > 1 else ""
-    return (f"pgshift steps ({label}s): " + ", ".join(f"{n} {sec:.2f}" for n, sec in steps)
-            + f"; sum {sum(sec for _, sec in steps):.2f}")
+    name = f"pgshift peak RSS flat as the scale doubles (x2 <= {1 + RSS_GROWTH:.2f} x1)"
+    pgs = next((c for c in contestants if c.key == "pgshift"), None)
+    if doubled.run is None or pgs is None or pgs.peak_rss is None:
+        return Target(name, None, doubled.status)
+    grown = doubled.run.peak_rss / pgs.peak_rss
+    return Target(name, grown <= 1 + RSS_GROWTH and doubled.run.ok,
+                  f"{mib(pgs.peak_rss)} MiB at scale x1, {mib(doubled.run.peak_rss)} MiB at "
+                  f"scale {doubled.scale:,} ({doubled.rows:,} rows, {doubled.run.seconds:.1f} s"
+                  f"{'' if doubled.run.ok else ', FAILED'}) = {grown:.2f}x")
 
 
-def text_report(meta: dict[str, Any], contestants: Sequence[Contestant]) -> str:
+def all_targets(contestants: Sequence[Contestant], doubled: Doubled | None) -> list[Target]:
+    """The targets, with the doubled-scale memory check when it ran."""
+    flat = doubled_target(contestants, doubled)
+    return targets(contestants) + ([flat] if flat is not None else [])
+
+
+def text_report(meta: dict[str, Any], contestants: Sequence[Contestant],
+                doubled: Doubled | None = None) -> str:
     """The results as printed on the terminal: header, table, pgshift steps, targets."""
     m = meta["machine"]
     lines = [
@@ -629,12 +682,13 @@ def text_report(meta: dict[str, Any], contestants: Sequence[Contestant]) -> str:
     ]
     steps = pgshift_steps(contestants)
     if steps:
-        lines += ["", steps]
-    lines += ["", "targets:", *(f"  {t.line()}" for t in targets(contestants))]
+        lines += ["", *steps]
+    lines += ["", "targets:", *(f"  {t.line()}" for t in all_targets(contestants, doubled))]
     return "\n".join(lines)
 
 
-def markdown_section(meta: dict[str, Any], contestants: Sequence[Contestant]) -> str:
+def markdown_section(meta: dict[str, Any], contestants: Sequence[Contestant],
+                     doubled: Doubled | None = None) -> str:
     """The results as a Markdown section, with the machine and the data set."""
     m = meta["machine"]
     lines = [
@@ -654,8 +708,8 @@ def markdown_section(meta: dict[str, Any], contestants: Sequence[Contestant]) ->
     ]
     steps = pgshift_steps(contestants)
     if steps:
-        lines += [steps, ""]
-    lines += [f"- {t.line()}" for t in targets(contestants)]
+        lines += [*(f"{line}  " for line in steps), ""]
+    lines += [f"- {t.line()}" for t in all_targets(contestants, doubled)]
     return "\n".join(lines) + "\n"
 
 
@@ -683,6 +737,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quiet-timeout", type=float, default=120.0, metavar="S",
                         help="before each run, wait up to S seconds for other processes to "
                              "leave the CPU (0: do not wait; default 120)")
+    parser.add_argument("--baseline-src", type=Path, metavar="DIR",
+                        help="also run pgshift from another checkout's src/ (PYTHONPATH), "
+                             "alternating with this one: before/after in one invocation")
+    parser.add_argument("--double", action="store_true",
+                        help="after the rounds, run pgshift once at twice the scale and "
+                             "check that its peak RSS stays flat")
     parser.add_argument("--markdown", type=Path, metavar="FILE",
                         help="append the results as a Markdown section to FILE")
     parser.add_argument("--json", action="store_true",
@@ -707,9 +767,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     contestants = [
         Contestant("pgshift", f"pgshift migrate --jobs {args.jobs}"),
+        Contestant("baseline", f"pgshift {_revision(args.baseline_src)} (baseline)"),
         Contestant("pgloader", "pgloader (defaults)"),
         Contestant("raw", f"raw pipe sqlite3|psql x{args.jobs}"),
     ]
+    if args.baseline_src is None:
+        contestants = [c for c in contestants if c.key != "baseline"]
     for c in contestants:
         if c.key not in selected:
             c.status = ("skipped (--skip-pgloader)" if c.key == "pgloader" and args.skip_pgloader
@@ -745,6 +808,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raw_plan = raw_tables(bench) if "raw" in selected else []
         runners: dict[str, Callable[[str, Dsn], Run]] = {
             "pgshift": lambda label, dsn: run_pgshift(bench, dsn, label),
+            "baseline": lambda label, dsn: run_pgshift(bench, dsn, label,
+                                                       src=_baseline_src(args.baseline_src)),
             "pgloader": lambda label, dsn: run_pgloader(bench, dsn, label),
             "raw": lambda _label, dsn: run_raw(bench, dsn, raw_plan),
         }
@@ -765,22 +830,54 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log(f"  {run.seconds:.1f} s, peak RSS {mib(run.peak_rss)} MiB, "
                     f"{run.rows or 0:,} rows{'' if run.ok else ' (FAILED)'}, other load "
                     f"{run.other_load:.0%}; logs in {log_dir}")
+        doubled = _run_doubled(args, bench, workdir) if args.double else None
     finally:
         server.stop()
 
-    checks = targets(contestants)
+    checks = all_targets(contestants, doubled)
     # With --json the human report still goes to stderr, so a run is never wasted.
     report = sys.stderr if args.json else sys.stdout
-    print(text_report(meta, contestants), file=report, flush=True)
+    print(text_report(meta, contestants, doubled), file=report, flush=True)
     if args.json:
         print(json.dumps({**meta, "results": [c.to_dict() for c in contestants],
                           "targets": [{"name": t.name, "passed": t.passed, "detail": t.detail}
                                       for t in checks]}, indent=2))
     if args.markdown:
         with args.markdown.open("a") as fh:
-            fh.write("\n" + markdown_section(meta, contestants))
+            fh.write("\n" + markdown_section(meta, contestants, doubled))
         log(f"appended the results to {args.markdown}")
     return 0
+
+
+def _baseline_src(path: Path | None) -> Path | None:
+    if path is None:
+        return None
+    return path / "src" if (path / "src" / "pgshift").is_dir() else path
+
+
+def _revision(path: Path | None) -> str:
+    if path is None:
+        return "-"
+    proc = subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True, check=False)
+    return proc.stdout.strip() or path.name
+
+
+def _run_doubled(args: argparse.Namespace, bench: Bench, workdir: Path) -> Doubled:
+    """pgshift once on a file seeded at twice the scale (its peak RSS against the x1 runs)."""
+    sqlite, rows = seeded_sqlite(workdir, args.scale * 2)
+    doubled = Doubled(args.scale * 2, sum(rows.values()))
+    log(f"scale x2: pgshift on {doubled.rows:,} rows")
+    try:
+        doubled.run = _measure(
+            Bench(bench.server, sqlite, workdir, bench.logs, bench.jobs, rows,
+                  source_shape(sqlite, list(rows)), bench.quiet_timeout),
+            "pgshift", lambda dsn: run_pgshift(bench, dsn, "pgshift-x2", sqlite=sqlite))
+        doubled.status = "ok"
+        log(f"  {doubled.run.seconds:.1f} s, peak RSS {mib(doubled.run.peak_rss)} MiB")
+    except Exception as exc:  # reported as the target's detail; the rest of the report stands
+        doubled.status = f"benchmark error: {_redact(str(exc), bench)}"
+    return doubled
 
 
 if __name__ == "__main__":
