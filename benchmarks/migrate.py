@@ -802,7 +802,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             # "3.6.7~devel (Debian package 3.6.9-1)": the package's version is the one people
             # install by; the binary's own string lags behind it.
             version = re.findall(r"[\w.~+-]+", meta["machine"]["pgloader"])[-1]
-            contestants[1].label = f"pgloader {version}"
+            for c in contestants:
+                if c.key == "pgloader":
+                    c.label = f"pgloader {version}"
         log(f"PostgreSQL {meta['machine']['postgres']} on port {server.port} (fsync on); "
             f"{bench.total_rows:,} rows in {sqlite}")
         raw_plan = raw_tables(bench) if "raw" in selected else []
