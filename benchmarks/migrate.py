@@ -155,20 +155,7 @@ class Contestant:
             "ok": self.ok,
             "wall_seconds": _round(self.wall),
             "peak_rss_bytes": self.peak_rss,
-            "runs": [
-                {
-                    "seconds": round(r.seconds, 3),
-                    "peak_rss_bytes": r.peak_rss,
-                    "cpu_seconds": round(r.cpu_seconds, 3),
-                    "rows": r.rows,
-                    "ok": r.ok,
-                    "notes": r.notes,
-                    "steps": r.steps,
-                    "shape": r.shape,
-                    "other_load": round(r.other_load, 3),
-                }
-                for r in self.runs
-            ],
+            "runs": [_run_dict(r) for r in self.runs],
         }
 
 
@@ -721,7 +708,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Time pgshift migrate, pgloader and a raw sqlite3|psql pipe on one "
                     "durable PostgreSQL.")
-    parser.add_argument("--scale", type=int, required=True,
+    parser.add_argument("--from-json", type=Path, metavar="FILE",
+                        help="print (and with --markdown append) the report of an earlier "
+                             "--json output instead of running anything")
+    parser.add_argument("--scale", type=int, default=0,
                         help="jobs in the seeded database (1000000 = 2.2 M rows)")
     parser.add_argument("--jobs", type=int, default=2,
                         help="pgshift --jobs and the raw pipe's concurrency (default 2)")
@@ -748,14 +738,52 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true",
                         help="print machine-readable results on stdout instead of the table")
     args = parser.parse_args(argv)
-    if args.scale < 1 or args.jobs < 1 or args.runs < 1:
+    if args.from_json is None and (args.scale < 1 or args.jobs < 1 or args.runs < 1):
         parser.error("--scale, --jobs and --runs must be >= 1")
     return args
+
+
+def _run_dict(r: Run) -> dict[str, Any]:
+    return {"seconds": round(r.seconds, 3), "peak_rss_bytes": r.peak_rss,
+            "cpu_seconds": round(r.cpu_seconds, 3), "rows": r.rows, "ok": r.ok,
+            "notes": r.notes, "steps": r.steps, "shape": r.shape,
+            "other_load": round(r.other_load, 3)}
+
+
+def _run_from(d: dict[str, Any]) -> Run:
+    return Run(d["seconds"], d["peak_rss_bytes"], d["cpu_seconds"], d["rows"], d["ok"],
+               list(d["notes"]), list(d["steps"]), dict(d["shape"]), d["other_load"])
+
+
+def _doubled_dict(doubled: Doubled | None) -> dict[str, Any] | None:
+    if doubled is None:
+        return None
+    return {"scale": doubled.scale, "rows": doubled.rows, "status": doubled.status,
+            "run": _run_dict(doubled.run) if doubled.run is not None else None}
+
+
+def rerender(path: Path, markdown: Path | None) -> int:
+    """The report of an earlier ``--json`` output, again (``--from-json``)."""
+    data = json.loads(path.read_text())
+    contestants = [Contestant(c["key"], c["label"], c["status"],
+                              [_run_from(r) for r in c["runs"]]) for c in data["results"]]
+    d = data.get("doubled")
+    doubled = None
+    if d:
+        doubled = Doubled(d["scale"], d["rows"], _run_from(d["run"]) if d["run"] else None,
+                          d["status"])
+    print(text_report(data, contestants, doubled))
+    if markdown:
+        with markdown.open("a") as fh:
+            fh.write("\n" + markdown_section(data, contestants, doubled))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; print the table and the targets (or JSON)."""
     args = parse_args(argv)
+    if args.from_json is not None:
+        return rerender(args.from_json, args.markdown)
     workdir: Path = args.workdir.absolute()
     selected = set(args.only or CONTESTANTS)
     if args.skip_pgloader:
@@ -842,6 +870,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text_report(meta, contestants, doubled), file=report, flush=True)
     if args.json:
         print(json.dumps({**meta, "results": [c.to_dict() for c in contestants],
+                          "doubled": _doubled_dict(doubled),
                           "targets": [{"name": t.name, "passed": t.passed, "detail": t.detail}
                                       for t in checks]}, indent=2))
     if args.markdown:
