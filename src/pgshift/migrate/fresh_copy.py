@@ -176,9 +176,12 @@ class FreshCopy:
             con.close()
 
     def _decided(self, name: str, profile: TableProfile) -> Table:
-        src = self.catalog.table(name)
-        redo = build_plan(self.catalog, {name: profile}, schema=self.opts.schema,
-                          tables=[src]).tables[0]
+        """The table as the whole plan decides it with ``name``'s exact profile."""
+        with self.lock:
+            tables = [t.source for t in self.plan.tables]
+            profiles = {**self.plan.profiles, **self.final, name: profile}
+        redo = build_plan(self.catalog, profiles, schema=self.opts.schema,
+                          tables=tables).table(name)
         redo.rows = profile.rows
         return redo
 

@@ -9,7 +9,7 @@ epoch-unit detection, date-text shapes, boolean spellings).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -354,28 +354,73 @@ class ScanProfile:
 
     ``exprs`` go into that scan's SELECT over the table's rows; :meth:`read` turns
     their values, for rows ``where``, into the same :class:`TableProfile` a
-    profile scan of those rows gives (a mixed column gets its exact per-class
-    counts from a second, rare pass restricted to those rows).
+    profile scan of those rows gives. Columns with a natural storage class are
+    checked by two combined tests (any value of another class, NULL in a NOT
+    NULL column included; any text with a NUL byte) instead of a few aggregates
+    each: in the copy scan every aggregate is paid per row, and the common
+    answer is "none". When a test finds something, the rows are profiled again
+    exactly (rare).
     """
 
     table: SourceTable
     exprs: tuple[str, ...]
     slots: tuple[tuple[str, str], ...]
+    natural: tuple[tuple[str, bool, bool], ...]  # (column, declared NOT NULL, NUL-tested)
 
     @classmethod
     def of(cls, table: SourceTable) -> ScanProfile:
         """The aggregates the type map reads for ``table``."""
-        exprs, slots = _slots(table)
-        return cls(table, tuple(exprs), tuple(slots))
+        exprs: list[str] = []
+        slots: list[tuple[str, str]] = []
+        natural: list[tuple[str, bool, bool]] = []
+        other_class: list[str] = []
+        nul: list[str] = []
+        for col in table.columns:
+            family = declared_family(col.declared_type)
+            aggs = _column_aggregates(col.name, family)
+            cls_name = _NATURAL_CLASS.get(family)
+            if cls_name:
+                c = _q(col.name)
+                del aggs["others"]
+                if col.notnull:  # typeof(NULL) is 'null': a NULL counts as another class
+                    del aggs["non_null"]
+                    other_class.append(f"typeof({c}) != '{cls_name}'")
+                else:
+                    other_class.append(f"({c} IS NOT NULL AND typeof({c}) != '{cls_name}')")
+                tested = aggs.pop("nul_texts", None) is not None
+                if tested:
+                    nul.append(f"instr({c}, char(0)) > 0")
+                natural.append((col.name, col.notnull, tested))
+            for name, agg in aggs.items():
+                exprs.append(agg)
+                slots.append((col.name, name))
+        exprs.append(f"sum({' OR '.join(other_class)})" if other_class else "0")
+        exprs.append(f"sum({' OR '.join(nul)})" if nul else "0")
+        return cls(table, tuple(exprs), tuple(slots), tuple(natural))
 
     def read(self, con: sqlite3.Connection, rows: int, values: Sequence[Any], where: str,
              params: Sequence[Any]) -> TableProfile:
         """The profile of the ``rows`` rows ``where`` selects, from the aggregates' values."""
-        # A copy connection reads text as bytes (typeof's names included).
-        decoded = [v.decode() if isinstance(v, bytes) else v for v in values]
-        figures = _figures(self.table, list(self.slots), decoded)
+        *own, other_class, nul = _decoded(values)
+        if other_class or nul:
+            _, exact, _ = _scan(con, self.table, where, list(params))
+            figures = {col: dict(zip(f, _decoded(f.values()), strict=True))
+                       for col, f in exact.items()}
+        else:
+            figures = _figures(self.table, list(self.slots), own)
+            for name, notnull, tested in self.natural:
+                figures[name]["others"] = 0
+                if notnull:
+                    figures[name]["non_null"] = rows
+                if tested:
+                    figures[name]["nul_texts"] = 0
         return _finish(lambda: con, self.table, rows, figures, close=False, where=where,
                        params=params)
+
+
+def _decoded(values: Iterable[Any]) -> list[Any]:
+    # A copy connection reads text as bytes (typeof's names included).
+    return [v.decode() if isinstance(v, bytes) else v for v in values]
 
 
 def merge_profiles(name: str, parts: Sequence[TableProfile]) -> TableProfile:
