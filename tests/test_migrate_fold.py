@@ -28,6 +28,7 @@ from pgshift.source.profile import SAMPLE_ROWS, SAMPLE_SLICES, profile_tables, p
 from pgshift.source.snapshot import open_source
 from pgshift.verify.run import VerifyOptions, verify
 from sqlite_helpers import make_db, note_messages, read_jsonl, run_migrate
+from test_migrate_resume import CHILD  # the migrate child that commits chunks slowly
 
 pytestmark = pytest.mark.data
 
@@ -110,17 +111,6 @@ def test_rows_the_sample_missed_end_as_a_full_profile_would_have_it(
     assert checked.exit_code == ExitCode.OK
 
 
-CHILD = """
-import sys, time
-from pgshift.copy import checkpoint
-_record = checkpoint.record_chunk
-def _slow_record(*args, **kwargs):
-    time.sleep(0.03)
-    return _record(*args, **kwargs)
-checkpoint.record_chunk = _slow_record
-from pgshift.cli.main import main
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 def _keys_built_while_copying(conn: psycopg.Connection) -> bool:
