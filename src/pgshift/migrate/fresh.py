@@ -101,12 +101,16 @@ class FreshLoad:
             else:
                 profiles = steps.run("profile", lambda: profile_tables(snap.connect, chosen,
                                                                        opts.jobs))
-            plan = steps.run("plan", lambda: checked_plan(
-                build_plan(catalog, profiles, schema=opts.schema, tables=chosen,
-                           fill_null_keys=opts.fill_null_keys), opts, coord))
+
+            def make() -> Plan:
+                built = build_plan(catalog, profiles, schema=opts.schema, tables=chosen,
+                                   fill_null_keys=opts.fill_null_keys)
+                self.planned_notes = len(built.notes)  # the profile's; the copy may redo them
+                return checked_plan(built, opts, coord)
+
+            plan = steps.run("plan", make)
             for t in plan.tables:
                 t.rows = counts.get(t.name, t.rows)
-            self.planned_notes = len(plan.notes)
             return plan
         finally:
             con.close()

@@ -34,12 +34,15 @@ from psycopg import sql as pgsql
 from pgshift.copy import checkpoint
 from pgshift.copy.checkpoint import RunRecord
 from pgshift.copy.chunks import Chunk, decode_bound, key_columns
+from pgshift.copy.classes import cautious
 from pgshift.copy.pipeline import ChunkResult, CopyJob, TableSql, WorkQueue, run_copy
 from pgshift.migrate.copying import ChunkCounter, pending_chunks
+from pgshift.migrate.fidelity import load_sql
 from pgshift.migrate.options import MigrateOptions, TableSummary
 from pgshift.migrate.sessions import session_sql
 from pgshift.progress import Progress
 from pgshift.schema import ddl
+from pgshift.schema.defaults import check_defaults
 from pgshift.schema.model import Note, Table
 from pgshift.schema.plan import Plan, build_plan
 from pgshift.source.catalog import Catalog
@@ -110,9 +113,7 @@ class FreshCopy:
         size = {t.name: t.rows for t in plan.tables}
         todo = sorted((c for chunks in pending.values() for c in chunks),
                       key=lambda c: (-size[c.table], c.no))
-        tables = {t.name: TableSql.build(opts.schema, t, scan=ScanProfile.of(t.source)
-                                         if t.name in self.sampled else None)
-                  for t in plan.tables}
+        tables = {t.name: self._table_sql(t) for t in plan.tables}
         job = CopyJob(opts.schema, self.run.run_id, opts.dsn, self.snap.connect, tables,
                       session_sql(opts.schema), self._on_chunk)
         self.job = job
@@ -122,6 +123,17 @@ class FreshCopy:
                 self.work.put_task(self._finish_task(t.name))  # copied by an earlier run
         run_copy(job, todo, opts.jobs, self.work)
         self._store_final()
+
+    def _table_sql(self, t: Table) -> TableSql:
+        """The copy SQL of ``t``: profiling each chunk when ``t`` was planned from a sample."""
+        if t.name not in self.sampled:
+            return load_sql(self.opts.schema, t)
+        plain = load_sql(self.opts.schema, t)
+        if plain.table is not t:
+            # Read under other names (long identifiers, --fill-null-keys): no scan here,
+            # so every check on, and the finished table is profiled by a scan of its own.
+            return load_sql(self.opts.schema, cautious(t))
+        return TableSql.build(self.opts.schema, t, scan=ScanProfile.of(t.source))
 
     # ------------------------------------------------------------------ per chunk, per table
 
@@ -141,7 +153,7 @@ class FreshCopy:
         table = self.plan.table(name)
         if name in self.sampled:
             exact = self._merged(conn, name)
-            redo = self._decided(name, exact)
+            redo = self._decided(conn, name, exact)
             if _differs(self.opts.schema, table, redo):
                 self._replan(conn, redo, exact)
                 return
@@ -159,7 +171,7 @@ class FreshCopy:
                     conn.execute("RESET ROLE")
         if self.opts.analyze:
             # The table's rows are final: its statistics need not wait for the others.
-            conn.execute(f"ANALYZE {ddl.qualified(self.opts.schema, name)}")
+            conn.execute(f"ANALYZE {ddl.qualified(self.opts.schema, table.pg_name)}")
             with self.lock:
                 self.analyzed.add(name)
 
@@ -175,20 +187,25 @@ class FreshCopy:
         finally:
             con.close()
 
-    def _decided(self, name: str, profile: TableProfile) -> Table:
+    def _decided(self, conn: psycopg.Connection, name: str, profile: TableProfile) -> Table:
         """The table as the whole plan decides it with ``name``'s exact profile."""
-        with self.lock:
-            tables = [t.source for t in self.plan.tables]
-            profiles = {**self.plan.profiles, **self.final, name: profile}
-        redo = build_plan(self.catalog, profiles, schema=self.opts.schema,
-                          tables=tables).table(name)
+        redo = self._rebuilt({name: profile}).table(name)
+        # As the plan's own were: a DEFAULT PostgreSQL refuses is dropped (fidelity).
+        check_defaults(conn, [redo], [], lambda t, c: "")
         redo.rows = profile.rows
         return redo
+
+    def _rebuilt(self, exact: dict[str, TableProfile]) -> Plan:
+        with self.lock:
+            tables = [t.source for t in self.plan.tables]
+            profiles = {**self.plan.profiles, **self.final, **exact}
+        return build_plan(self.catalog, profiles, schema=self.opts.schema, tables=tables,
+                          fill_null_keys=self.opts.fill_null_keys)
 
     def _replan(self, conn: psycopg.Connection, table: Table, exact: TableProfile) -> None:
         """The sample chose other types than the whole table: create it again and recopy."""
         opts, run_id = self.opts, self.run.run_id
-        rel = ddl.qualified(opts.schema, table.name)
+        rel = ddl.qualified(opts.schema, table.pg_name)
         create = ddl.create_table(opts.schema, table)
         refused: list[str] = []
         with conn.transaction():
@@ -207,6 +224,8 @@ class FreshCopy:
                     refused.append(f"{' '.join(stmt.split())[:160]} refused by PostgreSQL: "
                                    f"{exc.diag.message_primary}")
             checkpoint.forget_table(conn, run_id, table.name)
+            if table.pg_name != table.name:  # rejects name the table as it is loaded
+                checkpoint.forget_table(conn, run_id, table.pg_name)
             checkpoint.save_table_profile(conn, run_id, table.name,
                                           profiles_to_json({table.name: exact})[table.name])
         with self.lock:
@@ -218,7 +237,7 @@ class FreshCopy:
             s = self.summaries[table.name]
             s.rows = s.rejects = s.bytes = 0
             s.seconds = 0.0
-            self.job.tables[table.name] = TableSql.build(opts.schema, table)
+            self.job.tables[table.name] = load_sql(opts.schema, table)
             bounds = self.run.chunks.get(table.name, [])
             self.remaining[table.name] = len(bounds)
         self.progress.task(table.name, table.rows)
@@ -232,11 +251,18 @@ class FreshCopy:
         """Store the merged profile and rebuild the plan from it (exact figures, notes)."""
         plan = self.plan
         profiles = {t.name: self.final.get(t.name, plan.profiles[t.name]) for t in plan.tables}
-        extra = plan.notes[self.planned_notes:]  # added since the plan (e.g. refused defaults)
-        rebuilt = build_plan(self.catalog, profiles, schema=self.opts.schema,
-                             tables=[t.source for t in plan.tables])
-        plan.tables, plan.views, plan.profiles = rebuilt.tables, rebuilt.views, rebuilt.profiles
-        plan.notes = rebuilt.notes + extra
+        rebuilt = self._rebuilt(profiles)
+        # The decisions are the plan's (checked table by table); what the exact profile
+        # changes is its figures: the columns' profile facts, the rows, the anomalies.
+        for t in plan.tables:
+            exact = rebuilt.table(t.name)
+            t.rows = exact.rows
+            for c, e in zip(t.columns, exact.columns, strict=True):
+                c.decision, c.clean, c.nulls = e.decision, e.clean, e.nulls
+                c.nul_texts, c.classes = e.nul_texts, e.classes
+        plan.profiles = profiles
+        # build_plan's notes (counts included) from the exact profiles; the later ones stay.
+        plan.notes = rebuilt.notes + plan.notes[self.planned_notes:]
         for name in self.replanned:
             plan.notes.append(Note("info", name, "the sampled plan did not hold for every row: "
                                    "table re-planned from its full profile and copied again"))
