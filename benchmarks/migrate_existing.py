@@ -191,7 +191,16 @@ def main() -> None:
                                   info, env, out, f"base-{run}")
                 results["base"].append(m.seconds)
                 rss["base"].append(m.peak_rss)
-                profile.append(next(s["seconds"] for s in res["steps"] if s["step"] == "profile"))
+                step = next((s["seconds"] for s in res["steps"] if s["step"] == "profile"), None)
+                if step is None:
+                    # The fresh load plans from a sample and profiles while it copies (issue
+                    # 14): its --dry-run still profiles every row up front, as issue 15 meant.
+                    _, dry_res = _pgshift(["migrate", str(source), "--dry-run", "--json",
+                                           "--jobs", str(args.jobs), "--state-dir",
+                                           str(out / "state-base-dry")],
+                                          info, env, out, f"base-dry-{run}")
+                    step = next(s["seconds"] for s in dry_res["steps"] if s["step"] == "profile")
+                profile.append(step)
                 log(f"base run {run}: {m.seconds:.1f}s, {res['rows']:,} rows; {_steps(res)}")
 
                 for name in VARIANTS:
