@@ -59,7 +59,9 @@ def test_ctrl_c_during_migrate_exits_6_with_a_resume_hint_and_an_audit_event(
             "--state-dir", str(tmp_path / "state")]
     proc = _start(args, tmp_path)
     before = _wait_for(proc, "copy")
-    time.sleep(0.3)
+    # Soon: the whole copy of these rows takes ~0.3 s now that the profile is folded
+    # into it (issue 14), and the interrupt must land before the run ends.
+    time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     err = before + err
