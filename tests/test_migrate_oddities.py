@@ -220,6 +220,7 @@ def test_null_keys_rejected_by_default_and_filled_when_asked(
     hint = [m for obj, m in note_messages(rejected, "anomaly") if obj == "plain.id"]
     assert hint and "--fill-null-keys" in hint[0]
     assert rejected.rejects_file is not None and len(read_jsonl(rejected.rejects_file)) == 2
+    assert rejected.rejects == 2  # two rows, though both have the same (NULL) key
     filled = run_migrate(db, pg_dsn, tmp_path / "state", restart=True, drop=True,
                          fill_null_keys=True)
     assert filled.exit_code == ExitCode.OK and filled.rejects == 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -89,6 +89,9 @@ class RejectRecord:
     raw: str | None
     storage_class: str
     reason: str
+    # Which row of its chunk (the same for every bad column of one row): rows are counted
+    # by it, since keys may repeat (NULL keys, keyless tables). Not in the rejects file.
+    row: int | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"table": self.table, "key": self.key, "column": self.column,

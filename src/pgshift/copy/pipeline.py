@@ -427,7 +427,7 @@ class _Worker:
                     # Every bad column of the row is reported, not just the first.
                     raw, cls = raw_for_report(value)
                     failed.append(RejectRecord(ts.table.name, _key_dict(ts.key_names, key),
-                                               col.name, raw, cls, str(exc)))
+                                               col.name, raw, cls, str(exc), row=id(row)))
             if failed:
                 rejects.extend(failed)
                 continue
@@ -482,7 +482,8 @@ class _Worker:
                     column, raw, cls = detail[1], detail[2], "key"
                     reason += f": {exc.diag.message_detail}"
                 rejects.append(RejectRecord(ts.table.name, _key_dict(ts.key_names, row[:nkey]),
-                                            column, raw, cls, f"PostgreSQL: {reason}"))
+                                            column, raw, cls, f"PostgreSQL: {reason}",
+                                            row=id(row)))
                 return 0, 0
         mid = len(lines) // 2
         a = self._load_bisect(ts, lines[:mid], rejects)
@@ -522,8 +523,10 @@ def _profile_json(profile: TableProfile | None) -> dict[str, Any] | None:
 
 
 def rejected_rows(rejects: list[RejectRecord]) -> int:
-    """Rows behind the reject records (a row with two bad columns has two records)."""
-    return len({repr(sorted(r.key.items())) for r in rejects})
+    """Rows behind the reject records (a row with two bad columns has two records; two
+    rows may share a key: NULL keys, keyless tables)."""
+    return len({r.row if r.row is not None else repr(sorted(r.key.items()))
+                for r in rejects})
 
 
 def _key_dict(names: list[str], key: tuple[Any, ...]) -> dict[str, Any]:
