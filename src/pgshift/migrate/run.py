@@ -24,7 +24,7 @@ from pgshift.copy.checkpoint import RunRecord
 from pgshift.dsn import connect, redact
 from pgshift.errors import TargetError, UsageError
 from pgshift.migrate.fresh import FreshLoad
-from pgshift.migrate.options import MigrateOptions, MigrateResult, TableSummary, validate
+from pgshift.migrate.options import MigrateOptions, MigrateResult, TableSummary, state_for, validate
 from pgshift.migrate.sessions import session_sql
 from pgshift.migrate.steps import Steps
 from pgshift.progress import NullProgress, Progress
@@ -92,8 +92,7 @@ def migrate(opts: MigrateOptions, progress: Progress | None = None) -> MigrateRe
     """
     progress = progress or NullProgress()
     validate(opts)
-    state = (StateDir(opts.state_dir) if opts.state_dir is not None
-             else StateDir.for_name(Path.cwd(), opts.sqlite_path.stem))
+    state = state_for(opts)
     load = _load_path(opts, state)
     t_start = time.perf_counter()
     state.ensure()
