@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,6 @@ class Rig:
     cutover: Path
     ledger: Path
     data: dict[str, Any]
-    loads: list[LoadSummary] = field(default_factory=list)
 
     def context(self, **kw: Any) -> Context:
         cfg, base = cfgmod.load(self.cutover)
@@ -95,7 +94,6 @@ class Rig:
             mine.append(run_load(LoadOptions(
                 url=url, rps=rps, duration=None, users=100, workers=1, ledger=self.ledger,
                 seed=3, run_id=run_id), stop=stop))
-            self.loads.append(mine[-1])
 
         t = threading.Thread(target=go, daemon=True)
         t.start()

@@ -25,11 +25,6 @@ from pgshift.durations import seconds
 from pgshift.errors import UsageError
 
 
-def parse_duration(value: Any) -> float:
-    """``"10m"`` -> 600.0; a bare number is seconds (:func:`pgshift.durations.seconds`)."""
-    return seconds(value)
-
-
 def parse_rate(value: Any) -> float:
     """``"0.1%"`` -> 0.001; ``0.001`` -> 0.001 (a fraction in 0..1)."""
     if isinstance(value, bool):
@@ -41,7 +36,7 @@ def parse_rate(value: Any) -> float:
     return rate
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+Duration = Annotated[float, BeforeValidator(seconds)]  # pgshift.durations' grammar
 Rate = Annotated[float, BeforeValidator(parse_rate)]
 
 

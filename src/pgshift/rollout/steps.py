@@ -381,20 +381,8 @@ class Finalize(_Base):
         out["optimize"] = self._optimize(ctx) if f.optimize else HookStep(
             "finalize-optimize", hooks_.optimize, what="no optimize configured").run(ctx)
         out["report"] = HookStep("finalize-report", hooks_.report, what="").run(ctx) \
-            if hooks_.report else self._report(ctx)
+            if hooks_.report else write_report(ctx)
         return out
-
-    def _report(self, ctx: Context) -> dict[str, Any]:
-        """``pgshift report`` in both formats into ``.pgshift/<name>/report/`` (runbook
-        5.10). Written before finalize is journaled done, so it says finalize started."""
-        from pgshift.report.build import make_report
-
-        written = {}
-        for fmt in ("md", "html"):
-            path = ctx.state.report / f"deployment-report.{fmt}"
-            make_report(ctx.cutover_path, fmt, path)
-            written[fmt] = str(path)
-        return {"written": written}
 
     def _archive(self, ctx: Context) -> dict[str, Any]:
         from pgshift.ops.archive import archive, verify_archive
@@ -465,6 +453,14 @@ __all__ = ["Interrupt", "Step", "StepFailed", "pre_traffic"]
 
 
 def write_report(ctx: Context) -> dict[str, Any]:
-    """The deployment report in both formats into ``.pgshift/<name>/report/``: finalize's
-    last act, and the rehearsal's (``swap-back``)."""
-    return Finalize()._report(ctx)
+    """``pgshift report`` in both formats into ``.pgshift/<name>/report/`` (runbook 5.10):
+    finalize's last act, and the rehearsal's (``swap-back``). Finalize writes it before it
+    is journaled done, so the report says finalize started."""
+    from pgshift.report.build import make_report
+
+    written = {}
+    for fmt in ("md", "html"):
+        path = ctx.state.report / f"deployment-report.{fmt}"
+        make_report(ctx.cutover_path, fmt, path)
+        written[fmt] = str(path)
+    return {"written": written}
