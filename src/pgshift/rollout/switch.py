@@ -19,6 +19,7 @@ from pgshift.rollout import syncing
 from pgshift.rollout.context import Context
 from pgshift.rollout.series import Recorder
 from pgshift.rollout.watch import probe
+from pgshift.sync.results import DrainResult
 from pgshift.traffic.embedded import EmbeddedRouter
 from pgshift.traffic.router import WriteFence, WritePause, WriteRouting
 
@@ -78,9 +79,10 @@ def flip(ctx: Context) -> dict[str, Any]:
     if fence is not None:
         _hold(ctx, fence)
     j.set(flip_stage="held")
+    tail: dict[str, Any] = {}
     try:
-        tail = _tail_check(ctx, fence)
-        out = syncing.flip(ctx, ctx.secs(ctx.cfg.flip.drain_timeout))
+        out = syncing.flip(ctx, ctx.secs(ctx.cfg.flip.drain_timeout),
+                           check=lambda drain: tail.update(_tail_check(ctx, fence, drain)))
     except BaseException:
         _release_back(ctx, fence)
         raise
@@ -115,16 +117,18 @@ def flip(ctx: Context) -> dict[str, Any]:
             "drained_to": drain.get("fence_seq"), "drain_seconds": drain.get("seconds"),
             "rebased": out.get("rebased"), "identities": out.get("identities"),
             "privileges_granted_back": out.get("privileges_granted_back"),
-            "late_blue_writes": late, "tail_check": tail}
+            "late_blue_writes": late, "tail_check": tail or None}
 
 
-def _tail_check(ctx: Context, fence: WriteFence | WritePause | None) -> dict[str, Any] | None:
-    """Drain to a fence marker, then compare the rows of the latest changes since the
-    snapshot on both engines (``flip.verify_tail``); ``FlipFailed`` on a difference sync
-    did not record (parked, conflict lost). Writes are held, so nothing moves meanwhile."""
+def _tail_check(ctx: Context, fence: WriteFence | WritePause | None,
+                drain: DrainResult) -> dict[str, Any]:
+    """Once the flip's drain reached its marker (nothing switched yet): compare the rows
+    of the latest changes since the snapshot on both engines (``flip.verify_tail``);
+    ``FlipFailed`` on a difference sync did not record (parked, conflict lost). Writes
+    are held, so nothing moves meanwhile. The summary; empty when turned off."""
     limit = ctx.cfg.flip.verify_tail
     if not limit:
-        return None
+        return {}
     if fence is None:
         # ALB, Gateway API: writes keep flowing, so a row blue changes again after the
         # marker would differ for no fault of sync; the conflict detection covers the moment
@@ -132,12 +136,9 @@ def _tail_check(ctx: Context, fence: WriteFence | WritePause | None) -> dict[str
                            "under the check"}
     from pgshift.verify.tail import verify_tail
 
-    drain = syncing.drain(ctx, syncing.TO_POSTGRES, ctx.secs(ctx.cfg.flip.drain_timeout))
-    if not drain.get("drained"):
-        return None  # the flip's own drain fails the same way, with the stranded range
     result = verify_tail(ctx.cfg.source.sqlite, ctx.dsn(), ctx.schema,
-                         after=int(ctx.journal.get("hwm") or 0),
-                         upto=int(drain["fence_seq"]), limit=limit)
+                         after=int(ctx.journal.get("hwm") or 0), upto=drain.fence_seq,
+                         limit=limit)
     summary = {"checked": result.checked, "tables": len(result.keys),
                "differences": len(result.diffs), "explained": len(result.explained),
                "not_checked": result.not_checked, "seconds": round(result.seconds, 3)}

@@ -8,6 +8,7 @@ a running applier watches it pass the fence marker).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pgshift.rollout.context import Context
@@ -15,6 +16,7 @@ from pgshift.rollout.procs import pgshift_argv
 from pgshift.sync import settings as table_settings
 from pgshift.sync import verbs
 from pgshift.sync.apply import SyncOptions
+from pgshift.sync.results import DrainResult
 
 TO_POSTGRES, TO_SQLITE = "to-postgres", "to-sqlite"
 SERVICE = {TO_POSTGRES: "sync-to-postgres", TO_SQLITE: "sync-to-sqlite"}
@@ -79,14 +81,12 @@ def brief(ctx: Context) -> dict[str, Any]:
             "parked": sum((s.get("parked_by_direction") or {}).values())}
 
 
-def drain(ctx: Context, direction: str, timeout: float) -> dict[str, Any]:
-    return verbs.drain(options(ctx), timeout, direction=direction).to_dict()
-
-
-def flip(ctx: Context, timeout: float) -> dict[str, Any]:
+def flip(ctx: Context, timeout: float,
+         check: Callable[[DrainResult], None] | None = None) -> dict[str, Any]:
     """Drain to PostgreSQL behind a fence, rebase green's early writes, move identities past
-    every key, give green its privileges back (the router holds writes meanwhile)."""
-    return verbs.flip(options(ctx), timeout).to_dict()
+    every key, give green its privileges back (the router holds writes meanwhile);
+    ``check`` runs between the drain and the rest (the tail check)."""
+    return verbs.flip(options(ctx), timeout, check).to_dict()
 
 
 def flip_back(ctx: Context, timeout: float) -> dict[str, Any]:

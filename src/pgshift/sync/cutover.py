@@ -18,6 +18,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -208,7 +209,8 @@ def _watch(opts: SyncOptions, direction: str, marker: int, stop: threading.Event
         conn.close()
 
 
-def flip(opts: SyncOptions, timeout: float = 30.0) -> FlipResult:
+def flip(opts: SyncOptions, timeout: float = 30.0,
+         check: Callable[[DrainResult], None] | None = None) -> FlipResult:
     """The switch to PostgreSQL as the system of record, while the router holds writes.
 
     1. drain to-postgres behind a fence (every blue write is in PostgreSQL); when the
@@ -224,11 +226,15 @@ def flip(opts: SyncOptions, timeout: float = 30.0) -> FlipResult:
        (:func:`privileges.restore`): they hold while SQLite is the system of record only.
 
     Then start ``pgshift sync run --mode to-sqlite --follow`` and release the writes.
-    Running it twice is harmless.
+    Running it twice is harmless. ``check`` is called between 1 and 2 with the drain
+    (both sides equal up to its marker, nothing switched yet): an error it raises stops
+    the flip there (the rollout's tail check).
     """
     out = FlipResult(st.TO_POSTGRES, drain(opts, timeout))
     if not out.drain.drained:
         return out
+    if check is not None:
+        check(out.drain)
     con = open_sqlite(opts.sqlite_path)
     try:
         floors = identity.sqlite_floors(con)

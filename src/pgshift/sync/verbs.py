@@ -165,14 +165,16 @@ def drain(opts: SyncOptions, timeout: float = 30.0,
         return cutover.drain(opts, timeout, direction)
 
 
-def flip(opts: SyncOptions, timeout: float = 30.0) -> FlipResult:
+def flip(opts: SyncOptions, timeout: float = 30.0,
+         check: Callable[[DrainResult], None] | None = None) -> FlipResult:
     """Make PostgreSQL the system of record, while the router holds writes: drain
     to-postgres, rebase green's pre-flip queue, every identity/serial sequence past
     every key (never backwards), green's revoked privileges granted back. ``flipped``
     false: the drain missed ``timeout`` and nothing was switched. Then run to-sqlite
-    with ``follow`` and release the writes. Idempotent."""
+    with ``follow`` and release the writes. Idempotent. ``check(drain)`` runs once the
+    drain reached its marker, before anything switches; what it raises stops the flip."""
     with sqlite_failures(opts.sqlite_path):
-        return cutover.flip(opts, timeout)
+        return cutover.flip(opts, timeout, check)
 
 
 def flip_back(opts: SyncOptions, timeout: float = 30.0, *, green_ids: str = "keep",
