@@ -20,7 +20,7 @@ from psycopg import sql as pgsql
 from psycopg.types.json import Jsonb
 
 from pgshift.errors import UsageError
-from pgshift.sync import pg_capture
+from pgshift.sync import locking, pg_capture
 
 PLUGIN = "test_decoding"
 MESSAGE_PREFIX = "pgshift"
@@ -134,21 +134,28 @@ def uninstall(conn: psycopg.Connection, schema: str) -> bool:
         conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
         conn.commit()
     names = {"d": "DEFAULT", "n": "NOTHING", "f": "FULL", "i": "DEFAULT"}
-    with conn.transaction():
-        row = conn.execute("SELECT replica_identity FROM pgshift.logical_capture "
-                           "WHERE target_schema = %s", (schema,)).fetchone()
-        for table, ident in (row[0] if row else {}).items():
-            if _true(conn, "SELECT to_regclass(%s) IS NOT NULL",
-                     (pgsql.Identifier(schema, table).as_string(),)):
-                conn.execute(pgsql.SQL("ALTER TABLE {} REPLICA IDENTITY {}").format(
-                    pgsql.Identifier(schema, table), pgsql.SQL(names.get(ident, "DEFAULT"))))
-        conn.execute("DELETE FROM pgshift.logical_capture WHERE target_schema = %s", (schema,))
-        if not _true(conn, "SELECT EXISTS (SELECT 1 FROM pgshift.logical_capture)"):
-            conn.execute("DROP TABLE pgshift.logical_capture")
-            if not _true(conn, "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = %s)",
+    row = conn.execute("SELECT replica_identity FROM pgshift.logical_capture "
+                       "WHERE target_schema = %s", (schema,)).fetchone()
+    idents: dict[str, str] = row[0] if row else {}
+    tables = [t for t in idents
+              if _true(conn, "SELECT to_regclass(%s) IS NOT NULL",
+                       (pgsql.Identifier(schema, t).as_string(),))]
+    conn.commit()
+    # the application may be writing: one table's lock at a time (pgshift.sync.locking)
+    locking.each_briefly(conn, (pgsql.SQL("ALTER TABLE {} REPLICA IDENTITY {}").format(
+        pgsql.Identifier(schema, t), pgsql.SQL(names.get(idents[t], "DEFAULT")))
+        for t in tables))
+
+    def forget(c: psycopg.Connection) -> None:
+        c.execute("DELETE FROM pgshift.logical_capture WHERE target_schema = %s", (schema,))
+        if not _true(c, "SELECT EXISTS (SELECT 1 FROM pgshift.logical_capture)"):
+            c.execute("DROP TABLE pgshift.logical_capture")
+            if not _true(c, "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = %s)",
                          (pg_capture.TRIGGER,)):
-                conn.execute("DROP TABLE IF EXISTS pgshift.pg_changes")
-                conn.execute("DROP FUNCTION IF EXISTS pgshift.capture()")
+                c.execute("DROP TABLE IF EXISTS pgshift.pg_changes")
+                c.execute("DROP FUNCTION IF EXISTS pgshift.capture()")
+
+    locking.briefly(conn, forget)
     return True
 
 

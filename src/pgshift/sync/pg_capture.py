@@ -30,6 +30,7 @@ from psycopg import sql as pgsql
 from psycopg.types.json import Jsonb
 
 from pgshift.errors import UsageError
+from pgshift.sync import locking
 
 TRIGGER = "_pgshift_capture"
 FENCE_OP = "F"
@@ -90,19 +91,27 @@ $$;
 
 
 def install(conn: psycopg.Connection, schema: str, tables: dict[str, list[str]]) -> None:
-    """Create the queue, the function and a trigger per table ``{name: primary key}``."""
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('pgshift.schema'))")
-        conn.execute(SCHEMA_SQL)
+    """Create the queue, the function and a trigger per table ``{name: primary key}``.
+
+    All or nothing, in one transaction (capture on half the tables would lose changes);
+    should the application already write, a deadlock or a lock wait past 5 s rolls it
+    back and it is tried again (:func:`pgshift.sync.locking.briefly`)."""
+
+    def create(c: psycopg.Connection) -> None:
+        c.execute("SELECT pg_advisory_xact_lock(hashtext('pgshift.schema'))")
+        c.execute(SCHEMA_SQL)
         for table, key in tables.items():
             rel = pgsql.Identifier(schema, table)
-            conn.execute(pgsql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+            c.execute(pgsql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
                 pgsql.Identifier(TRIGGER), rel))
-            conn.execute(pgsql.SQL(
+            c.execute(pgsql.SQL(
                 "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW "
                 "EXECUTE FUNCTION pgshift.capture({})").format(
                     pgsql.Identifier(TRIGGER), rel,
                     pgsql.SQL(", ").join(pgsql.Literal(k) for k in key)))
+
+    conn.commit()
+    locking.briefly(conn, create, lock_timeout=5.0)
 
 
 def installed(conn: psycopg.Connection, schema: str) -> list[str]:
@@ -115,23 +124,28 @@ def installed(conn: psycopg.Connection, schema: str) -> list[str]:
 
 def uninstall(conn: psycopg.Connection, schema: str) -> bool:
     """Drop this schema's triggers and its queued changes; the queue and function go
-    when no schema uses them any more. True when something was removed."""
-    with conn.transaction():
-        tables = installed(conn, schema)
-        for table in tables:
-            conn.execute(pgsql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
-                pgsql.Identifier(TRIGGER), pgsql.Identifier(schema, table)))
-        exists = conn.execute("SELECT to_regclass('pgshift.pg_changes') IS NOT NULL"
-                              ).fetchone()
-        if exists and exists[0]:
-            conn.execute("DELETE FROM pgshift.pg_changes WHERE target_schema = %s", (schema,))
-            others = conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname = %s",
-                                  (TRIGGER,)).fetchone()
-            if others and not others[0]:
-                conn.execute("DROP TABLE pgshift.pg_changes")
-                conn.execute("DROP FUNCTION IF EXISTS pgshift.capture()")
-            return True
-        return bool(tables)
+    when no schema uses them any more. True when something was removed.
+
+    The application may be writing: each trigger is dropped alone, briefly, retried
+    (:mod:`pgshift.sync.locking`), never all in one transaction (a deadlock)."""
+    tables = installed(conn, schema)
+    conn.commit()
+    locking.each_briefly(conn, (pgsql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+        pgsql.Identifier(TRIGGER), pgsql.Identifier(schema, table)) for table in tables))
+
+    def queue(c: psycopg.Connection) -> bool:
+        exists = c.execute("SELECT to_regclass('pgshift.pg_changes') IS NOT NULL").fetchone()
+        if not (exists and exists[0]):
+            return False
+        c.execute("DELETE FROM pgshift.pg_changes WHERE target_schema = %s", (schema,))
+        others = c.execute("SELECT count(*) FROM pg_trigger WHERE tgname = %s",
+                           (TRIGGER,)).fetchone()
+        if others and not others[0]:
+            c.execute("DROP TABLE pgshift.pg_changes")
+            c.execute("DROP FUNCTION IF EXISTS pgshift.capture()")
+        return True
+
+    return locking.briefly(conn, queue) or bool(tables)
 
 
 def fence(conn: psycopg.Connection, schema: str, *, lock_timeout: float = 10.0) -> int:
