@@ -56,7 +56,9 @@ def each_briefly(conn: psycopg.Connection, statements: Iterable[pgsql.Composable
     """Each statement through :func:`briefly`, alone; how many ran."""
     n = 0
     for stmt in statements:
-        briefly(conn, lambda c, s=stmt: c.execute(s), lock_timeout=lock_timeout,
-                deadline=deadline)
+        def run(c: psycopg.Connection, s: pgsql.Composable = stmt) -> None:
+            c.execute(s)
+
+        briefly(conn, run, lock_timeout=lock_timeout, deadline=deadline)
         n += 1
     return n
