@@ -51,12 +51,12 @@ def briefly(conn: psycopg.Connection, work: Callable[[psycopg.Connection], T], *
         pause = min(pause * 2, 2.0)
 
 
-def each_briefly(conn: psycopg.Connection, statements: Iterable[pgsql.Composable], *,
+def each_briefly(conn: psycopg.Connection, statements: Iterable[pgsql.Composed], *,
                  lock_timeout: float = 1.0, deadline: float = 120.0) -> int:
     """Each statement through :func:`briefly`, alone; how many ran."""
     n = 0
     for stmt in statements:
-        def run(c: psycopg.Connection, s: pgsql.Composable = stmt) -> None:
+        def run(c: psycopg.Connection, s: pgsql.Composed = stmt) -> None:
             c.execute(s)
 
         briefly(conn, run, lock_timeout=lock_timeout, deadline=deadline)
