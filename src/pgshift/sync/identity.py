@@ -33,6 +33,8 @@ from typing import Any
 import psycopg
 from psycopg import sql as pgsql
 
+from pgshift.sync import locking
+
 
 @dataclass(frozen=True)
 class IdentityColumn:
@@ -85,19 +87,25 @@ def to_negative(conn: psycopg.Connection, schema: str,
     would hand out ids green already used).
     """
     out = []
-    with conn.transaction():
-        for col in find(conn, schema, tables):
-            if col.negative:
-                out.append(_report(col, None, "already negative"))
-                continue
-            low = conn.execute(pgsql.SQL("SELECT least(min({}), 0) FROM {}").format(
+    columns = find(conn, schema, tables)
+    conn.commit()
+    for col in columns:
+        if col.negative:
+            out.append(_report(col, None, "already negative"))
+            continue
+
+        def down(c: psycopg.Connection, col: IdentityColumn = col) -> int:
+            low = c.execute(pgsql.SQL("SELECT least(min({}), 0) FROM {}").format(
                 pgsql.Identifier(col.column), pgsql.Identifier(schema, col.table))
             ).fetchone()
             start = int(low[0] if low and low[0] is not None else 0) - 1
-            conn.execute(pgsql.SQL(
+            c.execute(pgsql.SQL(
                 "ALTER SEQUENCE {} INCREMENT BY -1 NO MINVALUE MAXVALUE -1 START WITH {} "
                 "RESTART").format(pgsql.SQL(col.sequence), pgsql.Literal(start)))
-            out.append(_report(col, start, "counts down"))
+            return start
+
+        # a sequence at a time (pgshift.sync.locking): the application may be writing
+        out.append(_report(col, locking.briefly(conn, down), "counts down"))
     return out
 
 
@@ -121,26 +129,34 @@ def to_positive(conn: psycopg.Connection, schema: str,
     max(id) + 1 just before, so only green's inserts between migrate and
     ``sync install --green-ids negative`` are concerned.)
     Each table is locked against writes (``SHARE ROW EXCLUSIVE``) between reading
-    max(id) and the restart, all in one transaction.
+    max(id) and the restart, a table at a time, each in a transaction of its own
+    (:func:`pgshift.sync.locking.briefly`): at uninstall the application writes, and
+    all tables locked in one transaction deadlocked with it.
     """
     out = []
-    with conn.transaction():
-        for col in find(conn, schema):
+    columns = find(conn, schema)
+    conn.commit()
+    for col in columns:
+        def up(c: psycopg.Connection, col: IdentityColumn = col) -> int | None:
             rel = pgsql.Identifier(schema, col.table)
-            conn.execute(pgsql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(rel))
-            high = conn.execute(pgsql.SQL("SELECT max({}) FROM {}").format(
+            c.execute(pgsql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(rel))
+            high = c.execute(pgsql.SQL("SELECT max({}) FROM {}").format(
                 pgsql.Identifier(col.column), rel)).fetchone()
             start = max(0, int(high[0]) if high and high[0] is not None else 0,
                         (floors or {}).get(col.table, 0)) + 1
             if not col.negative:
-                upcoming = next_value(conn, col)
+                upcoming = next_value(c, col)
                 if upcoming >= start:
-                    continue  # already past every key: never backwards
+                    return None  # already past every key: never backwards
                 start = max(start, upcoming)
-            conn.execute(pgsql.SQL(
+            c.execute(pgsql.SQL(
                 "ALTER SEQUENCE {} INCREMENT BY 1 MINVALUE 1 NO MAXVALUE START WITH {} "
                 "RESTART").format(pgsql.SQL(col.sequence), pgsql.Literal(start)))
-            out.append(_report(col, start, "counts up"))
+            return start
+
+        moved = locking.briefly(conn, up)
+        if moved is not None:
+            out.append(_report(col, moved, "counts up"))
     return out
 
 
