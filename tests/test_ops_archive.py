@@ -16,7 +16,7 @@ import zstandard
 from pgshift.cli.main import main
 from pgshift.demo.seed import seed
 from pgshift.errors import UsageError
-from pgshift.ops.archive import archive, verify_archive
+from pgshift.ops.archive import ArchiveDamaged, archive, restore_archive, verify_archive
 
 ENV = ("DATABASE_URL=postgresql://app:hunter2@db:5432/app\n"
        "export SECRET_KEY='s3cr3t-value'\n"
@@ -193,3 +193,65 @@ def test_an_unwritable_destination_is_bad_input(seeded: Path, tmp_path: Path,
     assert err.startswith(f"Error: cannot write the archive to {blocker / 'sub'}")
     assert main(["archive", str(seeded), str(blocker)]) == 2
     assert "is a file, not a directory" in capsys.readouterr().err
+
+
+def _rows(path: Path) -> list[tuple[object, ...]]:
+    with sqlite3.connect(path) as con:
+        return con.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+
+
+def test_restore_writes_back_exactly_what_was_archived(seeded: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    made = archive(seeded, str(tmp_path / "out"), config_files=_configs(tmp_path))
+    dest = tmp_path / "restored"
+    got = restore_archive(made.location, dest)
+    assert got.database == str(dest / "app.db") and got.row_counts == made.row_counts
+    assert _rows(dest / "app.db") == _rows(seeded)
+    assert got.configs == [str(dest / "config/00-.env"), str(dest / "config/01-compose.yaml")]
+    env = (dest / "config/00-.env").read_text()
+    assert "DEBUG=0" in env and "hunter2" not in env and not got.secrets_included
+    assert sorted(p.name for p in dest.iterdir()) == ["app.db", "config"]  # no staging left
+
+    # never over an existing file without --force; with it, replaced
+    (dest / "app.db").write_bytes(b"something else")
+    with pytest.raises(UsageError, match="exists; a restore never overwrites"):
+        restore_archive(made.location, dest)
+    assert (dest / "app.db").read_bytes() == b"something else"
+    assert main(["archive", "restore", made.location, "--to", str(dest)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(["archive", "restore", made.location, "--to", str(dest), "--force",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["integrity_check"] == "ok"
+    assert _rows(dest / "app.db") == _rows(seeded)
+    assert main(["archive", "restore", made.location, "--to", str(tmp_path / "again")]) == 0
+    out = capsys.readouterr().out
+    assert f"database: {tmp_path / 'again' / 'app.db'}" in out and "secrets redacted" in out
+
+
+def test_restore_from_a_damaged_archive_writes_nothing(seeded: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    path = Path(archive(seeded, str(tmp_path / "out"), config_files=_configs(tmp_path)
+                        ).location)
+    _flip_byte(path, "config/01-compose.yaml.zst")
+    dest = tmp_path / "restored"
+    with pytest.raises(ArchiveDamaged, match=r"config/01-compose\.yaml\.zst"):
+        restore_archive(str(path), dest)
+    assert list(dest.iterdir()) == []  # not even the intact database
+    assert main(["archive", "restore", str(path), "--to", str(dest)]) == 1
+    assert "nothing was restored" in capsys.readouterr().err
+
+
+def test_restore_refuses_member_names_pgshift_does_not_write(tmp_path: Path) -> None:
+    manifest = {"format": "pgshift-archive/1", "source": "/x/app.db", "row_counts": {},
+                "members": [{"name": "config/../../evil.zst", "kind": "config"}]}
+    bad = tmp_path / "bad.pgshift.tar"
+    body = json.dumps(manifest).encode()
+    with tarfile.open(bad, "w") as tar:
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(body)
+        tar.addfile(info, io.BytesIO(body))
+    with pytest.raises(UsageError, match="a name pgshift does not write"):
+        restore_archive(str(bad), tmp_path / "dest")
+    assert not (tmp_path / "evil").exists()

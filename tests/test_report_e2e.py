@@ -11,14 +11,18 @@ key) and pgshift's own critical-path checks, which the report counts from the au
 
 from __future__ import annotations
 
+import json
 import re
 import socket
+import tarfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
+import zstandard
 
+from pgshift.demo.ledger import check_ledger, read_ledger
 from pgshift.demo.load import LoadOptions, LoadSummary, rate_limit_keys, run_load
 from pgshift.dsn import Dsn
 from pgshift.report import load_facts
@@ -82,9 +86,20 @@ class Operator:
             t.join(timeout=60)
 
 
+def _archived_database(archive: Path, dest: Path) -> Path:
+    """The database member of a pgshift archive, decompressed to ``dest``."""
+    with tarfile.open(archive) as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        member = next(m["name"] for m in manifest["members"] if m["kind"] == "database")
+        data = tar.extractfile(member).read()  # type: ignore[union-attr]
+    dest.write_bytes(zstandard.ZstdDecompressor().decompressobj().decompress(data))
+    return dest
+
+
 def test_report_of_a_real_rollout(tmp_path: Path, pg_dsn: Dsn,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    over = {"shift": {"drill": True}, "finalize": {"approvals": ["qa"]}}
+    over = {"shift": {"drill": True},
+            "finalize": {"approvals": ["qa"], "archive": {"dest": str(tmp_path / "archives")}}}
     with rig(tmp_path, pg_dsn, monkeypatch, over) as r:
         with Operator(r) as op:
             ctx = r.context()
@@ -152,6 +167,16 @@ def test_report_of_a_real_rollout(tmp_path: Path, pg_dsn: Dsn,
     # after finalize, the documents say blue is retired (and what remains to do)
     assert "[x] Nothing reaches blue any more: blue served 0 request(s)" in checklist.stdout
     assert "[x] Change capture removed" in checklist.stdout
+    assert "[x] Final sync:" in checklist.stdout and "final drain into SQLite: to fence" \
+        in checklist.stdout
+    # blue's archive is exact: every write the load was answered for, green's included,
+    # is in the archived SQLite database with its last acknowledged value
+    final = facts.final_sync or {}
+    assert final["final_drain"]["drained"], final
+    archived = _archived_database(Path(facts.step("finalize").figures["archive"]["location"]),
+                                  tmp_path / "archived.sqlite")
+    check = check_ledger(read_ledger(r.ledger), sqlite_path=archived)
+    assert check.acknowledged > 100 and check.violations == [], check.violations[:5]
     body = html_file.read_text()
     assert body.count("<svg") == 5
     # self-contained: nothing is fetched (the apps' URLs appear as text only)

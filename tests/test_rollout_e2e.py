@@ -95,6 +95,8 @@ def test_clean_rollout_to_100(tmp_path: Path, pg_dsn: Dsn, monkeypatch: pytest.M
         assert steps_done["provision"]["provision"]["app_user"] == f"t_app_{suffix}"
         fin = steps_done["finalize"]
         assert fin["archive"]["verified"] and Path(fin["archive"]["location"]).exists()
+        # green's changes drained into SQLite up to a marker before blue was archived
+        assert fin["sync"]["final_drain"]["drained"], fin["sync"]
         assert "proposals" in fin["optimize"]
         report = Path(fin["report"]["written"]["md"]).read_text()
         # finalize wrote the deployment report from this run's journal

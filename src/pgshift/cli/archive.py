@@ -1,4 +1,4 @@
-"""``pgshift archive`` and ``pgshift archive verify``."""
+"""``pgshift archive``, ``pgshift archive verify`` and ``pgshift archive restore``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typer.core import TyperGroup
 
 from pgshift.cli.output import out_console, print_json
 from pgshift.errors import ExitCode, PgshiftError
-from pgshift.ops.archive import DEFAULT_LEVEL, archive, verify_archive
+from pgshift.ops.archive import DEFAULT_LEVEL, archive, restore_archive, verify_archive
 
 
 class _CreateByDefault(TyperGroup):
@@ -25,8 +25,9 @@ class _CreateByDefault(TyperGroup):
 
 archive_app = typer.Typer(
     cls=_CreateByDefault,
-    help="Archive blue's SQLite database and config files (checksummed, zstd), and verify "
-         "an archive. `pgshift archive SQLITE DEST` is short for `pgshift archive create`.",
+    help="Archive blue's SQLite database and config files (checksummed, zstd), verify "
+         "an archive, restore one. `pgshift archive SQLITE DEST` is short for "
+         "`pgshift archive create`.",
     no_args_is_help=True,
 )
 
@@ -114,4 +115,44 @@ def verify_command(
     if not result.ok:
         bad = [m.name for m in result.members if not m.ok] or result.problems[:1]
         raise _VerifyFailed(f"archive verification failed: {', '.join(bad)}",
-                            hint="restore from another archive (ls the archive directory)")
+                            hint="restore from another archive of this database (ls the archive "
+                                 "directory; pgshift archive restore ARCHIVE --to DIR)")
+
+
+@archive_app.command("restore", no_args_is_help=True)
+def restore_command(
+    location: Annotated[str, typer.Argument(help="The archive file (path or URL).",
+                                            show_default=False)],
+    to: Annotated[Path, typer.Option("--to", help="Directory to restore into (created if "
+                                     "missing): the database under its original file "
+                                     "name, config files under config/.",
+                                     show_default=False)],
+    force: Annotated[bool, typer.Option("--force", help="Replace files already there.")
+                     ] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="JSON result on stdout.")] = False,
+) -> None:
+    """Write an archive's database and config files back, checked first.
+
+    Every member's checksums, the database's integrity_check and its row counts are
+    checked against the manifest before anything is put in place; an existing file is
+    never replaced without --force. Config files come back as archived (secrets
+    redacted unless it was made with --include-secrets).
+
+    Exit codes: 0 restored, 1 the archive is damaged (nothing restored), 2 bad input.
+
+      pgshift archive restore /backups/app/app-20261204T181500123Z.pgshift.tar \\
+          --to /srv/app/restored
+    """
+    result = restore_archive(location, to, force=force)
+    if json_output:
+        print_json(result.to_dict())
+        return
+    con = out_console(markup=False)
+    rows = sum(result.row_counts.values())
+    con.print(f"  database: {result.database} ({rows:,} rows in {len(result.row_counts)} "
+              f"tables, integrity_check {result.integrity_check}"
+              + (f", as of {result.snapshot_taken_at}" if result.snapshot_taken_at else "")
+              + ")")
+    for c in result.configs:
+        con.print(f"  config: {c}" + ("" if result.secrets_included else " (secrets redacted)"))
+    con.print(f"{location}: restored into {to}")

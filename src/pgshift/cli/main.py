@@ -134,8 +134,8 @@ SUMMARIES: dict[str, str] = {
             "that no acknowledged write was lost.",
     "demo": "Rehearse on this machine: seed a hyperpage-shaped database, migrate it to an "
             "embedded PostgreSQL and check the result.",
-    "archive": "Archive blue's SQLite database and config files (checksummed, zstd), and verify "
-               "an archive.",
+    "archive": "Archive blue's SQLite database and config files (checksummed, zstd), verify "
+               "an archive, restore one.",
 }
 """What ``pgshift --help`` lists for each command (its help's first sentence)."""
 

@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import re
+import shutil
 import sqlite3
 import tarfile
 import tempfile
@@ -26,7 +27,7 @@ from typing import IO, Any
 
 import zstandard
 
-from pgshift.errors import SourceError, UsageError
+from pgshift.errors import ExitCode, PgshiftError, SourceError, UsageError
 from pgshift.ops.secrets import redact_config
 from pgshift.ops.storage import Store, fetch
 from pgshift.source.snapshot import open_source, take_snapshot
@@ -302,7 +303,9 @@ def verify_archive(location: str) -> VerifyArchiveResult:
             result.problems += [f"member {n} is in the archive but not in the manifest"
                                 for n in sorted(present - listed)]
             for entry in manifest["members"]:
-                check = _check_member(tar, entry, tmp)
+                # the database is restored to a file (it may be large); configs only hashed
+                check = _check_member(tar, entry, tmp / "restored.sqlite"
+                                      if entry["kind"] == "database" else None)
                 result.members.append(check)
                 if entry["kind"] == "database" and check.ok:
                     restored = tmp / "restored.sqlite"
@@ -315,6 +318,98 @@ def verify_archive(location: str) -> VerifyArchiveResult:
                         result.problems.append("the restored database's row counts differ "
                                                "from the manifest's")
     return result
+
+
+@dataclass
+class RestoreResult:
+    """An archive's files written back: each checked against the manifest first."""
+
+    location: str
+    database: str
+    configs: list[str]
+    row_counts: dict[str, int]
+    integrity_check: str
+    secrets_included: bool
+    snapshot_taken_at: str | None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def restore_archive(location: str, dest: Path, *, force: bool = False) -> RestoreResult:
+    """Write an archive's database (under its original file name) and config files
+    (``config/NN-name``) into the directory ``dest``.
+
+    Nothing is written unless every member's checksums, the database's
+    ``PRAGMA integrity_check`` and its row counts agree with the manifest: members are
+    first restored beside ``dest``, then renamed into place. An existing file is
+    replaced only with ``force``. Config files come back as archived: redacted unless
+    the archive was made with ``--include-secrets``.
+
+    Raises UsageError (not an archive, a file in the way, ``dest`` unwritable) and
+    ArchiveDamaged (a check failed; the damaged member is named).
+    """
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".pgshift-restore-", dir=dest))
+    except OSError as exc:
+        raise UsageError(f"cannot write to {dest}: {exc.strerror or exc}",
+                         hint="choose a writable directory with --to") from exc
+    try:
+        with _open_tar(fetch(location, staging), location) as tar:
+            manifest = _read_manifest(tar, location)
+            planned: list[tuple[dict[str, Any], Path]] = []
+            for entry in manifest["members"]:
+                name = str(entry["name"])
+                # names come from the archive: only the shapes pgshift writes, nothing
+                # that could climb out of dest
+                rel = Path(str(manifest["source"])).name if entry["kind"] == "database" \
+                    else name.removesuffix(".zst")
+                if not (re.fullmatch(r"config/\d{2}-[^/\\]+", rel) or entry["kind"] ==
+                        "database") or rel in ("", ".", "..") or rel.endswith("/.."):
+                    raise UsageError(f"{location}: member {name!r} has a name pgshift does "
+                                     "not write", hint="is this a pgshift archive?")
+                planned.append((entry, dest / rel))
+            in_the_way = [str(t) for _, t in planned if t.exists()]
+            if in_the_way and not force:
+                raise UsageError(f"{in_the_way[0]} exists; a restore never overwrites "
+                                 "silently", hint="pass --force to replace it, or restore "
+                                                   "--to another directory")
+            for i, (entry, _) in enumerate(planned):
+                check = _check_member(tar, entry, staging / f"{i}.restored")
+                if not check.ok:
+                    raise ArchiveDamaged(f"{location}: member {check.name} {check.problem}; "
+                                         "nothing was restored",
+                                         hint="restore from another archive of this "
+                                              "database")
+        db = next(staging / f"{i}.restored" for i, (e, _) in enumerate(planned)
+                  if e["kind"] == "database")
+        integrity, counts = integrity_and_counts(db)
+        if integrity != "ok" or counts != manifest["row_counts"]:
+            raise ArchiveDamaged(f"{location}: the restored database "
+                                 + (f"fails integrity_check: {integrity}" if integrity != "ok"
+                                    else "has other row counts than the manifest")
+                                 + "; nothing was restored",
+                                 hint="restore from another archive of this database")
+        for i, (_, target) in enumerate(planned):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (staging / f"{i}.restored").replace(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return RestoreResult(
+        location=location,
+        database=str(next(t for e, t in planned if e["kind"] == "database")),
+        configs=[str(t) for e, t in planned if e["kind"] != "database"],
+        row_counts=counts, integrity_check=integrity,
+        secrets_included=bool(manifest.get("secrets_included")),
+        snapshot_taken_at=(manifest.get("snapshot") or {}).get("taken_at"))
+
+
+class ArchiveDamaged(PgshiftError):
+    """A member's checksum, the restored database's integrity or row counts disagree
+    with the manifest (exit 1, like ``archive verify``)."""
+
+    exit_code = ExitCode.DIFFERENCES
 
 
 def _open_tar(path: Path, location: str) -> tarfile.TarFile:
@@ -338,7 +433,10 @@ def _read_manifest(tar: tarfile.TarFile, location: str) -> dict[str, Any]:
     return manifest
 
 
-def _check_member(tar: tarfile.TarFile, entry: dict[str, Any], tmp: Path) -> MemberCheck:
+def _check_member(tar: tarfile.TarFile, entry: dict[str, Any],
+                  out_path: Path | None) -> MemberCheck:
+    """Read ``entry`` from ``tar`` checking both checksums; the content is written to
+    ``out_path`` when given (still to be trusted only when the check is ok)."""
     name = str(entry["name"])
     try:
         fh = tar.extractfile(name)
@@ -347,8 +445,6 @@ def _check_member(tar: tarfile.TarFile, entry: dict[str, Any], tmp: Path) -> Mem
     if fh is None:
         return MemberCheck(name, False, "missing from the archive")
     stored, content = hashlib.sha256(), hashlib.sha256()
-    # The database is restored to a file (it may be large); config files are only hashed.
-    out_path = tmp / "restored.sqlite" if entry["kind"] == "database" else None
     undecodable: str | None = None
     with (out_path.open("wb") if out_path else io.BytesIO()) as out:
         dobj = zstandard.ZstdDecompressor().decompressobj()

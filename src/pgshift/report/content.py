@@ -309,6 +309,29 @@ def _drain_words(d: dict[str, Any] | None) -> str:
             f"{num(d.get('conflicts'))}, parked {num(d.get('parked'))})")
 
 
+def final_sync_words(fs: dict[str, Any] | None) -> str:
+    """Finalize's last word on sync: its figures, then the final drain into SQLite."""
+    if fs is None:
+        return NR
+    text = ", ".join(f"{k} {v}" for k, v in fs.items() if k != "final_drain")
+    d = fs.get("final_drain")
+    if d:
+        text += "; final drain into SQLite: " + (
+            f"to fence marker {d.get('fence_seq')} in {num(d.get('seconds'), 's')} (applied "
+            f"{num(d.get('applied'))})" if d.get("drained") else
+            f"incomplete ({d.get('error') or str(d.get('stranded')) + ' change(s) stranded'})")
+    return text
+
+
+def final_sync_ok(fs: dict[str, Any] | None) -> bool:
+    """Nothing parked, and blue's archive holds green's changes: drained up to a marker
+    (a run before the final drain existed: nothing pending at the last status)."""
+    if not fs or fs.get("parked"):
+        return False
+    d = fs.get("final_drain")
+    return bool(d.get("drained")) if d else not fs.get("to_sqlite_pending")
+
+
 def post_deployment(f: ReportFacts) -> Section:
     rounds = f.monitor_rounds
     mon = f.step("monitor")
@@ -320,8 +343,7 @@ def post_deployment(f: ReportFacts) -> Section:
         ("User feedback", f"{len(f.notes)} operator note(s) (below)" if f.notes else
          "none recorded (`pgshift note CUTOVER \"...\"` adds it)"),
         ("Database optimization", _optimize(f)),
-        ("Final sync", NR if f.final_sync is None else
-         ", ".join(f"{k} {v}" for k, v in f.final_sync.items())),
+        ("Final sync", final_sync_words(f.final_sync)),
     ])
     if rounds:
         sec.tables.append(Table(["time", "green requests", "green errors", "green p99",

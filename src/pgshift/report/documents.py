@@ -14,7 +14,7 @@ import shlex
 import textwrap
 from typing import Any
 
-from pgshift.report.content import NR, Section, dur, num, when
+from pgshift.report.content import NR, Section, dur, final_sync_ok, final_sync_words, num, when
 from pgshift.report.facts import ReportFacts, parse_ts
 
 DONE, TODO = "[x]", "[ ]"
@@ -79,7 +79,9 @@ def _archive_commands(f: ReportFacts, fin: dict[str, Any]) -> str:
     loc = (fin.get("archive") or {}).get("location")
     if loc:
         return (f"pgshift archive verify {_q(loc)}   # blue's database and config, "
-                "re-checked and restored to a temporary file")
+                "re-checked and restored to a temporary file\n"
+                f"pgshift archive restore {_q(loc)} --to blue-restored   # written back, "
+                "checked first")
     return "# no archive was made at finalize: blue's SQLite file " + f.setup.sqlite
 
 
@@ -111,10 +113,9 @@ def decommission_checklist(f: ReportFacts) -> Section:
         if r in f.approvals) or "none required") + (
         f"; missing {', '.join(missing)} (`pgshift approve {c} --as {missing[0]}`)"
         if missing else ""))
-    fs = f.final_sync or {}
-    item(bool(fs) and not fs.get("to_sqlite_pending") and not fs.get("parked"),
-         "Final sync: " + (", ".join(f"{k} {v}" for k, v in fs.items()) if fs else
-                           f"{NR} (finalize did not run)"))
+    fs = f.final_sync
+    item(final_sync_ok(fs), "Final sync: " + (final_sync_words(fs) if fs else
+                                              f"{NR} (finalize did not run)"))
     for key, label, cmd in (("stop_blue_workers", "Blue's workers stopped",
                              f.setup.stop_blue_workers),
                             ("stop_blue", "Blue stopped", f.setup.stop_blue)):

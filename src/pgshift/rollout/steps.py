@@ -365,8 +365,14 @@ class Finalize(_Base):
         f, hooks_ = ctx.cfg.finalize, ctx.cfg.hooks
         out: dict[str, Any] = {}
         Recorder(ctx).record()  # the traffic series' last row, before blue is stopped
-        # the last word on sync before its state goes with the capture
-        out["sync"] = syncing.brief(ctx)
+        # the last word on sync before its state goes with the capture; first the final
+        # drain, so that blue's archive below holds every change green committed up to it
+        drain = syncing.final_drain(ctx)
+        if not drain.get("drained"):
+            ctx.state.audit(self.name, "final-drain-incomplete", "blue's archive may miss "
+                            "green's latest changes: " + (drain.get("error") or
+                            f"{drain.get('stranded')} change(s) not in SQLite"), drain)
+        out["sync"] = {**syncing.brief(ctx), "final_drain": drain}
         ctx.journal.set(final_sync=out["sync"])
         syncing.stop_appliers(ctx)
         for key, cmd in (("stop_blue_workers", ctx.cfg.apps.blue.stop_workers),

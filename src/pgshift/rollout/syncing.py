@@ -55,6 +55,21 @@ def stop_appliers(ctx: Context) -> None:
         ctx.procs.stop(name)
 
 
+def final_drain(ctx: Context) -> dict[str, Any]:
+    """Before blue is archived: every change green committed up to a fence marker into
+    SQLite (green keeps serving; nothing is held), so the archive is PostgreSQL as of
+    that marker, not a few changes behind it. Never raises: what kept it from draining
+    is recorded (``error``; ``drained`` false with the stranded range)."""
+    from pgshift.errors import PgshiftError
+
+    try:
+        d = verbs.drain(options(ctx), ctx.cfg.flip.drain_timeout, direction=TO_SQLITE)
+    except PgshiftError as exc:
+        return {"drained": False, "error": exc.message}
+    return {"drained": d.drained, "fence_seq": d.fence_seq, "seconds": round(d.seconds, 3),
+            "applied": d.applied, "stranded": d.stranded.count}
+
+
 def running_direction(ctx: Context) -> str | None:
     for direction, name in SERVICE.items():
         if ctx.procs.find(name) is not None:
