@@ -140,7 +140,8 @@ def test_page_renders_complete_without_javascript(dash: Dashboard) -> None:
         assert tag in html, tag
     for verb in ("promote", "pause", "abort", "rollback"):
         assert f'<label for="c-{verb}">' in html and f'value="{verb}">' in html
-    assert html.count("<button") == 5 and "<svg" in no_js
+    # five verbs and "add a note" (no approval roles in this cutover: no approve form)
+    assert html.count("<button") == 6 and "<svg" in no_js
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)  # no external asset
     assert SECRET not in html and TOKEN not in html
     assert "***" in html  # the redacted DSN in the decision's reason
@@ -184,6 +185,49 @@ def test_post_verbs_need_token_origin_and_confirmation(dash: Dashboard, cutover:
             break
         state = dash.sampler.wait_newer(state["seq"], 1.0).to_dict()
     assert sum(a["kind"] == "command" for a in state["audit"]) == 2
+
+
+def test_approve_and_note_from_the_page(cutover: Path) -> None:
+    data = yaml.safe_load(cutover.read_text())
+    data.setdefault("finalize", {})["approvals"] = ["ops-lead", "qa"]
+    cutover.write_text(yaml.safe_dump(data))
+    write_journal(cutover)  # ops-lead approved by bob
+    d = Dashboard(cutover, port=0, interval=0.2).start()
+    try:
+        html = httpx.get(d.url, headers=bearer()).text
+        # a role picker with the roles finalize waits for, and a note box
+        assert '<option value="qa">qa</option>' in html and 'data-verb="note"' in html
+        url, origin = d.url + "api/verb", d.url.rstrip("/")
+        approve = {"verb": "approve", "role": "qa", "reason": "smoke tests green",
+                   "confirm": "approve"}
+        assert httpx.post(url, json={**approve, "confirm": "yes"},
+                          headers=bearer()).status_code == 400
+        assert httpx.post(url, json={**approve, "role": ""}, headers=bearer()).status_code == 400
+        unknown = httpx.post(url, json={**approve, "role": "cfo"}, headers=bearer())
+        assert unknown.status_code == 409 and "no approval role 'cfo'" in unknown.json()["error"]
+        ok = httpx.post(url, json=approve, headers=bearer())
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["outcome"].startswith("qa approved by ") and \
+            ok.json()["outcome"].endswith("(dashboard); still missing: none")
+        # a note needs no confirmation; without JavaScript it is the page's form
+        cookies = httpx.get(d.url, params={"token": TOKEN}).cookies
+        form = httpx.post(url, data={"verb": "note", "reason": "users report faster search"},
+                          cookies=cookies, headers={"Origin": origin})
+        assert form.status_code == 200 and "note: noted" in form.text
+        assert httpx.post(url, json={"verb": "note", "reason": " "},
+                          headers=bearer()).status_code == 400
+    finally:
+        d.stop()
+    j = Journal(state_of(cutover))
+    try:
+        assert j.approvals()["qa"]["note"] == "smoke tests green"
+        assert j.approvals()["qa"]["actor"].endswith("(dashboard)")
+    finally:
+        j.close()
+    trail = [json.loads(line) for line in state_of(cutover).audit_log.read_text().splitlines()]
+    notes = [a for a in trail if a["kind"] == "note"]
+    assert notes[-1]["message"] == "users report faster search"
+    assert notes[-1]["actor"].endswith("(dashboard)")
 
 
 def test_event_stream_sends_snapshots(dash: Dashboard) -> None:

@@ -283,23 +283,17 @@ def approve_command(cutover: Cutover,
 
       pgshift approve cutover.yaml --as ops-lead -m "monitoring clean for 48 h"
     """
-    from pgshift.rollout.verbs import open_context
+    from pgshift.rollout.verbs import approve, open_context
 
     ctx = open_context(cutover)
     try:
-        known = ctx.cfg.finalize.approvals
-        if role not in known:
-            raise UsageError(f"no approval role {role!r} in {cutover}",
-                             hint=f"roles: {', '.join(known) or '(none configured)'}")
-        ctx.journal.approve(role, actor=actor, note=note)
-        have = ctx.journal.approvals()
+        done = approve(ctx, role, actor=actor, note=note)
     finally:
         ctx.close()
-    missing = [r for r in known if r not in have]
     if json_output:
-        print_json({"approved": role, "missing": missing})
+        print_json(done.to_dict())
     else:
-        out_console().print(f"{role} approved; still missing: {', '.join(missing) or 'none'}")
+        out_console().print(f"{role} approved; still missing: {', '.join(done.missing) or 'none'}")
 
 
 def note_command(cutover: Cutover,
@@ -309,11 +303,11 @@ def note_command(cutover: Cutover,
 
       pgshift note cutover.yaml "support saw no tickets during the 50 % step"
     """
-    from pgshift.rollout.verbs import open_context
+    from pgshift.rollout.verbs import note, open_context
 
     ctx = open_context(cutover)
     try:
-        ctx.state.audit(ctx.journal.get("phase") or "operator", "note", text, actor=actor)
+        note(ctx, text, actor=actor)
     finally:
         ctx.close()
     print("noted", file=sys.stderr)

@@ -44,8 +44,8 @@ details.verb{border:1px solid var(--line);border-radius:6px;padding:.4rem .6rem;
 summary{cursor:pointer;font-weight:600;min-height:2rem;line-height:2rem}
 details.rollback summary,details.abort summary{color:var(--warn)}
 label{display:block;margin:.4rem 0 .15rem}
-input{width:100%;font:inherit;padding:.45rem;border:1px solid var(--line);border-radius:4px;
-background:var(--bg);color:var(--fg)}
+input,select,textarea{width:100%;font:inherit;padding:.45rem;border:1px solid var(--line);
+border-radius:4px;background:var(--bg);color:var(--fg)}
 button{font:inherit;font-weight:600;margin-top:.6rem;min-height:44px;padding:.4rem 1.2rem;
 border-radius:6px;border:1px solid var(--line);background:var(--card);color:var(--fg);
 cursor:pointer}
@@ -160,7 +160,8 @@ SCRIPT = """
       fetch("/api/verb", {method: "POST", credentials: "same-origin",
         headers: {"Content-Type": "application/json", "Accept": "application/json"},
         body: JSON.stringify({verb: verb, reason: f.elements.reason.value,
-                              confirm: f.elements.confirm.value})})
+                              confirm: f.elements.confirm ? f.elements.confirm.value : "",
+                              role: f.elements.role ? f.elements.role.value : ""})})
         .then(function (r) { return r.json().then(function (j) { return [r.status, j]; }); })
         .then(function (a) {
           out.textContent = verb + ": " + (a[1].outcome || a[1].error || "HTTP " + a[0]);

@@ -183,6 +183,37 @@ def _audit(rows: list[dict[str, Any]]) -> str:
         for r in rows) + "</ol>"
 
 
+def _people_controls(roles: list[str]) -> str:
+    """Approve as a role finalize waits for (confirmed like a verb), and add a note."""
+    out = []
+    if roles:
+        options = "".join(f'<option value="{escape(r)}">{escape(r)}</option>' for r in roles)
+        out.append(
+            '<details class="verb approve"><summary>Approve…</summary>'
+            '<form method="post" action="/api/verb" data-verb="approve">'
+            "<p>Record an approval finalize waits for (who and when go to the report).</p>"
+            '<input type="hidden" name="verb" value="approve">'
+            f'<label for="role-approve">As</label><select id="role-approve" name="role" '
+            f"required>{options}</select>"
+            '<label for="r-approve">Note (goes to the audit trail)</label>'
+            '<input id="r-approve" name="reason" required maxlength="500" autocomplete="off">'
+            '<label for="c-approve">Type <kbd>approve</kbd> to confirm</label>'
+            '<input id="c-approve" name="confirm" required autocomplete="off" '
+            'pattern="approve" spellcheck="false">'
+            '<button type="submit" name="go" value="approve">Approve</button>'
+            "</form></details>")
+    out.append(
+        '<details class="verb note"><summary>Add a note…</summary>'
+        '<form method="post" action="/api/verb" data-verb="note">'
+        "<p>An operator remark or user feedback: the audit trail and the report quote it."
+        '</p><input type="hidden" name="verb" value="note">'
+        '<label for="r-note">Note</label>'
+        '<textarea id="r-note" name="reason" required maxlength="500" rows="2"></textarea>'
+        '<button type="submit" name="go" value="note">Add note</button>'
+        "</form></details>")
+    return "".join(out)
+
+
 def _controls() -> str:
     forms = []
     for verb, label, what in VERBS:
@@ -233,6 +264,7 @@ def render_page(s: dict[str, Any], nonce: str) -> str:
 <h2 id="h-controls">Controls</h2>
 <p id="verb-result" role="status" aria-live="assertive"></p>
 {_controls()}
+{_people_controls(list(s.get("required_approvals") or []))}
 </section>
 <section class="card wide" aria-labelledby="h-traffic"><h2 id="h-traffic">Blue vs green</h2>
 {_table("sides", t["figures_window"],

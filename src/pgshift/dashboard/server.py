@@ -44,7 +44,14 @@ from pgshift.dashboard.page import render_login, render_page, render_result, tex
 from pgshift.dsn import redact
 from pgshift.errors import PgshiftError, UsageError
 from pgshift.rollout.journal import VERBS
-from pgshift.rollout.verbs import VerbResult, open_context, open_for_rollback, request
+from pgshift.rollout.verbs import (
+    VerbResult,
+    approve,
+    note,
+    open_context,
+    open_for_rollback,
+    request,
+)
 from pgshift.traffic.proxy.config import is_loopback
 
 MAX_BODY = 64 * 1024
@@ -56,11 +63,23 @@ def _session(token: str) -> str:
     return hmac.new(token.encode(), b"pgshift-dashboard-session", hashlib.sha256).hexdigest()
 
 
-def run_verb(cutover: Path, verb: str, reason: str, actor: str) -> VerbResult:
-    """What ``pgshift VERB CUTOVER -m REASON --actor ACTOR`` does, as a library call."""
+# what people add besides the engine's verbs: an approval (as a role) and a note
+PEOPLE = ("approve", "note")
+
+
+def run_verb(cutover: Path, verb: str, reason: str, actor: str, role: str = "") -> VerbResult:
+    """What ``pgshift VERB CUTOVER -m REASON --actor ACTOR`` does, as a library call
+    (``approve --as ROLE -m NOTE`` and ``note TEXT`` too)."""
     opener = open_for_rollback if verb == "rollback" else open_context
     ctx = opener(cutover, say=lambda _: None)
     try:
+        if verb == "approve":
+            done = approve(ctx, role, actor=actor, note=reason)
+            return VerbResult(verb, f"{role} approved by {done.actor}; still missing: "
+                                    f"{', '.join(done.missing) or 'none'}", False)
+        if verb == "note":
+            note(ctx, reason, actor=actor)
+            return VerbResult(verb, "noted in the audit trail", False)
         return request(ctx, verb, reason=reason, actor=actor)
     finally:
         ctx.close()
@@ -96,12 +115,12 @@ class Dashboard:
         """Whether a verb is being carried out."""
         return self._busy > 0
 
-    def verb(self, verb: str, reason: str, actor: str) -> VerbResult:
+    def verb(self, verb: str, reason: str, actor: str, role: str = "") -> VerbResult:
         """Carry out an operator verb (counted, so ``stop(grace)`` can wait for it)."""
         with self._busy_lock:
             self._busy += 1
         try:
-            return run_verb(self.cutover, verb, reason, actor)
+            return run_verb(self.cutover, verb, reason, actor, role)
         finally:
             with self._busy_lock:
                 self._busy -= 1
@@ -354,14 +373,18 @@ class _Handler(BaseHTTPRequestHandler):
         if form is None:
             return self._json(400, {"error": "unreadable request body"})
         verb, reason = form.get("verb", ""), form.get("reason", "").strip()
-        problem = (f"unknown verb {verb!r}" if verb not in VERBS else
-                   "a reason is required" if not reason else
+        role = form.get("role", "").strip()
+        problem = (f"unknown verb {verb!r}" if verb not in (*VERBS, *PEOPLE) else
+                   ("a note is required" if verb == "note" else "a reason is required")
+                   if not reason else
+                   "the role to approve as is required" if verb == "approve" and not role else
+                   None if verb == "note" else
                    f"type {verb!r} to confirm" if form.get("confirm", "").strip() != verb
                    else None)
         if problem:
             return self._verb_answer(400, verb, problem, html)
         try:
-            res = self.dash.verb(verb, reason[:500], _actor())
+            res = self.dash.verb(verb, reason[:500], _actor(), role)
         except PgshiftError as exc:
             return self._verb_answer(409 if isinstance(exc, UsageError) else 502, verb,
                                      redact(exc.message), html)

@@ -209,3 +209,35 @@ def plan(cutover: Path, *, data: bool = False) -> dict[str, Any]:
             "approvals": list(cfg.finalize.approvals),
             "eta_s": round(eta, 1), "warnings": warnings,
             **(data_plan(cfg, cutover) if data else {})}
+
+
+@dataclass
+class Approval:
+    """An approval recorded (:func:`approve`): the role, who, and the roles still missing."""
+
+    role: str
+    actor: str
+    missing: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"approved": self.role, "actor": self.actor, "missing": self.missing}
+
+
+def approve(ctx: Context, role: str, *, actor: str | None = None, note: str = "") -> Approval:
+    """Record ``role``'s approval (who and when) for finalize; a role the cutover file
+    does not name is refused (``UsageError``)."""
+    known = ctx.cfg.finalize.approvals
+    if role not in known:
+        raise UsageError(f"no approval role {role!r} in {ctx.cutover_path}",
+                         hint=f"roles: {', '.join(known) or '(none configured)'}")
+    ctx.journal.approve(role, actor=actor, note=note)
+    have = ctx.journal.approvals()
+    return Approval(role, have[role]["actor"], [r for r in known if r not in have])
+
+
+def note(ctx: Context, text: str, *, actor: str | None = None) -> None:
+    """Add an operator remark or user feedback to the audit trail (the report quotes it)."""
+    text = text.strip()
+    if not text:
+        raise UsageError("an empty note", hint='pgshift note CUTOVER "what you saw"')
+    ctx.state.audit(ctx.journal.get("phase") or "operator", "note", text, actor=actor)
