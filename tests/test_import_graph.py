@@ -29,11 +29,7 @@ MAX_LINES = 650
 KNOWN_CYCLES: list[frozenset[str]] = []
 
 # Modules over MAX_LINES today, and why they are tolerated for now.
-KNOWN_LONG: dict[str, str] = {
-    "pgshift/demo/seed.py": "the data generator: one table's rows per function, long but flat",
-    "pgshift/demo/load.py": "the load generator and its HTTP client",
-    "pgshift/embedded_pg.py": "the embedded server's lifecycle (init, start, roles, stop)",
-}
+KNOWN_LONG: dict[str, str] = {}
 
 
 def modules(root: Path, package: str) -> dict[str, Path]:

@@ -21,7 +21,9 @@ from app_helpers import config_for, running_app
 from pgshift.cli.main import main
 from pgshift.demo.app_faults import parse_faults
 from pgshift.demo.ledger import check_ledger, read_ledger
-from pgshift.demo.load import LoadOptions, Window, _bucket, cookie_pairs, run_load
+from pgshift.demo.load import LoadOptions, Window, run_load
+from pgshift.demo.load_http import cookie_pairs
+from pgshift.demo.load_options import _bucket
 from pgshift.dsn import Dsn, connect
 
 

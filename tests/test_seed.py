@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pgshift.demo import seed as seed_module
+from pgshift.demo import seed_build, seed_rows
 from pgshift.demo.seed import SCHEMA_SQL, TABLES, SeedResult, create_schema, row_counts, seed
 from pgshift.errors import ExitCode, UsageError
 
@@ -161,7 +161,7 @@ def test_child_process_builds_the_same_database(tmp_path: Path) -> None:
     paths = {}
     for parallel in (False, True):
         paths[parallel] = tmp_path / f"parallel-{parallel}.db"
-        seed_module._build(paths[parallel], scale, 11, row_counts(scale), None, parallel=parallel)
+        seed_build._build(paths[parallel], scale, 11, row_counts(scale), None, parallel=parallel)
     assert _digest(paths[True]) == _digest(paths[False])
     with _connect(paths[True]) as con:
         assert con.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
@@ -177,7 +177,7 @@ def test_child_process_builds_the_same_database(tmp_path: Path) -> None:
 def test_uuid_helper_matches_uuid_module() -> None:
     rng = random.Random(5)
     for bits in [0, 2**128 - 1, *(rng.getrandbits(128) for _ in range(500))]:
-        assert seed_module._uuid4(bits) == str(uuid.UUID(int=bits, version=4))
+        assert seed_rows._uuid4(bits) == str(uuid.UUID(int=bits, version=4))
 
 
 # ------------------------------------------------------------------ content
@@ -346,7 +346,7 @@ def test_failure_with_child_process_cleans_up(tmp_path: Path) -> None:
             raise RuntimeError("stop")
 
     with pytest.raises(RuntimeError, match="stop"):
-        seed_module._build(path, 30_000, 1, row_counts(30_000), explode, parallel=True)
+        seed_build._build(path, 30_000, 1, row_counts(30_000), explode, parallel=True)
     assert not Path(f"{path}.staging").exists()
     # _build leaves its own target to seed() to remove; nothing else may remain.
     assert {p.name for p in tmp_path.iterdir()} <= {"hp.db"}
