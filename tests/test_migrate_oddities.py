@@ -207,6 +207,19 @@ def test_auto_increment_null_keys_filled_past_the_maximum(tmp_path: Path, pg_dsn
                             "attrelid = 'auto'::regclass AND attname = 'id'") == [("d", True)]
     # Declared auto-increment without NULLs: an identity too, past the maximum.
     assert pg_rows(pg_conn, "INSERT INTO whole (name) VALUES ('x') RETURNING id") == [(4,)]
+    pg_conn.execute("DELETE FROM auto WHERE id = 14")
+    pg_conn.execute("DELETE FROM whole WHERE id = 4")
+    pg_conn.commit()
+    # verify compares the NULL-key rows without their key against the rows PostgreSQL
+    # numbered past SQLite's largest key (10): the same three
+    _verify(db, pg_dsn)
+    pg_conn.execute("UPDATE auto SET name = 'B' WHERE name = 'b'")
+    pg_conn.commit()
+    result = verify(VerifyOptions(sqlite_path=db, dsn=pg_dsn, tables=["auto"]))
+    (auto,) = result.tables
+    assert auto.mode == "segments + NULL keys" and auto.sqlite_rows == auto.postgres_rows == 4
+    assert sorted((d.kind, d.key["row"], d.columns["*"]) for d in auto.diffs) == [
+        ("count_differs", "V1:B", ("0", "1")), ("count_differs", "V1:b", ("1", "0"))]
 
 
 def test_null_keys_rejected_by_default_and_filled_when_asked(
@@ -221,11 +234,18 @@ def test_null_keys_rejected_by_default_and_filled_when_asked(
     assert hint and "--fill-null-keys" in hint[0]
     assert rejected.rejects_file is not None and len(read_jsonl(rejected.rejects_file)) == 2
     assert rejected.rejects == 2  # two rows, though both have the same (NULL) key
+    # verify names both rejected rows (not one "NULL key" for the two)
+    missing = verify(VerifyOptions(sqlite_path=db, dsn=pg_dsn))
+    (plain,) = missing.tables
+    assert (plain.sqlite_rows, plain.postgres_rows) == (3, 1)
+    assert sorted((d.key["row"], d.columns["*"]) for d in plain.diffs) == [
+        ("V1:a", ("1", "0")), ("V1:b", ("1", "0"))]
     filled = run_migrate(db, pg_dsn, tmp_path / "state", restart=True, drop=True,
                          fill_null_keys=True)
     assert filled.exit_code == ExitCode.OK and filled.rejects == 0
     assert pg_rows(pg_conn, "SELECT id, name FROM plain ORDER BY id") in (
         [(5, "five"), (6, "a"), (7, "b")], [(5, "five"), (6, "b"), (7, "a")])
+    _verify(db, pg_dsn)
 
 
 # --------------------------------------------------------------- 4. mixed-class column

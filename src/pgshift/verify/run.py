@@ -234,6 +234,13 @@ def _compare_table(opts: VerifyOptions, plan: Plan, name: str, src: sqlite3.Conn
         progress.advance(name, s[0])
     else:
         _compare_segments(opts, cmp, table.rows, verdict, progress)
+    if cmp.null_keyed:
+        left, right = cmp.null_key_rows()
+        verdict.mode += " + NULL keys"
+        verdict.sqlite_rows += sum(left.values())
+        verdict.postgres_rows += sum(right.values())
+        if left != right:
+            _add(verdict, cmp.count_diffs(left, right))
     verdict.seconds = time.perf_counter() - t0
     return verdict
 

@@ -80,6 +80,17 @@ class TableComparer:
         # PostgreSQL's side by its own names (schema.names: identifiers past 63 bytes).
         self.pg_parts = [cn.pg_expr(c.decision.conversion, c.pg_name) for c in self.columns]
         self.pg_row = cn.pg_row_text(self.pg_parts)
+        # SQLite lets a non-rowid integer key hold NULL (schema.keys): such rows were
+        # rejected, or numbered past the largest key by --fill-null-keys (in load order).
+        # They are compared apart, as a multiset without their key, with the rows
+        # PostgreSQL holds past SQLite's largest key; the key ranges cover the rest.
+        self.null_keyed = (len(self.keys) == 1 and self.segmentable
+                           and table.column(self.keys[0]).nulls > 0)
+        self.null_base: int | None = None
+        if self.null_keyed:
+            got = sqlite.execute(f"SELECT max({_q(self.keys[0])}) FROM {_q(table.name)}"
+                                 ).fetchone()
+            self.null_base = int(got[0]) if got and got[0] is not None else None
 
     @property
     def segmentable(self) -> bool:
@@ -121,6 +132,14 @@ class TableComparer:
         if r.hi is not None:
             parts.append(f"{row} <= {params_ph}")
             params.extend(r.hi)
+        if self.null_keyed:  # NULL keys and the rows numbered for them: null_key_rows()
+            if not pg:
+                parts.append(f"{key} IS NOT NULL")
+            elif self.null_base is None:
+                parts.append("false")
+            else:
+                parts.append(f"{key} <= %s")
+                params.append(self.null_base)
         if not parts:
             return ("true" if pg else "1"), params
         return " AND ".join(parts), params
@@ -267,11 +286,32 @@ class TableComparer:
 
     def multiset_diff(self) -> list[RowDiff]:
         """Keyless tables: compare the count of every distinct row."""
-        left = Counter(self.sqlite_rows_multi())
-        right = Counter(self.pg_rows_multi())
+        return self.count_diffs(Counter(self.sqlite_rows_multi()), Counter(self.pg_rows_multi()))
+
+    def count_diffs(self, left: Counter[str], right: Counter[str]) -> list[RowDiff]:
+        """Each distinct row text whose count differs between the sides."""
         return [RowDiff(self.table.name, {"row": _short(text, 200)}, "count_differs",
                         {"*": (str(left[text]), str(right[text]))})
                 for text in sorted(set(left) | set(right)) if left[text] != right[text]]
+
+    def null_key_rows(self) -> tuple[Counter[str], Counter[str]]:
+        """``null_keyed`` tables: SQLite's rows with a NULL key, and PostgreSQL's rows
+        past SQLite's largest key, each as a multiset of the row without its key."""
+        ki, key = self.key_index[0], self.keys[0]
+
+        def text(canon: Any) -> str:
+            return cn.row_text([None if v is None else str(v)
+                                for i, v in enumerate(canon) if i != ki])
+
+        left = Counter(text(c) for c in self.sqlite.execute(
+            f"SELECT {', '.join(self.sqlite_parts)} FROM {_q(self.table.name)} "
+            f"WHERE {_q(key)} IS NULL"))
+        where, params = (("true", []) if self.null_base is None else
+                         (f"{qident(self.table.pg(key))} > %s", [self.null_base]))
+        right = Counter(text(c) for c in self.pg.execute(
+            f"SELECT {', '.join(self.pg_parts)} FROM "
+            f"{qualified(self.schema, self.table.pg_name)} WHERE {where}", params))
+        return left, right
 
     def sqlite_rows_multi(self) -> Iterator[str]:
         for canon in self.sqlite.execute(f"SELECT {', '.join(self.sqlite_parts)} FROM "
