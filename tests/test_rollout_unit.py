@@ -201,6 +201,35 @@ def test_commands_and_approvals_are_recorded_with_who(tmp_path: Path) -> None:
     assert events[0]["actor"] == "alice"
 
 
+def test_processes_racing_for_the_proxy_token_all_get_the_first_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from pgshift.rollout.verbs import open_context
+
+    monkeypatch.delenv("PGSHIFT_ADMIN_TOKEN", raising=False)
+    path = write(tmp_path, MINIMAL)
+    contexts = [open_context(path) for _ in range(8)]
+    start, tokens = threading.Barrier(len(contexts)), []
+
+    def take(ctx: object) -> None:
+        start.wait()
+        tokens.append(ctx.admin_token())  # type: ignore[attr-defined]
+
+    threads = [threading.Thread(target=take, args=(c,)) for c in contexts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for c in contexts:
+        c.close()
+    procs = contexts[0].state.root / "procs"
+    assert len(tokens) == 8 and len(set(tokens)) == 1 and len(tokens[0]) > 20
+    assert (procs / "proxy.token").read_text() == tokens[0]
+    assert (procs / "proxy.token").stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in procs.iterdir()] == ["proxy.token"]  # nothing left aside
+
+
 def test_approvals_expire_after_approval_valid_for(tmp_path: Path) -> None:
     """Durable approvals that also expire (the anchors): one older than
     ``finalize.approval_valid_for`` no longer counts and the status names it expired."""

@@ -17,7 +17,7 @@ from pgshift.rollout import hooks
 from pgshift.rollout.config import Cutover
 from pgshift.rollout.journal import Journal
 from pgshift.rollout.procs import Supervisor
-from pgshift.state import StateDir, atomic_write
+from pgshift.state import StateDir
 from pgshift.traffic.router import Router
 
 PROXY = "proxy"
@@ -89,10 +89,24 @@ class Context:
         if not self.cfg.router.managed:
             raise UsageError(f"the embedded proxy's admin token is needed: ${var} is not set",
                              hint=f"export {var}=<the proxy's --token>")
-        token = secrets.token_urlsafe(24)
-        atomic_write(path, token)
-        path.chmod(0o600)
-        return token
+        # Two processes may get here at once (the engine and a dashboard or a verb): the
+        # first to publish wins and the other reads its token, never overwrites it (the
+        # proxy would keep a token nobody else has). Written aside, then hard-linked into
+        # place: the link fails when the file exists and is never seen half written.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        aside = path.with_name(f".proxy.token.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(24))
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(aside, path)
+        except FileExistsError:
+            pass
+        finally:
+            aside.unlink()
+        return path.read_text().strip()
 
     @property
     def router(self) -> Router:
