@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import struct
+import time
 from pathlib import Path
 
 import psycopg
@@ -375,6 +376,39 @@ def test_triggers_translated_and_the_rest_written_for_review(
     assert again.exit_code == ExitCode.OK
     assert not [m for _, m in note_messages(again, "untranslated") if "refused" in m]
     assert len(pg_rows(pg_conn, "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")) == 5
+
+
+def test_translated_triggers_stay_quiet_for_syncs_replayed_writes(
+        tmp_path: Path, pg_dsn: Dsn, pg_conn: psycopg.Connection,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pgshift.sync import apply, ops
+    from pgshift.sync.apply import SyncOptions, run
+
+    db = make_db(tmp_path / "trig.db", TRIGGERS_DDL)
+    ops.install(db)
+    assert run_migrate(db, pg_dsn, tmp_path / "state").exit_code == ExitCode.OK
+    # blue writes; SQLite's own triggers count, touch and audit, and capture logs it all
+    con = sqlite3.connect(db)
+    with con:
+        con.execute("INSERT INTO items (name) VALUES ('c')")
+        con.execute("UPDATE items SET name = 'A' WHERE id = 1")
+        con.execute("DELETE FROM items WHERE id = 2")
+    con.close()
+    # a role that may not set session_replication_role (a managed database's app role):
+    # PostgreSQL's translated triggers would fire on every replayed row
+    monkeypatch.setattr(apply, "_replica_role", lambda conn: False)
+    # a second later, PostgreSQL's touch trigger would write another clock than SQLite's
+    # (the counter and audit rows converge anyway: the replayed after-images win)
+    time.sleep(1.1)
+    result = run(SyncOptions(sqlite_path=db, dsn=pg_dsn))
+    assert result.applied > 0
+    assert pg_rows(pg_conn, "SELECT items FROM counters") == [(2,)]
+    assert pg_rows(pg_conn, "SELECT item_id, action FROM audit ORDER BY id") == [
+        (1, "rename:a"), (2, "delete")]
+    _verify(db, pg_dsn)  # the clocks are SQLite's, not moved by PostgreSQL's touch
+    # the application's own writes on green still fire them
+    pg_conn.execute("INSERT INTO items (id, name) VALUES (10, 'd')")
+    assert pg_rows(pg_conn, "SELECT items FROM counters") == [(3,)]
 
 
 @pytest.mark.parametrize("body, why", [

@@ -214,7 +214,12 @@ def _translate(planned: PlannedTrigger, trig: SourceTrigger, table: Table, plan:
     when = f" WHEN ({translate(h.when, ctx)})" if h.when else ""
     of = (" OF " + ", ".join(qident(table.pg(c)) for c in h.of_columns)) if h.of_columns else ""
     fn = f"{qident(schema)}.{qident(_function_name(h.name))}"
-    body = "\n    ".join([*lines, ret])
+    # Not for sync's replayed writes (its transactions set pgshift.applying): SQLite's
+    # trigger already ran on blue and the change log carries what it wrote, so firing
+    # here too would count twice or move a clock. session_replication_role = replica
+    # does the same, but only where sync's role may set it.
+    skip = f"IF current_setting('pgshift.applying', true) = 'on' THEN {ret} END IF;"
+    body = "\n    ".join([skip, *lines, ret])
     # OR REPLACE: a migrate --drop over an earlier one finds the function (dropping the
     # table drops its triggers, not their functions).
     planned.function_sql = (f"CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE "
