@@ -25,9 +25,10 @@ KEYS = {"requests", "failed_requests", "lost_writes", "steps", "flipped", "rolle
 def test_demo_rolls_out_with_no_failed_request_and_no_lost_write() -> None:
     # Not tmp_path: pytest keeps that 0700, and the server runs as its own user when root.
     with tempfile.TemporaryDirectory(prefix="pgshift-demo-") as tmp:
+        # as the README runs it: the default (relative) --workdir, from some directory
         proc = subprocess.run([sys.executable, "-m", "pgshift.cli.main", "demo", "--json",
-                               "--workdir", f"{tmp}/demo", "--scale", "2000"],
-                              capture_output=True, text=True, timeout=380)
+                               "--scale", "2000"],
+                              capture_output=True, text=True, timeout=380, cwd=tmp)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = json.loads(proc.stdout)
     assert set(out) >= KEYS

@@ -187,6 +187,9 @@ def run_demo(workdir: Path, scale: int, *, jobs: int = 2, keep: bool = False,
         raise UsageError(f"--fault {fault!r}: known faults are {', '.join(FAULTS)}",
                          hint="pgshift demo --fault green-errors")
     progress = progress or NullProgress()
+    # The cutover file names the database; a relative path in it is read relative to the
+    # file's own directory (as any cutover file's), not to where the demo was started.
+    workdir = workdir.absolute()
     started = time.monotonic()
     if threading.current_thread() is threading.main_thread():
         # SIGTERM unwinds like Ctrl-C, so the apps, proxy, appliers and PostgreSQL stop
