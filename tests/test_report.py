@@ -265,6 +265,29 @@ def test_a_rehearsal_says_so(done_rollout: Path) -> None:
             in md)
 
 
+def test_the_report_finalize_writes_shows_what_finalize_did(done_rollout: Path) -> None:
+    """Finalize writes the report as its last act, before its step is journaled done:
+    the checklist reads what it recorded so far, not "finalize did not run yet"."""
+    j = Journal(StateDir.for_name(done_rollout.parent, "shop"))
+    j.step_started("finalize")
+    final = {"lag_ms": 0, "conflicts": 0, "parked": 0, "final_drain": {
+        "drained": True, "fence_seq": 77, "seconds": 0.03, "applied": 0,
+        "by_running_applier": True, "stranded": 0}}
+    j.set(final_sync=final, finalize_progress={
+        "sync": final, "capture_removed": {"sqlite_removed": True},
+        "stop_blue": {"exit_code": 0},
+        "archive": {"location": "/backups/shop-1.pgshift.tar", "verified": True},
+        "optimize": {"proposals": [{"sql": "CREATE INDEX ..."}], "applied": []}})
+    j.close()
+    md = render(load_facts(done_rollout), "md")
+    assert "finalize did not run" not in md
+    assert "[x] Change capture removed" in md and "[x] Blue stopped:" in md
+    assert ("[x] Final sync: lag_ms 0, conflicts 0, parked 0; final drain into SQLite: to "
+            "fence marker 77 in 0.03 s (by the running applier)") in md
+    assert "pgshift archive restore /backups/shop-1.pgshift.tar --to blue-restored" in md
+    assert "1 proposal(s), 0 applied" in md
+
+
 def test_report_cli(done_rollout: Path, tmp_path: Path,
                    capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(done_rollout)]) == 0

@@ -317,8 +317,9 @@ def final_sync_words(fs: dict[str, Any] | None) -> str:
     d = fs.get("final_drain")
     if d:
         text += "; final drain into SQLite: " + (
-            f"to fence marker {d.get('fence_seq')} in {num(d.get('seconds'), 's')} (applied "
-            f"{num(d.get('applied'))})" if d.get("drained") else
+            f"to fence marker {d.get('fence_seq')} in {num(d.get('seconds'), 's')} ("
+            + ("by the running applier" if d.get("by_running_applier") else
+               f"applied {num(d.get('applied'))}") + ")" if d.get("drained") else
             f"incomplete ({d.get('error') or str(d.get('stranded')) + ' change(s) stranded'})")
     return text
 
@@ -368,10 +369,10 @@ def _perf(f: ReportFacts) -> str:
 
 
 def _optimize(f: ReportFacts) -> str:
-    fin = f.step("finalize")
+    fin = f.finalize_figures()
     if fin is None:
         return f"{NR} (finalize did not run)"
-    o = fin.figures.get("optimize") or {}
+    o = fin.get("optimize") or {}
     if o.get("skipped"):
         return f"skipped: {o.get('why')}"
     applied = o.get("applied") or o.get("built") or []

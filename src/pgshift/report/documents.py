@@ -24,14 +24,9 @@ def _q(text: str) -> str:
     return shlex.quote(text)
 
 
-def _finalize(f: ReportFacts) -> dict[str, Any] | None:
-    s = f.step("finalize")
-    return s.figures if s is not None and s.status == "done" else None
-
-
 def _retired(f: ReportFacts) -> bool:
     """Finalize removed change capture: ``pgshift rollback`` cannot carry writes back."""
-    fin = _finalize(f)
+    fin = f.finalize_figures()
     return fin is not None and fin.get("capture_removed") is not None
 
 
@@ -51,7 +46,7 @@ def rollback_procedure(f: ReportFacts) -> Section:
              f"{num(measured.get('seconds'), 's')}, writes held "
              f"{num(measured.get('fence_hold_ms'), 'ms')}." if measured else
              "Not measured on this deployment (no drill or rollback ran).")
-    fin = _finalize(f)
+    fin = f.finalize_figures()
     if fin is not None and _retired(f):
         return Section("Rollback Procedure for this Deployment", bullets=[
             "Finalize ran: change capture is removed and blue was retired, so "
@@ -87,7 +82,7 @@ def _archive_commands(f: ReportFacts, fin: dict[str, Any]) -> str:
 
 def decommission_checklist(f: ReportFacts) -> Section:
     """Retiring blue: each item checked against what the run recorded."""
-    fin = _finalize(f) or {}
+    fin = f.finalize_figures() or {}
     finalized = bool(fin)
     c, items = _q(f.setup.cutover), []
 

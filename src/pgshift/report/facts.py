@@ -136,6 +136,17 @@ class ReportFacts:
         pick = done or runs
         return pick[-1] if pick else None
 
+    def finalize_figures(self) -> dict[str, Any] | None:
+        """What finalize did: its figures once done; while it runs (the report it writes
+        as its last act) what it recorded before writing it; None before it started."""
+        s = self.step("finalize")
+        if s is not None and s.status == "done":
+            return s.figures
+        if s is not None and s.status == "started":
+            progress = self.kv.get("finalize_progress")
+            return progress if isinstance(progress, dict) else None
+        return None
+
     def of_kind(self, *kinds: str) -> list[Event]:
         return [e for e in self.events if e.kind in kinds]
 

@@ -386,6 +386,9 @@ class Finalize(_Base):
             "finalize-archive", hooks_.archive, what="no archive configured").run(ctx)
         out["optimize"] = self._optimize(ctx) if f.optimize else HookStep(
             "finalize-optimize", hooks_.optimize, what="no optimize configured").run(ctx)
+        # the report written now is finalize's last act: it shows what finalize did so far
+        # (the step's own figures are journaled only once it returns)
+        ctx.journal.set(finalize_progress=out)
         out["report"] = HookStep("finalize-report", hooks_.report, what="").run(ctx) \
             if hooks_.report else write_report(ctx)
         return out

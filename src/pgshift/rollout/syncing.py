@@ -67,7 +67,8 @@ def final_drain(ctx: Context) -> dict[str, Any]:
     except PgshiftError as exc:
         return {"drained": False, "error": exc.message}
     return {"drained": d.drained, "fence_seq": d.fence_seq, "seconds": round(d.seconds, 3),
-            "applied": d.applied, "stranded": d.stranded.count}
+            "applied": d.applied, "by_running_applier": d.by_running_applier,
+            "stranded": d.stranded.count}
 
 
 def running_direction(ctx: Context) -> str | None:
