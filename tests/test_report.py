@@ -279,7 +279,11 @@ def test_the_report_finalize_writes_shows_what_finalize_did(done_rollout: Path) 
         "archive": {"location": "/backups/shop-1.pgshift.tar", "verified": True},
         "optimize": {"proposals": [{"sql": "CREATE INDEX ..."}], "applied": []}})
     j.close()
+    j = Journal(StateDir.for_name(done_rollout.parent, "shop"))
+    j.set(status="running", phase="finalize")
+    j.close()
     md = render(load_facts(done_rollout), "md")
+    assert "**Status**: SUCCESS (written by finalize as its last act)" in md
     assert "finalize did not run" not in md
     assert "[x] Change capture removed" in md and "[x] Blue stopped:" in md
     assert ("[x] Final sync: lag_ms 0, conflicts 0, parked 0; final drain into SQLite: to "

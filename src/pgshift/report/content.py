@@ -82,6 +82,9 @@ def _status(f: ReportFacts) -> str:
         return (f"REHEARSED: cut over, monitored and swapped back to blue at "
                 f"{when(f.kv['rehearsed'])}; `pgshift rollout {f.setup.cutover} --resume` "
                 "runs the real cutover")
+    if f.status == "running" and f.phase == "finalize" and f.kv.get("finalize_progress"):
+        # finalize's own report: every step before it is done, and so is finalize's work
+        return "SUCCESS (written by finalize as its last act)"
     return {"done": "SUCCESS", "rolled_back": "ROLLBACK", "aborted": "ABORTED",
             "failed": f"FAILED at {f.phase}", None: NR}.get(
         f.status, f"IN PROGRESS ({f.status} at {f.phase})")
