@@ -157,6 +157,9 @@ def test_markdown_holds_the_measured_values(done_rollout: Path) -> None:
     assert "writes held 12.5 ms" in md
     assert "| 25 % | 30.2 s | 2,995 | 3 | 0.10 % | 1.23 % | 18.2 ms |" in md
     assert "inconclusive: green error rate upper bound" in md  # an issue and a lesson
+    # the decisions table, the issues table, the lessons; not a fourth time ...
+    assert md.count("green error rate upper bound 0.66 %") == 3
+    assert "shift-25: bake extended 1 time(s)" in md  # ... for the extension
     assert "Issues encountered**: 1 " in md  # the clean drill is not one
     assert "pass at" in md  # the issue's resolution: the later pass
     assert "traffic on blue after 85.2 ms, complete in 1.73 s" in md

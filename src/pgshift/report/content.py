@@ -396,7 +396,12 @@ def lessons(f: ReportFacts) -> Section:
         went_well.append(f"flip: writes held {f.fence_hold_ms:g} ms")
     improve = [f"{d.step}: {d.decision} — {d.reason}" for d in f.decisions
                if d.decision not in PASSING]
-    improve += [f"{e.step}: {e.message}" for e in f.of_kind("extend", "late-blue-writes")]
+    # an extension repeats its decision's reason: counted per step, not quoted again
+    extended: dict[str, int] = {}
+    for e in f.of_kind("extend"):
+        extended[e.step] = extended.get(e.step, 0) + 1
+    improve += [f"{step}: bake extended {n} time(s)" for step, n in extended.items()]
+    improve += [f"{e.step}: {e.message}" for e in f.of_kind("late-blue-writes")]
     recommend = []
     if any(d.decision in ("inconclusive", "insufficient-data") for d in f.decisions):
         recommend.append("longer bakes or more traffic per step: `pgshift plan CUTOVER` gives "
