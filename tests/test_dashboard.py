@@ -230,6 +230,24 @@ def test_approve_and_note_from_the_page(cutover: Path) -> None:
     assert notes[-1]["actor"].endswith("(dashboard)")
 
 
+def test_status_prints_figures_for_people(cutover: Path) -> None:
+    """``pgshift status`` (the same journal the page reads): rounded, grouped figures."""
+    write_journal(cutover)
+    j = Journal(state_of(cutover))
+    try:
+        j.set(shift_results=[{"weight": 25, "requests": 1259, "error_rate": 0.0012345,
+                              "p99_ms": 6.724999999999994, "decision": "pass"}])
+    finally:
+        j.close()
+    proc = subprocess.run([sys.executable, "-m", "pgshift.cli.main", "status", str(cutover)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("t: running at shift-25, green weight 25 %, system of record")
+    assert "  step 25 %: 1,259 green requests, error rate 0.12 %, p99 6.7 ms -> pass" in lines
+    assert SECRET not in proc.stdout
+
+
 def test_event_stream_sends_snapshots(dash: Dashboard) -> None:
     assert httpx.get(dash.url + "events").status_code == 401
     events = []

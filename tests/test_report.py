@@ -295,6 +295,28 @@ def test_the_report_finalize_writes_shows_what_finalize_did(done_rollout: Path) 
     assert "1 proposal(s), 0 applied" in md
 
 
+def test_no_password_reaches_the_report(done_rollout: Path) -> None:
+    """Free texts (a decision reason, a note, a failed step's error, a command's reason)
+    may quote a DSN; the report is shared, so each is redacted on the way in."""
+    secret = "s3cret-pw-42"
+    dsn = f"postgresql://app:{secret}@db.internal/prod"
+    state = StateDir.for_name(done_rollout.parent, "shop")
+    j = Journal(state)
+    j.decide("shift-100", "fail", f"probe failed: could not connect to {dsn}")
+    state.audit("shift-100", "note", f"tried psql '{dsn}' by hand", actor="maria")
+    j.enqueue("pause", actor="bob", reason=f"checking {dsn}")
+    _step(j, "verify", {"error": f"connection to {dsn} refused", "password": secret},
+          status="failed")
+    j.close()
+    facts = load_facts(done_rollout)
+    for fmt in ("md", "html"):
+        text = render(facts, fmt)  # type: ignore[arg-type]
+        assert secret not in text, fmt
+        assert "postgresql://app:***@db.internal/prod" in text or fmt == "html"
+    for doc in ("rollback", "decommission", "incident"):
+        assert secret not in render(facts, "md", doc)
+
+
 def test_report_cli(done_rollout: Path, tmp_path: Path,
                    capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(done_rollout)]) == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg import conninfo
@@ -39,6 +40,19 @@ _JSON_PASSWORD = re.compile(
     re.IGNORECASE)
 _SCHEME = re.compile(r"^(?P<scheme>[a-z][a-z0-9+.\-]*)://", re.IGNORECASE)
 _PG_SCHEMES = ("postgresql", "postgres")
+
+
+def redact_all(value: Any) -> Any:
+    """``value`` with :func:`redact` applied to every string in it (dicts, lists and
+    tuples walked): for views built from journals and audit trails, whose texts are
+    written by people and errors and may quote a DSN."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: redact_all(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(redact_all(v) for v in value)
+    return value
 
 
 def redact(text: str) -> str:

@@ -176,11 +176,25 @@ def status_command(
         ctx.close()
 
 
+def _n(v: Any, digits: int = 1) -> str:
+    """A figure for people: grouped, rounded, ``-`` when unknown."""
+    if v is None:
+        return "-"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    try:
+        return f"{float(v):,.{digits}f}"
+    except (TypeError, ValueError):
+        return str(v)
+
+
 def _print_status(out: dict[str, Any]) -> None:
     con = out_console()
     lease = out["controller"]
+    weight = out["weight"]
     con.print(f"{out['cutover']}: {out['status']} at {out['phase']}, green weight "
-              f"{out['weight']} %, system of record {out['system_of_record']}"
+              f"{'-' if weight is None else f'{float(weight):g}'} %, system of record "
+              f"{out['system_of_record']}"
               + (" (PAUSED)" if out["paused"] else "")
               + (f"; controller pid {lease['pid']}" if lease["alive"] else
                  "; no controller running"))
@@ -190,15 +204,17 @@ def _print_status(out: dict[str, Any]) -> None:
     if fig:
         for side in ("blue", "green"):
             f = fig[side]
-            con.print(f"  {side:5} {f['requests']:>7} requests, {f.get('errors', 0)} errors, "
-                      f"p99 {f.get('p99_ms')} ms (last 60 s)")
+            con.print(f"  {side:5} {_n(f['requests']):>7} requests, {_n(f.get('errors', 0))} "
+                      f"errors, p99 {_n(f.get('p99_ms'))} ms (last 60 s)")
     sync = out.get("sync")
     if sync:
-        con.print(f"  sync: lag {sync.get('lag_ms')} ms to PostgreSQL, "
-                  f"{sync.get('to_sqlite_pending')} pending to SQLite")
+        con.print(f"  sync: lag {_n(sync.get('lag_ms'), 0)} ms to PostgreSQL, "
+                  f"{_n(sync.get('to_sqlite_pending'))} pending to SQLite")
     for s in out["steps"]:
-        con.print(f"  step {s['weight']:g} %: {s['requests']} green requests, error rate "
-                  f"{s['error_rate']}, p99 {s['p99_ms']} ms -> {s['decision']}")
+        rate = s.get("error_rate")
+        con.print(f"  step {s['weight']:g} %: {_n(s['requests'])} green requests, error rate "
+                  f"{'-' if rate is None else f'{100 * float(rate):.2f} %'}, p99 "
+                  f"{_n(s['p99_ms'])} ms -> {s['decision']}")
     for d in out["decisions"][-5:]:
         con.print(f"  {d['ts']} {d['step']}: {d['decision']} ({d['reason']})")
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pgshift.dsn import redact
 from pgshift.errors import UsageError
 from pgshift.report import content, html, markdown
 from pgshift.report.documents import DOCUMENTS
@@ -40,7 +41,7 @@ def load_facts(cutover: Path) -> ReportFacts:
                   monitor_window_s=float(cfg.monitor.window),
                   monitor_interval_s=float(cfg.monitor.interval),
                   approvals_required=list(cfg.finalize.approvals),
-                  sqlite=str(cfg.source.sqlite), target_dsn=cfg.target.dsn,
+                  sqlite=str(cfg.source.sqlite), target_dsn=redact(cfg.target.dsn),
                   blue_url=cfg.apps.blue.url, green_url=cfg.apps.green.url,
                   stop_blue=cfg.apps.blue.stop, stop_blue_workers=cfg.apps.blue.stop_workers,
                   archive_dest=cfg.finalize.archive.dest if cfg.finalize.archive else None,

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pgshift.dsn import redact, redact_all
 from pgshift.errors import SourceError, UsageError
 from pgshift.report.traffic import Traffic
 from pgshift.state import StateDir
@@ -210,9 +211,11 @@ def read_audit(path: Path) -> list[Event]:
         except json.JSONDecodeError:
             continue
         if isinstance(e, dict):
+            # messages, figures and actors are free text that may quote a DSN
             out.append(Event(str(e.get("ts", "")), str(e.get("step", "")),
-                             str(e.get("kind", "")), str(e.get("message", "")),
-                             dict(e.get("figures") or {}), str(e.get("actor", ""))))
+                             str(e.get("kind", "")), redact(str(e.get("message", ""))),
+                             redact_all(dict(e.get("figures") or {})),
+                             redact(str(e.get("actor", "")))))
     return out
 
 
@@ -254,16 +257,19 @@ def read_facts(state: StateDir, setup: Setup, name: str) -> ReportFacts:
         con = sqlite3.connect(f"file:{state.journal}?mode=ro", uri=True, timeout=10.0)
     except sqlite3.Error as exc:
         raise SourceError(f"cannot open the journal {state.journal}: {exc}") from exc
+    # Every text read here may quote a DSN (a decision reason, a note, an error): the
+    # report is a document people share, so each goes through redact on the way in.
     try:
-        kv = {k: json.loads(v) for k, v in _rows(con, "SELECT key, value FROM kv")}
-        steps = [StepRun(r[0], r[1], r[2], r[3], json.loads(r[4] or "{}")) for r in _rows(
+        kv = {k: redact_all(json.loads(v)) for k, v in _rows(con, "SELECT key, value FROM kv")}
+        steps = [StepRun(r[0], r[1], r[2], r[3], redact_all(json.loads(r[4] or "{}")))
+                 for r in _rows(
             con, "SELECT name, status, started_at, finished_at, figures FROM steps ORDER BY id")]
-        decisions = [Decision(*r) for r in _rows(
+        decisions = [Decision(r[0], r[1], r[2], redact(r[3] or "")) for r in _rows(
             con, "SELECT ts, step, decision, reason FROM decisions ORDER BY id")]
-        approvals = {r[0]: {"actor": r[1], "ts": r[2], "note": r[3]} for r in _rows(
+        approvals = {r[0]: redact_all({"actor": r[1], "ts": r[2], "note": r[3]}) for r in _rows(
             con, "SELECT role, actor, ts, note FROM approvals ORDER BY ts")}
-        commands = [{"ts": r[0], "verb": r[1], "actor": r[2], "reason": r[3],
-                     "handled_at": r[4], "outcome": r[5]} for r in _rows(
+        commands = [redact_all({"ts": r[0], "verb": r[1], "actor": r[2], "reason": r[3],
+                                "handled_at": r[4], "outcome": r[5]}) for r in _rows(
             con, "SELECT ts, verb, actor, reason, handled_at, outcome FROM commands "
                  "ORDER BY id")]
         samples = [(float(r[0]), json.loads(r[1])) for r in _rows(

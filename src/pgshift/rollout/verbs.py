@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pgshift.dsn import redact_all
 from pgshift.errors import PgshiftError, SourceError, UsageError
 from pgshift.rollout import config as cfgmod
 from pgshift.rollout import engine, steps, switch, syncing
@@ -148,7 +149,8 @@ def status(ctx: Context) -> dict[str, Any]:
         out["router"] = {"error": exc.message}
     if st.get("capture_postgres"):
         out["sync"] = syncing.brief(ctx)
-    return out
+    # decision reasons, notes and errors are free text and may quote a DSN
+    return redact_all(out)
 
 
 def data_plan(cfg: cfgmod.Cutover, cutover: Path) -> dict[str, Any]:
