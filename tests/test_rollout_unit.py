@@ -230,6 +230,24 @@ def test_processes_racing_for_the_proxy_token_all_get_the_first_one(
     assert [p.name for p in procs.iterdir()] == ["proxy.token"]  # nothing left aside
 
 
+def test_events_are_redacted_for_the_terminal_the_audit_and_listeners(
+        tmp_path: Path) -> None:
+    from pgshift.rollout.verbs import open_context
+
+    said: list[str] = []
+    heard: list[dict] = []
+    ctx = open_context(write(tmp_path, MINIMAL), say=said.append,
+                       on_event=lambda kind, data: heard.append(data))
+    try:
+        ctx.event("sync", "failed", "connect to postgresql://app:pw-123@db/x failed",
+                  {"dsn": "host=db password=pw-123 dbname=x"})
+        trail = ctx.state.audit_log.read_text()
+    finally:
+        ctx.close()
+    assert said == ["[sync] connect to postgresql://app:***@db/x failed"]
+    assert "pw-123" not in trail and "pw-123" not in json.dumps(heard)
+
+
 def test_approvals_expire_after_approval_valid_for(tmp_path: Path) -> None:
     """Durable approvals that also expire (the anchors): one older than
     ``finalize.approval_valid_for`` no longer counts and the status names it expired."""

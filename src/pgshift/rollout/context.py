@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgshift.dsn import Dsn, resolve
+from pgshift.dsn import Dsn, redact, redact_all, resolve
 from pgshift.errors import UsageError
 from pgshift.rollout import hooks
 from pgshift.rollout.config import Cutover
@@ -136,7 +136,10 @@ class Context:
 
     def event(self, step: str, kind: str, message: str,
               figures: dict[str, Any] | None = None, *, notify: bool = False) -> None:
-        """One line for the operator, one audit event; a notification when it matters."""
+        """One line for the operator, one audit event; a notification when it matters.
+        The message and figures may quote a DSN (an error's text): redacted once, here,
+        for the terminal, the audit trail and the webhook alike."""
+        message, figures = redact(message), redact_all(figures or {})
         self.say(f"[{step}] {message}")
         self.state.audit(step, kind, message, figures or {})
         if self.on_event is not None:
