@@ -273,7 +273,8 @@ def test_the_report_finalize_writes_shows_what_finalize_did(done_rollout: Path) 
     the checklist reads what it recorded so far, not "finalize did not run yet"."""
     j = Journal(StateDir.for_name(done_rollout.parent, "shop"))
     j.step_started("finalize")
-    final = {"lag_ms": 0, "conflicts": 0, "parked": 0, "final_drain": {
+    final = {"lag_ms": 0, "pending": 0, "to_sqlite_lag_ms": 21, "to_sqlite_pending": 1,
+             "conflicts": 0, "parked": 0, "final_drain": {
         "drained": True, "fence_seq": 77, "seconds": 0.03, "applied": 0,
         "by_running_applier": True, "stranded": 0}}
     j.set(final_sync=final, finalize_progress={
@@ -289,8 +290,9 @@ def test_the_report_finalize_writes_shows_what_finalize_did(done_rollout: Path) 
     assert "**Status**: SUCCESS (written by finalize as its last act)" in md
     assert "finalize did not run" not in md
     assert "[x] Change capture removed" in md and "[x] Blue stopped:" in md
-    assert ("[x] Final sync: lag_ms 0, conflicts 0, parked 0; final drain into SQLite: to "
-            "fence marker 77 in 0.03 s (by the running applier)") in md
+    assert ("[x] Final sync: to PostgreSQL lag 0 ms, 0 pending; to SQLite lag 21 ms, 1 "
+            "pending; 0 conflict(s), 0 parked; final drain into SQLite: to fence marker 77 in "
+            "0.03 s (by the running applier)") in md
     assert "pgshift archive restore /backups/shop-1.pgshift.tar --to blue-restored" in md
     assert "1 proposal(s), 0 applied" in md
 

@@ -316,7 +316,18 @@ def final_sync_words(fs: dict[str, Any] | None) -> str:
     """Finalize's last word on sync: its figures, then the final drain into SQLite."""
     if fs is None:
         return NR
-    text = ", ".join(f"{k} {v}" for k, v in fs.items() if k != "final_drain")
+    known = {"lag_ms", "pending", "to_sqlite_lag_ms", "to_sqlite_pending", "conflicts",
+             "parked", "final_drain"}
+    parts = []
+    if "lag_ms" in fs or "pending" in fs:
+        parts.append(f"to PostgreSQL lag {num(fs.get('lag_ms'), 'ms')}, "
+                     f"{num(fs.get('pending'))} pending")
+    if "to_sqlite_lag_ms" in fs or "to_sqlite_pending" in fs:
+        parts.append(f"to SQLite lag {num(fs.get('to_sqlite_lag_ms'), 'ms')}, "
+                     f"{num(fs.get('to_sqlite_pending'))} pending")
+    parts.append(f"{num(fs.get('conflicts'))} conflict(s), {num(fs.get('parked'))} parked")
+    parts += [f"{k} {v}" for k, v in fs.items() if k not in known]  # e.g. an error
+    text = "; ".join(parts)
     d = fs.get("final_drain")
     if d:
         text += "; final drain into SQLite: " + (
