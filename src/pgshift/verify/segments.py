@@ -85,6 +85,7 @@ class TableComparer:
         # They are compared apart, as a multiset without their key, with the rows
         # PostgreSQL holds past SQLite's largest key; the key ranges cover the rest.
         self.null_keyed = (len(self.keys) == 1 and self.segmentable
+                           and table.column(self.keys[0]).decision.conversion == "int"
                            and table.column(self.keys[0]).nulls > 0)
         self.null_base: int | None = None
         if self.null_keyed:
