@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -246,6 +247,51 @@ def test_status_prints_figures_for_people(cutover: Path) -> None:
     assert lines[0].startswith("t: running at shift-25, green weight 25 %, system of record")
     assert "  step 25 %: 1,259 green requests, error rate 0.12 %, p99 6.7 ms -> pass" in lines
     assert SECRET not in proc.stdout
+
+
+def test_a_page_opened_mid_rollout_charts_the_journals_past(cutover: Path) -> None:
+    """The charts' first points come from the journal's traffic series (cumulative
+    counters), each over the trailing chart window, before the page's own readings."""
+    from pgshift.dashboard.live import Sampler, history_points
+    from pgshift.traffic.router import LATENCY_BUCKETS_MS, bucket_index
+
+    def counts(n: int, errors: int, ms: float) -> list[int]:
+        hist = [0] * len(LATENCY_BUCKETS_MS)
+        hist[bucket_index(ms)] = n
+        return [n, errors, *hist]
+
+    write_journal(cutover)
+    t0 = time.time() - 30
+    rows = []
+    blue, green = counts(0, 0, 1), counts(0, 0, 1)
+    for i in range(10):  # one row every 2 s: blue 20 answers at 2 ms, green 10 at 8 ms
+        blue = [a + b for a, b in zip(blue, counts(20, 0, 2.0), strict=True)]
+        green = [a + b for a, b in zip(green, counts(10, 1 if i == 9 else 0, 8.0),
+                                       strict=True)]
+        rows.append((t0 + 2 * i, {"source": "counters", "weight": 25, "sor": "blue",
+                                  "phase": "shift-25", "blue": list(blue),
+                                  "green": list(green), "refused": 0, "lag_ms": 40.0 + i,
+                                  "to_sqlite_lag_ms": 5.0}))
+    j = Journal(state_of(cutover))
+    try:
+        for ts, row in rows:
+            j.add_sample(ts, row)
+    finally:
+        j.close()
+    points = history_points(rows, since=0, window=5.0)
+    assert len(points) == 9 and points[-1]["weight"] == 25
+    last = points[-1]  # the three spans ending less than 5 s before the last row
+    assert (last["blue_n"], last["green_n"]) == (60, 30)
+    assert last["green_err"] == pytest.approx(1 / 30) and last["blue_err"] == 0
+    assert 1.0 < last["blue_p99"] <= 2.5 and 5.0 < last["green_p99"] <= 10.0
+    assert last["lag_ms"] == 49.0  # blue is the system of record: the lag to PostgreSQL
+    sampler = Sampler(cutover, interval=0.2)
+    try:
+        snap = sampler.sample()
+    finally:
+        sampler.stop()
+    got = snap.data["points"]
+    assert len(got) == 10 and got[:9] == points  # the past, then the first live reading
 
 
 def test_event_stream_sends_snapshots(dash: Dashboard) -> None:

@@ -14,6 +14,7 @@ the journal are stored as written, and a reason may quote a DSN.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -24,6 +25,7 @@ from typing import Any
 from pgshift.dsn import redact
 from pgshift.errors import PgshiftError
 from pgshift.report.facts import Event, parse_ts, read_audit
+from pgshift.report.traffic import SIDES, Traffic, quantile
 from pgshift.rollout import config as cfgmod
 from pgshift.rollout.context import Context
 from pgshift.rollout.journal import Journal
@@ -130,6 +132,7 @@ class Sampler:
         self._thread: threading.Thread | None = None
         self._ctx: Context | None = None
         self._audit: tuple[int, list[Event]] = (-1, [])
+        self._seeded = False  # chart points taken from the journal's series
 
     # -- the thread ----------------------------------------------------------------------------
 
@@ -232,6 +235,14 @@ class Sampler:
         if callable(poll):  # routers that count by polling (HAProxy) need a reading per tick
             with contextlib.suppress(PgshiftError):
                 poll()
+        if not self._seeded:
+            # a page opened mid-rollout: the journal's series fills the charts' past (once;
+            # a journal without a series, from an older version, leaves them to fill live)
+            self._seeded = True
+            with contextlib.suppress(PgshiftError, sqlite3.Error):
+                self.points.extend(history_points(
+                    ctx.journal.samples(), now - CHART_POINTS * self.interval,
+                    self.chart_window)[-(CHART_POINTS - 1):])
         st = status(ctx)
         st["monitor_started"] = ctx.journal.get("monitor_started")
         point = self._point(ctx, st, now)
@@ -294,6 +305,32 @@ class Sampler:
         if size != self._audit[0]:
             self._audit = (size, read_audit(path))
         return self._audit[1]
+
+
+def history_points(rows: list[tuple[float, dict[str, Any]]], since: float,
+                   window: float) -> list[dict[str, Any]]:
+    """Chart points from the journal's traffic series (``rollout.series``) after
+    ``since``: what a page opened mid-rollout shows before its own readings. Each point
+    holds the counts of the trailing ``window`` seconds, as a live point holds the
+    router's figures over the chart window."""
+    spans = Traffic(rows).spans()
+    sor = {ts: r.get("sor") for ts, r in rows}
+    out: list[dict[str, Any]] = []
+    for i, sp in enumerate(spans):
+        if sp.t1 < since:
+            continue
+        trail = [x for x in spans[:i + 1] if x.t1 > sp.t1 - window]
+        point: dict[str, Any] = {"t": round(sp.t1, 3), "weight": sp.weight}
+        for side in SIDES:
+            counts = [sum(col) for col in zip(*(x.side(side) for x in trail), strict=True)]
+            n = counts[0] if counts else 0
+            point[f"{side}_err"] = counts[1] / n if n else None
+            point[f"{side}_p50"] = quantile(counts, 0.5) if n else None
+            point[f"{side}_p99"] = quantile(counts, 0.99) if n else None
+            point[f"{side}_n"] = n
+        point["lag_ms"] = sp.to_sqlite_lag_ms if sor.get(sp.t1) == "green" else sp.lag_ms
+        out.append(point)
+    return out
 
 
 def _countdown(nxt: dict[str, Any], now: float) -> dict[str, Any]:
