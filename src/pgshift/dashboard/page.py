@@ -3,7 +3,7 @@
 :func:`texts` turns a snapshot into the strings the page shows; the HTML here and the
 script's live updates (``assets.SCRIPT``, which only places these strings and redraws
 the charts) use the same ones, so the two views cannot disagree. Every value is escaped;
-no value is a secret (``live.py`` redacts what it reads).
+no value is a secret (the sampler's sources redact their texts: ``live.py``).
 """
 
 from __future__ import annotations
@@ -183,52 +183,49 @@ def _audit(rows: list[dict[str, Any]]) -> str:
         for r in rows) + "</ol>"
 
 
+def _form(verb: str, summary: str, what: str, reason: str, *, button: str | None = None,
+          confirm: bool = True, before: str = "") -> str:
+    """One control: a collapsed form posting ``verb`` to ``/api/verb``, its explanation,
+    the fields in ``before``, the text field ``reason`` (label and input), the verb to type
+    again when ``confirm``, and the button (``summary`` unless ``button``)."""
+    typed = (f'<label for="c-{verb}">Type <kbd>{verb}</kbd> to confirm</label>'
+             f'<input id="c-{verb}" name="confirm" required autocomplete="off" '
+             f'pattern="{verb}" spellcheck="false">') if confirm else ""
+    return (f'<details class="verb {verb}"><summary>{escape(summary)}…</summary>'
+            f'<form method="post" action="/api/verb" data-verb="{verb}">'
+            f'<p>{escape(what)}</p><input type="hidden" name="verb" value="{verb}">'
+            f"{before}{reason}{typed}"
+            f'<button type="submit" name="go" value="{verb}">{escape(button or summary)}'
+            "</button></form></details>")
+
+
+def _reason_input(verb: str, label: str) -> str:
+    return (f'<label for="r-{verb}">{label}</label>'
+            f'<input id="r-{verb}" name="reason" required maxlength="500" autocomplete="off">')
+
+
 def _people_controls(roles: list[str]) -> str:
     """Approve as a role finalize waits for (confirmed like a verb), and add a note."""
     out = []
     if roles:
         options = "".join(f'<option value="{escape(r)}">{escape(r)}</option>' for r in roles)
-        out.append(
-            '<details class="verb approve"><summary>Approve…</summary>'
-            '<form method="post" action="/api/verb" data-verb="approve">'
-            "<p>Record an approval finalize waits for (who and when go to the report).</p>"
-            '<input type="hidden" name="verb" value="approve">'
-            f'<label for="role-approve">As</label><select id="role-approve" name="role" '
-            f"required>{options}</select>"
-            '<label for="r-approve">Note (goes to the audit trail)</label>'
-            '<input id="r-approve" name="reason" required maxlength="500" autocomplete="off">'
-            '<label for="c-approve">Type <kbd>approve</kbd> to confirm</label>'
-            '<input id="c-approve" name="confirm" required autocomplete="off" '
-            'pattern="approve" spellcheck="false">'
-            '<button type="submit" name="go" value="approve">Approve</button>'
-            "</form></details>")
-    out.append(
-        '<details class="verb note"><summary>Add a note…</summary>'
-        '<form method="post" action="/api/verb" data-verb="note">'
-        "<p>An operator remark or user feedback: the audit trail and the report quote it."
-        '</p><input type="hidden" name="verb" value="note">'
-        '<label for="r-note">Note</label>'
-        '<textarea id="r-note" name="reason" required maxlength="500" rows="2"></textarea>'
-        '<button type="submit" name="go" value="note">Add note</button>'
-        "</form></details>")
+        out.append(_form(
+            "approve", "Approve", "Record an approval finalize waits for (who and when go "
+            "to the report).", _reason_input("approve", "Note (goes to the audit trail)"),
+            before=f'<label for="role-approve">As</label><select id="role-approve" '
+                   f'name="role" required>{options}</select>'))
+    out.append(_form(
+        "note", "Add a note", "An operator remark or user feedback: the audit trail and the "
+        "report quote it.", '<label for="r-note">Note</label><textarea id="r-note" '
+        'name="reason" required maxlength="500" rows="2"></textarea>', button="Add note",
+        confirm=False))
     return "".join(out)
 
 
 def _controls() -> str:
-    forms = []
-    for verb, label, what in VERBS:
-        forms.append(
-            f'<details class="verb {verb}"><summary>{escape(label)}…</summary>'
-            f'<form method="post" action="/api/verb" data-verb="{verb}">'
-            f'<p>{escape(what)}</p><input type="hidden" name="verb" value="{verb}">'
-            f'<label for="r-{verb}">Reason (goes to the audit trail)</label>'
-            f'<input id="r-{verb}" name="reason" required maxlength="500" autocomplete="off">'
-            f'<label for="c-{verb}">Type <kbd>{verb}</kbd> to confirm</label>'
-            f'<input id="c-{verb}" name="confirm" required autocomplete="off" '
-            f'pattern="{verb}" spellcheck="false">'
-            f'<button type="submit" name="go" value="{verb}">{escape(label)}</button>'
-            f"</form></details>")
-    return "".join(forms)
+    return "".join(_form(verb, label, what,
+                         _reason_input(verb, "Reason (goes to the audit trail)"))
+                   for verb, label, what in VERBS)
 
 
 def render_page(s: dict[str, Any], nonce: str) -> str:

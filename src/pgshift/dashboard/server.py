@@ -374,13 +374,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(400, {"error": "unreadable request body"})
         verb, reason = form.get("verb", ""), form.get("reason", "").strip()
         role = form.get("role", "").strip()
-        problem = (f"unknown verb {verb!r}" if verb not in (*VERBS, *PEOPLE) else
-                   ("a note is required" if verb == "note" else "a reason is required")
-                   if not reason else
-                   "the role to approve as is required" if verb == "approve" and not role else
-                   None if verb == "note" else
-                   f"type {verb!r} to confirm" if form.get("confirm", "").strip() != verb
-                   else None)
+        problem = _problem(verb, reason, role, form.get("confirm", "").strip())
         if problem:
             return self._verb_answer(400, verb, problem, html)
         try:
@@ -405,6 +399,20 @@ class _Handler(BaseHTTPRequestHandler):
         if self.dash.check_token(form.get("token", "")):
             return self._redirect_home(cookie=True)
         return self._denied(403, "that token is not this dashboard's", html=True)
+
+
+def _problem(verb: str, reason: str, role: str, confirm: str) -> str | None:
+    """Why a control's form is refused (checked again here: a browser's form validation
+    is no guarantee), or None. A note changes nothing: it needs only its text."""
+    if verb not in (*VERBS, *PEOPLE):
+        return f"unknown verb {verb!r}"
+    if not reason:
+        return "a note is required" if verb == "note" else "a reason is required"
+    if verb == "approve" and not role:
+        return "the role to approve as is required"
+    if verb != "note" and confirm != verb:
+        return f"type {verb!r} to confirm"
+    return None
 
 
 def _actor() -> str:
