@@ -7,8 +7,9 @@ decision with its countdown, and the audit trail (``pgshift.report.facts.read_au
 and publishes the result as one JSON-ready dict. Nothing here writes to the state
 directory; the operator verbs are the server's business (``server.py``).
 
-Every text that reaches the page goes through ``pgshift.dsn.redact``: decision reasons in
-the journal are stored as written, and a reason may quote a DSN.
+No text reaches the page unredacted (decision reasons, notes and errors are stored as
+written, and may quote a DSN): ``verbs.status`` and ``read_audit`` return their texts
+through ``pgshift.dsn.redact``, and an error of the sampler's own is redacted here.
 """
 
 from __future__ import annotations
@@ -68,9 +69,9 @@ def side_figures(side: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def audit_rows(events: list[Event], limit: int = AUDIT_ROWS) -> list[dict[str, Any]]:
-    """The page's audit trail, newest first, every text redacted."""
-    rows = [{"ts": e.ts, "step": e.step, "kind": e.kind, "message": redact(e.message),
-             "actor": redact(e.actor)} for e in events
+    """The page's audit trail, newest first (``read_audit`` redacted the texts)."""
+    rows = [{"ts": e.ts, "step": e.step, "kind": e.kind, "message": e.message,
+             "actor": e.actor} for e in events
             if e.kind in AUDIT_KINDS or (e.kind, e.step) == ("done", "rollout")]
     return rows[::-1][:limit]
 
@@ -259,10 +260,10 @@ class Sampler:
         return {
             **base, "status": st["status"], "phase": st.get("phase"),
             "weight": st.get("weight"), "router_weight": router.get("weight"),
-            "router_error": redact(router["error"]) if "error" in router else None,
+            "router_error": router.get("error"),
             "system_of_record": st.get("system_of_record"), "paused": st.get("paused"),
             "waiting_for": st.get("waiting_for"),
-            "waiting_reason": redact(st.get("waiting_reason") or "") or None,
+            "waiting_reason": st.get("waiting_reason") or None,
             "controller": {"alive": bool(lease.get("alive")), "pid": lease.get("pid")},
             "figures": {"window_s": fig.get("window"), "blue": side_figures(fig.get("blue")),
                         "green": side_figures(fig.get("green"))} if fig else None,
@@ -272,7 +273,7 @@ class Sampler:
             "last_rollback": {k: rb.get(k) for k in ("traffic_back_ms", "seconds",
                                                      "after_flip", "drill")} if rb else None,
             "stranded": bool(rb.get("stranded")) if rb else False,
-            "approvals": {role: {"actor": redact(a["actor"]), "ts": a["ts"]}
+            "approvals": {role: {"actor": a["actor"], "ts": a["ts"]}
                           for role, a in (st.get("approvals") or {}).items()},
             "required_approvals": st.get("required_approvals") or [],
             "points": list(self.points), "audit": audit_rows(self._events()),
@@ -316,10 +317,13 @@ def history_points(rows: list[tuple[float, dict[str, Any]]], since: float,
     spans = Traffic(rows).spans()
     sor = {ts: r.get("sor") for ts, r in rows}
     out: list[dict[str, Any]] = []
+    lo = 0  # the first span of the trailing window (spans are in time order)
     for i, sp in enumerate(spans):
         if sp.t1 < since:
             continue
-        trail = [x for x in spans[:i + 1] if x.t1 > sp.t1 - window]
+        while lo < i and spans[lo].t1 <= sp.t1 - window:
+            lo += 1
+        trail = spans[lo:i + 1]
         point: dict[str, Any] = {"t": round(sp.t1, 3), "weight": sp.weight}
         for side in SIDES:
             counts = [sum(col) for col in zip(*(x.side(side) for x in trail), strict=True)]
@@ -335,14 +339,13 @@ def history_points(rows: list[tuple[float, dict[str, Any]]], since: float,
 
 def _countdown(nxt: dict[str, Any], now: float) -> dict[str, Any]:
     at = nxt.get("at")
-    return {**nxt, "what": redact(nxt["what"]),
-            "seconds_left": None if at is None else round(max(0.0, at - now), 1)}
+    return {**nxt, "seconds_left": None if at is None else round(max(0.0, at - now), 1)}
 
 
 def _sync(s: dict[str, Any] | None) -> dict[str, Any] | None:
     if not s:
         return None
     if "error" in s:
-        return {"error": redact(str(s["error"]))}
+        return {"error": str(s["error"])}
     return {k: s.get(k) for k in ("lag_ms", "pending", "to_sqlite_lag_ms",
                                   "to_sqlite_pending", "conflicts", "parked")}
