@@ -28,6 +28,13 @@ T = TypeVar("T")
 RETRYABLE = (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected)
 
 
+def set_lock_timeout(conn: psycopg.Connection, seconds: float) -> None:
+    """``SET LOCAL lock_timeout`` for the current transaction (whole milliseconds, at
+    least 1: 0 would mean no timeout at all)."""
+    conn.execute(pgsql.SQL("SET LOCAL lock_timeout = {}").format(
+        pgsql.Literal(f"{max(1, int(seconds * 1000))}ms")))
+
+
 def briefly(conn: psycopg.Connection, work: Callable[[psycopg.Connection], T], *,
             lock_timeout: float = 1.0, deadline: float = 120.0,
             sleep: Callable[[float], None] = time.sleep) -> T:
@@ -41,8 +48,7 @@ def briefly(conn: psycopg.Connection, work: Callable[[psycopg.Connection], T], *
     while True:
         try:
             with conn.transaction():
-                conn.execute(pgsql.SQL("SET LOCAL lock_timeout = {}").format(
-                    pgsql.Literal(f"{max(1, int(lock_timeout * 1000))}ms")))
+                set_lock_timeout(conn, lock_timeout)
                 return work(conn)
         except RETRYABLE:
             if time.monotonic() - started + pause > deadline:

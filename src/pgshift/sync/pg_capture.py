@@ -161,8 +161,7 @@ def fence(conn: psycopg.Connection, schema: str, *, lock_timeout: float = 10.0) 
     error then).
     """
     with conn.transaction():
-        conn.execute(pgsql.SQL("SET LOCAL lock_timeout = {}").format(
-            pgsql.Literal(f"{max(1, int(lock_timeout * 1000))}ms")))
+        locking.set_lock_timeout(conn, lock_timeout)
         conn.execute("LOCK TABLE pgshift.pg_changes IN SHARE ROW EXCLUSIVE MODE")
         row = conn.execute(
             "INSERT INTO pgshift.pg_changes (target_schema, tbl, op, origin) "
@@ -235,8 +234,7 @@ def rebase(conn: psycopg.Connection, schema: str, *, lock_timeout: float = 10.0
     the rebased rows, so it is applied after them.
     """
     with conn.transaction():
-        conn.execute(pgsql.SQL("SET LOCAL lock_timeout = {}").format(
-            pgsql.Literal(f"{max(1, int(lock_timeout * 1000))}ms")))
+        locking.set_lock_timeout(conn, lock_timeout)
         conn.execute("LOCK TABLE pgshift.pg_changes IN SHARE ROW EXCLUSIVE MODE")
         rows = conn.execute(
             "SELECT id, tbl, key_old, key_new FROM pgshift.pg_changes "
