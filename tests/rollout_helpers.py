@@ -34,9 +34,18 @@ from pgshift.dsn import Dsn
 from pgshift.rollout import config as cfgmod
 from pgshift.rollout.context import Context
 from pgshift.rollout.procs import Supervisor
+from pgshift.traffic.router import LATENCY_BUCKETS_MS, bucket_index
 
 DSN_ENV = "PGSHIFT_TEST_ROLLOUT_DSN"
 TOKEN_ENV = "PGSHIFT_TEST_ADMIN_TOKEN"
+
+
+def latency_counts(requests: int, errors: int, ms: float) -> list[int]:
+    """A traffic-series side, ``[requests, errors, *latency buckets]``, with every answer
+    at ``ms`` (what the engine journals per environment)."""
+    hist = [0] * len(LATENCY_BUCKETS_MS)
+    hist[bucket_index(ms)] = requests
+    return [requests, errors, *hist]
 
 
 def free_port() -> int:

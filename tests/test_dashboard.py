@@ -25,7 +25,7 @@ from pgshift.report.facts import parse_ts
 from pgshift.rollout import config as cfgmod
 from pgshift.rollout.journal import Journal
 from pgshift.state import StateDir
-from rollout_helpers import TOKEN_ENV, base_cutover, free_port
+from rollout_helpers import TOKEN_ENV, base_cutover, free_port, latency_counts
 
 TOKEN = "dash-test-token-7f3a"
 SECRET = "hunter2-secret-pw"
@@ -253,20 +253,14 @@ def test_a_page_opened_mid_rollout_charts_the_journals_past(cutover: Path) -> No
     """The charts' first points come from the journal's traffic series (cumulative
     counters), each over the trailing chart window, before the page's own readings."""
     from pgshift.dashboard.live import Sampler, history_points
-    from pgshift.traffic.router import LATENCY_BUCKETS_MS, bucket_index
-
-    def counts(n: int, errors: int, ms: float) -> list[int]:
-        hist = [0] * len(LATENCY_BUCKETS_MS)
-        hist[bucket_index(ms)] = n
-        return [n, errors, *hist]
 
     write_journal(cutover)
     t0 = time.time() - 30
     rows = []
-    blue, green = counts(0, 0, 1), counts(0, 0, 1)
+    blue, green = latency_counts(0, 0, 1), latency_counts(0, 0, 1)
     for i in range(10):  # one row every 2 s: blue 20 answers at 2 ms, green 10 at 8 ms
-        blue = [a + b for a, b in zip(blue, counts(20, 0, 2.0), strict=True)]
-        green = [a + b for a, b in zip(green, counts(10, 1 if i == 9 else 0, 8.0),
+        blue = [a + b for a, b in zip(blue, latency_counts(20, 0, 2.0), strict=True)]
+        green = [a + b for a, b in zip(green, latency_counts(10, 1 if i == 9 else 0, 8.0),
                                        strict=True)]
         rows.append((t0 + 2 * i, {"source": "counters", "weight": 25, "sor": "blue",
                                   "phase": "shift-25", "blue": list(blue),

@@ -24,7 +24,8 @@ from pgshift.rollout.journal import Journal
 from pgshift.rollout.series import _delta, proxy_counters
 from pgshift.state import StateDir
 from pgshift.traffic.proxy.stats import BackendStats
-from pgshift.traffic.router import LATENCY_BUCKETS_MS, bucket_index
+from pgshift.traffic.router import bucket_index
+from rollout_helpers import latency_counts
 
 CUTOVER = {"name": "shop", "source": {"sqlite": "app.db"}, "target": {"dsn": "env:DB"},
            "apps": {"blue": {"url": "http://b"}, "green": {"url": "http://g"}},
@@ -50,25 +51,19 @@ def _result(weight: float, decision: str, requests: int, errors: int, p99: float
             "window_s": 30.2}
 
 
-def _counts(requests: int, errors: int, ms: float) -> list[int]:
-    """``[requests, errors, *latency buckets]`` with every answer at ``ms``."""
-    hist = [0] * len(LATENCY_BUCKETS_MS)
-    hist[bucket_index(ms)] = requests
-    return [requests, errors, *hist]
-
-
 def _series(j: Journal, t0: float) -> None:
     """The watcher's rows: cumulative counters, ten seconds apart. Blue alone at first,
     then green takes a share; at 100 % green fails everything for 20 s (three rows)."""
-    blue, green, rows = _counts(0, 0, 1), _counts(0, 0, 1), []
+    blue, green, rows = latency_counts(0, 0, 1), latency_counts(0, 0, 1), []
     plan = ([("migrate", 0, (50, 0), (0, 0))] +
             [("shift-25", 25, (150, 0), (50, 0))] * 3 +
             [("shift-100", 100, (0, 0), (200, 0))] * 2 +
             [("shift-100", 100, (0, 0), (100, 100))] * 2 +
             [("monitor", 100, (0, 0), (200, 1))] * 2)
     for i, (phase, weight, (bn, be), (gn, ge)) in enumerate(plan):
-        blue = [a + b for a, b in zip(blue, _counts(bn, be, 2), strict=True)]
-        green = [a + b for a, b in zip(green, _counts(gn, ge, 12 if ge < gn else 3000),
+        blue = [a + b for a, b in zip(blue, latency_counts(bn, be, 2), strict=True)]
+        green = [a + b for a, b in zip(green,
+                                       latency_counts(gn, ge, 12 if ge < gn else 3000),
                                        strict=True)]
         rows.append((t0 + 10 * i, {"source": "counters", "weight": weight, "phase": phase,
                                    "blue": blue, "green": green, "refused": 2 if i > 6 else 0,
@@ -385,8 +380,8 @@ def test_the_series_is_thinned_past_its_cap_and_keeps_its_totals(
     j = Journal(StateDir.for_name(tmp_path, "shop"))
     thinned = 0
     for i in range(1, 26):  # 10 requests a row, one failing every fifth row
-        row = {"blue": _counts(10 * i, i // 5, 2), "green": _counts(0, 0, 2), "refused": 0,
-               "phase": "shift-25"}
+        row = {"blue": latency_counts(10 * i, i // 5, 2), "green": latency_counts(0, 0, 2),
+               "refused": 0, "phase": "shift-25"}
         thinned += j.add_sample(1000.0 + i, row)
     rows = j.samples()
     j.close()
